@@ -1,0 +1,84 @@
+import json
+
+import pytest
+import torch
+
+from trilemma import checkpoint
+from trilemma.checkpoint import CheckpointError
+
+
+def _assert_one_line(err: Exception, *needles: str) -> None:
+    text = str(err)
+    assert "\n" not in text
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_round_trip_is_bit_exact(tmp_path, tiny_vq, images):
+    tiny_vq.train()
+    tiny_vq(images)  # k-means init and EMA buffers change state: they must survive too
+    path = checkpoint.save(tiny_vq, tmp_path / "tok", state={"step": 7})
+    loaded = checkpoint.load(path, kind="tokenizer")
+    a, b = tiny_vq.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert loaded.config == tiny_vq.config
+    assert checkpoint.load_state(path)["step"] == 7
+    tiny_vq.eval()
+    assert torch.equal(tiny_vq.encode(images).ids, loaded.encode(images).ids)
+
+
+def test_overwrite_is_atomic_when_the_write_fails(tmp_path, tiny_vq, monkeypatch):
+    path = checkpoint.save(tiny_vq, tmp_path / "tok")
+    before = (path / checkpoint.WEIGHTS_FILE).read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", boom)
+    with pytest.raises(OSError):
+        checkpoint.save(tiny_vq, path)
+    assert (path / checkpoint.WEIGHTS_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temp dirs left behind
+
+
+def test_truncated_weights_give_one_line_error(tmp_path, tiny_vq):
+    path = checkpoint.save(tiny_vq, tmp_path / "tok")
+    weights = path / checkpoint.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path)
+    _assert_one_line(err.value, str(weights), "truncated")
+
+
+def test_bad_json_wrong_kind_newer_version_missing(tmp_path, tiny_vq):
+    path = checkpoint.save(tiny_vq, tmp_path / "tok")
+    cfg = path / checkpoint.CONFIG_FILE
+    good = cfg.read_text()
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path, kind="generator")
+    _assert_one_line(err.value, str(path), "tokenizer checkpoint, expected a generator")
+    meta = json.loads(good)
+    meta["format_version"] = checkpoint.FORMAT_VERSION + 1
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path)
+    _assert_one_line(err.value, str(cfg), "newer")
+    cfg.write_text(good[:-20])
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path)
+    _assert_one_line(err.value, str(cfg), "corrupt JSON")
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(tmp_path / "missing")
+    _assert_one_line(err.value, "missing", "no such checkpoint")
+
+
+def test_shape_mismatch_is_named(tmp_path, tiny_vq):
+    path = checkpoint.save(tiny_vq, tmp_path / "tok")
+    meta = json.loads((path / checkpoint.CONFIG_FILE).read_text())
+    meta["config"]["channels"] = 16
+    (path / checkpoint.CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path)
+    _assert_one_line(err.value, "has shape", "expects")

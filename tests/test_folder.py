@@ -1,0 +1,133 @@
+"""FolderDataset: any folder loads as RGB at the requested size; bad files are reported."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trilemma.data import FolderDataset, collate, load_dataset
+from trilemma.data.folder import in_val_split
+
+SIZE = 16
+# the fixture has one malformed metadata line on purpose; only the first test asserts on it
+pytestmark = pytest.mark.filterwarnings("ignore:.*malformed metadata")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / "good.png")
+    (root / "good.txt").write_text("A good picture\n")
+    rgba = np.zeros((20, 20, 4), dtype=np.uint8)
+    rgba[:, :, :3] = 255  # white everywhere, but only the right half is opaque
+    rgba[:, 10:, 3] = 255
+    Image.fromarray(rgba).save(root / "rgba.png")
+    Image.fromarray(np.full((25, 25), 200, dtype=np.uint8)).save(root / "gray.png")
+    Image.fromarray(np.array([[[10, 20, 30]]], dtype=np.uint8)).save(root / "tiny.png")
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(root / "sub/photo.jpg")
+    (root / "sub/metadata.jsonl").write_text(
+        json.dumps({"file_name": "photo.jpg", "text": "a photo"}) + "\n")
+    (root / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "gray.png", "caption": "grey square"}) + "\n" + "{not json\n")
+    full = root / "sub/photo.jpg"
+    (root / "corrupt.jpg").write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    (root / ".hidden.png").write_bytes(b"not an image")  # hidden files are ignored
+    (root / "notes.md").write_text("not an image either")
+    return root
+
+
+def _load_all(ds):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds))]
+    return items, [str(w.message) for w in caught]
+
+
+def test_loads_every_good_image_and_reports_the_corrupt_one(folder):
+    with pytest.warns(UserWarning, match="malformed metadata"):
+        ds = FolderDataset(folder, size=SIZE)
+    assert len(ds) == 6 and ds.files[0] == "corrupt.jpg"
+    items, messages = _load_all(ds)
+    for item in items:
+        assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+        assert -1 <= item["image"].min() and item["image"].max() <= 1
+        assert item["attributes"] is None
+    names = {item["path"].replace("\\", "/").split("imgs/")[1] for item in items}
+    assert names == {"good.png", "rgba.png", "gray.png", "tiny.png", "sub/photo.jpg"}
+    assert list(ds.skipped) == ["corrupt.jpg"]
+    assert any("corrupt.jpg" in m for m in messages)
+    assert "skipped 1" in ds.report() and "corrupt.jpg" in ds.report()
+    batch = collate(items)
+    assert batch["image"].shape == (6, 3, SIZE, SIZE) and len(batch["path"]) == 6
+
+
+def test_captions_from_jsonl_and_sidecar(folder):
+    ds = FolderDataset(folder, size=SIZE)
+    caption = {f: ds.caption(f) for f in ds.files}
+    assert caption["good.png"] == "A good picture"
+    assert caption["sub/photo.jpg"] == "a photo"  # file_name is relative to the jsonl's folder
+    assert caption["gray.png"] == "grey square"  # "caption" key accepted
+    assert caption["tiny.png"] == ""
+
+
+def test_modes_converted_to_rgb(folder):
+    ds = FolderDataset(folder, size=SIZE)
+    get = {f: ds.load(i)["image"] for i, f in enumerate(ds.files) if f != "corrupt.jpg"}
+    rgba = get["rgba.png"]
+    assert (rgba[:, :, :6] == -1).all()  # transparent half composited on black
+    assert (rgba[:, :, -6:] == 1).all()  # opaque white half stays white
+    gray = get["gray.png"]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert torch.allclose(gray, torch.full_like(gray, 200 / 127.5 - 1))
+    tiny = get["tiny.png"]  # 1x1 upsampled to a constant image
+    expected = torch.tensor([10, 20, 30]).float().div(127.5).sub(1).view(3, 1, 1)
+    assert torch.allclose(tiny, expected.expand(3, SIZE, SIZE), atol=1e-6)
+
+
+def test_scan_reports_without_raising(folder):
+    ds = FolderDataset(folder, size=SIZE)
+    with pytest.warns(UserWarning, match="corrupt.jpg"):
+        report = ds.scan()
+    assert "skipped 1 unreadable image(s) of 6" in report
+
+
+def test_all_unreadable_is_a_clear_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG garbage")
+    ds = FolderDataset(tmp_path)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="could be read"):
+        ds[0]
+
+
+def test_empty_and_missing_folder(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"no images in .*\.png"):
+        FolderDataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        FolderDataset(tmp_path / "nowhere")
+
+
+def test_hash_split_is_a_disjoint_deterministic_partition(tmp_path):
+    pixel = Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8))
+    for i in range(120):
+        pixel.save(tmp_path / f"{i:03d}.png")
+    every = load_dataset(str(tmp_path), split="all")
+    train = load_dataset(str(tmp_path), split="train")
+    val = load_dataset(str(tmp_path), split="val")
+    test = load_dataset(str(tmp_path), split="test")
+    assert isinstance(train, FolderDataset)
+    assert set(train.files).isdisjoint(val.files)
+    assert sorted(train.files + val.files) == every.files
+    assert val.files == test.files and 0 < len(val) < 20
+    assert val.files == [f for f in every.files if in_val_split(f)]
+
+
+def test_too_small_for_a_split(tmp_path):
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "000.png")
+    assert not in_val_split("000.png")
+    with pytest.raises(ValueError, match="split='all'"):
+        FolderDataset(tmp_path, split="val")

@@ -1,0 +1,118 @@
+"""What the CLI's subcommands do, as plain functions over parsed arguments (the CLI stays a parser)."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import torch
+
+from trilemma import checkpoint, registry
+from trilemma.train import TrainConfig, resolve_checkpoint, train
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    steps = args.steps
+    quarter = max(1, steps // 4)
+    return TrainConfig(
+        steps=steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        warmup_steps=args.warmup if args.warmup is not None else min(100, max(1, steps // 10)),
+        ema_decay=args.ema, mixed_precision="bf16" if args.bf16 else "no",
+        eval_every=args.eval_every or quarter, save_every=args.save_every or quarter,
+        seed=args.seed, num_workers=args.workers,
+    )
+
+
+def train_tokenizer(args: argparse.Namespace) -> dict:
+    from trilemma.data import load_dataset
+    from trilemma.tokenizer_training import TokenizerTask
+    from trilemma.tokenizers.losses import LossConfig
+
+    cfg = train_config(args)
+    overrides = {"image_size": args.size} if args.size else {}
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    tokenizer = registry.build("tokenizer", args.preset, **overrides)
+    size = tokenizer.image_size
+    out = Path(args.out)
+    if not tokenizer.trainable:
+        checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": args.preset})
+        print(f"{args.preset} has nothing to learn; saved it to {out / 'model'}")
+        return {"checkpoint": out / "model"}
+    loss = LossConfig(
+        perceptual_weight=args.perceptual, gan_weight=args.gan,
+        gan_start=args.gan_start if args.gan_start is not None else cfg.steps // 2,
+    )
+    dataset = load_dataset(args.data, split="train", size=size, seed=cfg.seed)
+    val = load_dataset(args.data, split="val", size=size, seed=cfg.seed)
+    eval_images = torch.stack([val[i]["image"] for i in range(min(256, len(val)))])
+    task = TokenizerTask(tokenizer, dataset, loss, eval_images)
+    task.checkpoint_extra = lambda: {"preset": args.preset, "data": args.data}
+    result = train(task, cfg, out, resume=args.resume)
+    print(f"tokenizer checkpoint: {result['checkpoint']} (step {result['step']})")
+    if result["eval"]:
+        print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
+    return result
+
+
+def load_tokenizer(path: str | Path):
+    from trilemma.tokenizers.base import Tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    model = checkpoint.load(ckpt, kind="tokenizer")
+    assert isinstance(model, Tokenizer)
+    return model
+
+
+def _load_images(paths: list[str], size: int) -> torch.Tensor:
+    from trilemma.images import load_image
+
+    images = []
+    for p in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images.append(load_image(p, size=size))
+        for w in caught:
+            print(f"notice: {w.message}")
+    return torch.stack(images)
+
+
+def tokenize_command(args: argparse.Namespace) -> None:
+    tok = load_tokenizer(args.tokenizer)
+    images = _load_images(args.images, tok.image_size)
+    tokens = tok.encode(images)
+    tokens.meta.update({"files": [str(p) for p in args.images], "image_size": tok.image_size})
+    tokens.save(args.out, spec=tok.spec)
+    spec = tok.spec
+    per_image = tokens.tokens_per_image().float().mean().item()
+    print(f"{len(images)} images -> {args.out}")
+    print(f"tokens per image: {per_image:g} ({spec.kind}" + (f", grid {spec.grid[0]}x{spec.grid[1]}" if spec.grid else "") + ")")
+    if spec.discrete:
+        print(f"bits per image: {per_image * spec.bits_per_token:g} (log2 {spec.vocab_size} x {spec.levels} per token)")
+        used = torch.unique(tokens.ids).numel()
+        print(f"codebook usage: {used}/{spec.vocab_size} codes ({100 * used / spec.vocab_size:.1f}%) in these images")
+    else:
+        print(f"continuous latents: {spec.latent_dim} floats per token ({per_image * spec.latent_dim:g} per image)")
+
+
+def reconstruct_command(args: argparse.Namespace) -> None:
+    from trilemma.images import save_grid, side_by_side
+    from trilemma.tokenizer_training import psnr
+
+    tok = load_tokenizer(args.tokenizer)
+    images = _load_images(args.images, tok.image_size)
+    recon = tok.reconstruct(images)
+    save_grid(side_by_side(images, recon), args.out, nrow=min(8, 2 * len(images)))
+    for path, value in zip(args.images, psnr(recon, images).tolist()):
+        print(f"{path}: PSNR {value:.2f} dB")
+    print(f"wrote original | reconstruction pairs to {args.out}")
+
+
+def import_command(args: argparse.Namespace) -> None:
+    from trilemma.tokenizers.interop import import_diffusers_vq
+
+    model = import_diffusers_vq(args.path, image_size=args.image_size)
+    checkpoint.save(model, Path(args.out), extra={"imported_from": str(args.path)})
+    spec = model.spec
+    print(f"imported {args.path} -> {args.out}: {spec.grid[0]}x{spec.grid[1]} tokens, {spec.vocab_size} codes")
+

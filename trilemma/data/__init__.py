@@ -1,0 +1,51 @@
+"""Datasets: the embedded ``shapes`` world, any folder of captioned images, the text tokenizer.
+
+Every dataset yields the same item dict, so training and evaluation never care which one they
+got: ``{"image": float32 [3, H, W] in [-1, 1], "caption": str, "attributes": list | None, ...}``
+(``attributes`` is the exact ground truth on shapes, None on folders; folders add ``"path"``).
+Data knows no model: nothing here imports tokenizers or generators.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from trilemma.data.folder import FolderDataset
+from trilemma.data.shapes import (COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset,
+                                  attributes_to_cells, caption, cells_to_attributes,
+                                  parse_caption)
+from trilemma.data.text import TextTokenizer
+
+__all__ = ["COLORS", "POSITIONS", "SHAPES", "SIZES", "FolderDataset", "ShapesDataset",
+           "TextTokenizer", "attributes_to_cells", "caption", "cells_to_attributes", "collate",
+           "load_dataset", "parse_caption"]
+
+
+def load_dataset(name_or_path: str, split: str = "train", size: int = 32, seed: int = 0,
+                 length: int | None = None) -> torch.utils.data.Dataset:
+    """``"shapes"`` -> ShapesDataset; an existing directory -> FolderDataset.
+
+    For a folder, ``split`` picks a deterministic hash-based 95/5 partition by relative path:
+    ``"train"`` is the 95%, ``"val"`` and ``"test"`` the same 5% hold-out, ``"all"`` every image.
+    ``seed`` and ``length`` only apply to shapes (a folder is what it is).
+    """
+    name = str(name_or_path)
+    if name == "shapes":
+        return ShapesDataset(split=split, size=size, seed=seed, length=length)
+    if os.path.isdir(name):
+        return FolderDataset(name, size=size, split=split)
+    if os.path.exists(name):
+        raise ValueError(f"{name!r} is a file: expected 'shapes' or a directory of images")
+    raise ValueError(f"unknown dataset {name!r}: expected 'shapes' or a directory of images "
+                     "(no such directory)")
+
+
+def collate(items: list[dict]) -> dict:
+    """DataLoader collate: stack ``"image"`` into [B, 3, H, W]; every other key becomes a list."""
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    batch = {key: [item[key] for item in items] for key in items[0]}
+    batch["image"] = torch.stack(batch["image"])
+    return batch

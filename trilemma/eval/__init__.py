@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions (metrics.py) and pluggable feature networks (features.py)."""

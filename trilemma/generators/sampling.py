@@ -1,0 +1,114 @@
+"""Sampling and schedules as small pure functions (no module state, no hidden RNG).
+
+Classifier-free guidance convention (Ho & Salimans 2022), used by every generator here:
+
+    guided = uncond + cfg_scale * (cond - uncond)
+
+so ``cfg_scale = 1`` is plain conditional sampling (the unconditional rows are then skipped),
+``cfg_scale = 0`` is unconditional, and ``cfg_scale > 1`` pushes towards the prompt. Guidance is
+applied to logits (autoregressive, masked) or to the predicted noise (diffusion).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely ids (None = all)
+    top_p: float | None = None  # keep the smallest set with this much probability mass (None = all)
+    cfg_scale: float = 1.0  # classifier-free guidance scale (1 = none)
+    seed: int | None = None  # None = nondeterministic
+    steps: int | None = None  # parallel decoding / denoising steps (masked and diffusion generators)
+
+    def __post_init__(self) -> None:
+        check_sampling(self)
+
+
+def check_sampling(cfg: SamplingConfig) -> None:
+    """Raise a ValueError naming the parameter for out-of-range values."""
+    if not (cfg.temperature >= 0 and math.isfinite(cfg.temperature)):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (or unset), got {cfg.top_k}")
+    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if not (cfg.cfg_scale >= 0 and math.isfinite(cfg.cfg_scale)):
+        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg.cfg_scale}")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Set all but the k largest logits (last axis) to -inf."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the smallest prefix of ids, by descending
+    probability, whose mass reaches p; the most likely id is always kept."""
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely ids
+    remove_sorted = mass_before >= p
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + scale * (cond - uncond)."""
+    return uncond + scale * (cond - uncond)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw ids from logits [..., V] -> LongTensor [...]. temperature 0 is greedy."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    probs = logits.softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    ids = torch.multinomial(flat, 1, generator=generator)
+    return ids.reshape(probs.shape[:-1])
+
+
+def drop_condition(text_ids: torch.Tensor, null_ids: torch.Tensor, p: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conditioning dropout for classifier-free guidance: replace each row by ``null_ids`` with
+    probability p. Returns (ids, dropped: BoolTensor [B])."""
+    dropped = torch.rand(text_ids.shape[0], generator=generator, device=text_ids.device) < p
+    ids = torch.where(dropped[:, None], null_ids.to(text_ids)[None, :].expand_as(text_ids), text_ids)
+    return ids, dropped
+
+
+def mask_schedule(ratio: torch.Tensor | float, kind: str = "cosine") -> torch.Tensor:
+    """Fraction of tokens still masked at progress ``ratio`` in [0, 1] (MaskGIT, Chang et al. 2022)."""
+    r = torch.as_tensor(ratio, dtype=torch.float32)
+    if kind == "cosine":
+        return torch.cos(r * math.pi / 2)
+    if kind == "linear":
+        return 1 - r
+    if kind == "square":
+        return 1 - r**2
+    raise ValueError(f"unknown mask schedule {kind!r}; choose cosine, linear or square")

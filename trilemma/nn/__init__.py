@@ -1,0 +1,1 @@
+"""The few shared network blocks: convolutional blocks for tokenizers, transformer blocks for generators."""

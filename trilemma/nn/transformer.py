@@ -1,0 +1,177 @@
+"""Pre-norm transformer blocks (GPT-2 / Vaswani et al. 2017) on ``scaled_dot_product_attention``.
+
+Self-attention is causal or bidirectional; cross-attention attends to an encoder's output. A
+``KVCache`` makes incremental decoding cost one token's arithmetic per step: self-attention keys and
+values are written into preallocated buffers, and cross-attention keys/values of the (fixed) encoder
+output are computed once per prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+@dataclass
+class TransformerConfig:
+    dim: int = 256  # model width
+    depth: int = 4  # blocks
+    heads: int = 4  # attention heads (dim must divide)
+    mlp_ratio: float = 4.0  # hidden width of the MLP, in multiples of dim
+    dropout: float = 0.0
+
+
+class KVCache:
+    """Per-layer key/value buffers [B, heads, max_len, head_dim] and the current length."""
+
+    def __init__(self, layers: int):
+        self.self_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
+        self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
+        self.length = 0  # tokens already in the self-attention buffers
+        self.max_len = 0
+
+    def allocate(self, layer: int, like: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, h, _, d = like.shape
+        self.max_len = max_len
+        buf = (like.new_empty(b, h, max_len, d), like.new_empty(b, h, max_len, d))
+        self.self_kv[layer] = buf
+        return buf
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, context_dim: int | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.cross = context_dim is not None
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        max_len: int = 0,
+    ) -> torch.Tensor:
+        q = self._split(self.q(x))
+        mask, is_causal = None, False
+        if self.cross:
+            if cache is not None and cache.cross_kv[layer] is not None:
+                k, v = cache.cross_kv[layer]
+            else:
+                k, v = (self._split(t) for t in self.kv(context).chunk(2, dim=-1))
+                if cache is not None:
+                    cache.cross_kv[layer] = (k, v)
+        else:
+            k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
+            if cache is not None:
+                start, n = cache.length, x.shape[1]
+                buf = cache.self_kv[layer]
+                if buf is None:
+                    buf = cache.allocate(layer, k, max_len or start + n)
+                buf[0][:, :, start : start + n] = k
+                buf[1][:, :, start : start + n] = v
+                k, v = buf[0][:, :, : start + n], buf[1][:, :, : start + n]
+                if causal and n > 1:
+                    # New queries sit at absolute positions start..start+n-1: offset causal mask.
+                    qpos = torch.arange(start, start + n, device=x.device)[:, None]
+                    mask = qpos >= torch.arange(start + n, device=x.device)[None, :]
+            else:
+                is_causal = causal
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(rearrange(y, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig, context_dim: int | None = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
+        self.cross = Attention(cfg.dim, cfg.heads, cfg.dropout, context_dim) if context_dim else None
+        self.norm2 = nn.LayerNorm(cfg.dim) if context_dim else None
+        self.norm3 = nn.LayerNorm(cfg.dim)
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, context=None, causal=False, cache=None, layer=0, max_len=0):
+        x = x + self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer, max_len=max_len)
+        if self.cross is not None:
+            x = x + self.cross(self.norm2(x), context=context, cache=cache, layer=layer)
+        return x + self.mlp(self.norm3(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks and a final norm. ``context_dim`` adds cross-attention to every block."""
+
+    def __init__(self, cfg: TransformerConfig, context_dim: int | None = None):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg, context_dim) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.apply(init_weights)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.blocks))
+
+    def forward(self, x, context=None, causal=False, cache: KVCache | None = None, max_len: int = 0):
+        for i, block in enumerate(self.blocks):
+            x = block(x, context=context, causal=causal, cache=cache, layer=i, max_len=max_len)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.norm(x)
+
+
+def init_weights(m: nn.Module) -> None:
+    # GPT-2 style: small normal weights, zero biases.
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class TokenEmbedding(nn.Module):
+    """Image-token embedding: id + position (2D row/col for grids, 1D otherwise) + depth level.
+
+    Tokens with ``levels`` ids per position (residual VQ depth, patch channels) are flattened
+    position-major into ``positions * levels`` sequence steps, each knowing its position and level.
+    """
+
+    def __init__(self, vocab: int, dim: int, positions: int, grid: tuple[int, int] | None, levels: int, extra_ids: int = 0):
+        super().__init__()
+        self.tok = nn.Embedding(vocab + extra_ids, dim)
+        self.grid, self.levels, self.positions = grid, levels, positions
+        if grid is not None:
+            self.row = nn.Embedding(grid[0], dim)
+            self.col = nn.Embedding(grid[1], dim)
+        else:
+            self.pos = nn.Embedding(positions, dim)
+        self.depth = nn.Embedding(levels, dim) if levels > 1 else None
+
+    def position_embedding(self, steps: torch.Tensor) -> torch.Tensor:
+        """Embedding of sequence steps (flattened position * levels + level), [n, dim]."""
+        pos, level = steps // self.levels, steps % self.levels
+        if self.grid is not None:
+            e = self.row(pos // self.grid[1]) + self.col(pos % self.grid[1])
+        else:
+            e = self.pos(pos)
+        if self.depth is not None:
+            e = e + self.depth(level)
+        return e
+
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """ids [B, n] at sequence steps start..start+n-1 -> [B, n, dim]."""
+        steps = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.tok(ids) + self.position_embedding(steps)

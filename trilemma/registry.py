@@ -1,0 +1,148 @@
+"""One registry for every buildable thing: tokenizers, generators, quantizers, presets.
+
+Models are classes with a dataclass ``Config`` attribute and a constructor
+``cls(config, **context)``: the config is what ``config.json`` stores; the context is what the
+caller injects (a generator gets ``spec=`` and ``text=``). A preset is a named config for a model:
+``build("tokenizer", "vq-f4-shapes")`` and ``build("tokenizer", "vqvae", **fields)`` both work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+KINDS = ("tokenizer", "generator", "quantizer", "features")
+
+
+@dataclass(frozen=True)
+class Preset:
+    kind: str
+    name: str
+    model: str  # registered model name this preset configures
+    config: Any  # an instance of the model's Config dataclass
+    description: str = ""
+
+
+_MODELS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
+_PRESETS: dict[str, dict[str, Preset]] = {k: {} for k in KINDS}
+
+
+class RegistryError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise RegistryError(f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
+
+
+def register(kind: str, name: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable as ``build(kind, name)``."""
+    _check_kind(kind)
+
+    def decorator(cls: type) -> type:
+        if name in _MODELS[kind] and _MODELS[kind][name] is not cls:
+            raise RegistryError(f"{kind} {name!r} is already registered by {_MODELS[kind][name]}")
+        if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
+            raise TypeError(f"{cls.__name__} needs a dataclass `Config` attribute to be registered")
+        _MODELS[kind][name] = cls
+        cls.registry_name = name
+        cls.registry_kind = kind
+        return cls
+
+    return decorator
+
+
+def register_preset(kind: str, name: str, model: str, description: str = "", **fields: Any) -> Preset:
+    """Name a config of a registered model (``model`` must be registered before presets use it)."""
+    cls = model_class(kind, model)
+    if name in _PRESETS[kind] or name in _MODELS[kind]:
+        raise RegistryError(f"{kind} preset {name!r} clashes with an existing name")
+    preset = Preset(kind, name, model, cls.Config(**fields), description)
+    _PRESETS[kind][name] = preset
+    return preset
+
+
+def names(kind: str) -> list[str]:
+    """Registered model names of a kind, sorted."""
+    _check_kind(kind)
+    _ensure_loaded()
+    return sorted(_MODELS[kind])
+
+
+def preset_names(kind: str) -> list[str]:
+    _check_kind(kind)
+    _ensure_loaded()
+    return sorted(_PRESETS[kind])
+
+
+def get_preset(kind: str, name: str) -> Preset:
+    _check_kind(kind)
+    _ensure_loaded()
+    if name not in _PRESETS[kind]:
+        raise RegistryError(
+            f"unknown {kind} preset {name!r}; known presets: {', '.join(preset_names(kind)) or 'none'}"
+        )
+    return _PRESETS[kind][name]
+
+
+def model_class(kind: str, name: str) -> type:
+    _check_kind(kind)
+    _ensure_loaded()
+    if name not in _MODELS[kind]:
+        raise RegistryError(
+            f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(_MODELS[kind])) or 'none'}"
+        )
+    return _MODELS[kind][name]
+
+
+def resolve(kind: str, name: str, **cfg: Any) -> tuple[type, Any, dict[str, Any]]:
+    """(model class, config, remaining context kwargs) for a model or preset name."""
+    _check_kind(kind)
+    _ensure_loaded()
+    if name in _PRESETS[kind]:
+        preset = _PRESETS[kind][name]
+        cls, base = _MODELS[kind][preset.model], preset.config
+    elif name in _MODELS[kind]:
+        cls = _MODELS[kind][name]
+        base = None
+    else:
+        known = sorted(_MODELS[kind]) + sorted(_PRESETS[kind])
+        raise RegistryError(f"unknown {kind} {name!r}; known names: {', '.join(known) or 'none'}")
+    field_names = {f.name for f in dataclasses.fields(cls.Config)}
+    fields = {k: v for k, v in cfg.items() if k in field_names}
+    context = {k: v for k, v in cfg.items() if k not in field_names}
+    config = dataclasses.replace(base, **fields) if base is not None else cls.Config(**fields)
+    return cls, config, context
+
+
+def build(kind: str, name: str, **cfg: Any) -> Any:
+    """Build a model by model or preset name; config fields override, other kwargs are context."""
+    cls, config, context = resolve(kind, name, **cfg)
+    return cls(config, **context)
+
+
+_LOADED = False
+
+
+def _ensure_loaded() -> None:
+    """Import the modules whose decorators fill the registry (once, lazily, to avoid cycles)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for module in (
+        "trilemma.tokenizers",
+        "trilemma.generators",
+        "trilemma.eval.features",
+    ):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            # Only tolerate the package itself not existing yet, never a broken import inside it.
+            if err.name != module:
+                raise

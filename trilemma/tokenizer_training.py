@@ -1,0 +1,78 @@
+"""Training a tokenizer: the ``Task`` the shared loop in ``train.py`` runs for tokenizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trilemma.data import collate
+from trilemma.tokenizers.base import Tokenizer
+from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (data range 2)."""
+    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def code_usage(ids: torch.Tensor, vocab_size: int) -> float:
+    """Fraction of codes used at least once, averaged over levels for [N, levels] ids."""
+    ids = ids.reshape(-1, ids.shape[-1]) if ids.dim() > 2 else ids.reshape(-1, 1)
+    used = [torch.bincount(ids[:, level], minlength=vocab_size).gt(0).float().mean() for level in range(ids.shape[1])]
+    return float(torch.stack(used).mean())
+
+
+class TokenizerTask:
+    """Reconstruction + quantizer (+ perceptual, + adversarial) losses; evaluation on held-out images."""
+
+    def __init__(self, tokenizer: Tokenizer, dataset: Any, loss: LossConfig, eval_images: torch.Tensor):
+        self.model = tokenizer
+        self.loss_fn = TokenizerLoss(loss)
+        self.critic: nn.Module | None = self.loss_fn.discriminator
+        self.dataset = dataset
+        self.eval_images = eval_images
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def collate(self, items: list[dict[str, Any]]) -> torch.Tensor:
+        return collate(items)["image"]
+
+    def loss(self, model: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        out = model(images)
+        raw = getattr(model, "module", model)
+        last_layer = getattr(raw, "last_layer", None)
+        terms = self.loss_fn.generator_terms(images, out.recon, step, last_layer)
+        terms.update(out.losses)
+        self._last = (images, out.recon.detach())
+        return {"loss": sum(terms.values()), **terms}
+
+    def critic_loss(self, images: torch.Tensor, step: int) -> dict[str, torch.Tensor] | None:
+        if not self.loss_fn.gan_active(step) or self._last is None:
+            return None
+        real, recon = self._last
+        return self.loss_fn.discriminator_terms(real, recon)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        from trilemma.images import save_grid, side_by_side
+
+        model.eval()
+        recons, ids = [], []
+        for chunk in self.eval_images.split(64):
+            tokens = model.encode(chunk)
+            recons.append(model.decode(tokens).clamp(-1, 1))
+            if tokens.ids is not None:
+                ids.append(tokens.ids)
+        recon = torch.cat(recons)
+        metrics = {"psnr": float(psnr(recon, self.eval_images).mean())}
+        if ids:
+            metrics["codebook_usage"] = code_usage(torch.cat(ids), model.spec.vocab_size)
+        grid = side_by_side(self.eval_images[:16], recon[:16])
+        save_grid(grid, Path(out_dir) / "samples" / f"recon_{step:06d}.png", nrow=8)
+        return metrics
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}

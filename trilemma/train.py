@@ -1,0 +1,337 @@
+"""One training loop for tokenizers and generators, on Hugging Face accelerate.
+
+A ``Task`` says what is trained (``task.model``, an optional ``task.critic`` such as a GAN
+discriminator with its own optimizer), where the data comes from (``task.dataset`` + ``task.collate``)
+and how to score it (``task.loss``, ``task.evaluate``). The loop owns everything else: AdamW with
+warm-up and cosine decay, gradient accumulation and clipping, bf16 autocast, EMA weights, DDP when
+launched with ``accelerate launch`` or ``torchrun``, tqdm progress, metrics CSV (and TensorBoard when
+installed), atomic checkpoints with full training state, exact ``resume``, and a clean stop on a
+non-finite loss that keeps the last good checkpoint.
+
+Batches are drawn by a generator seeded from (seed, step, rank), so a resumed run sees exactly the
+batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from trilemma import checkpoint
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimizer steps in total
+    batch_size: int = 32  # per process, per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warm-up from 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    ema_decay: float = 0.999  # 0 disables EMA; decay is warmed up as min(decay, (1+t)/(10+t))
+    mixed_precision: str = "no"  # "no" or "bf16" (autocast; quantizers and losses stay fp32)
+    log_every: int = 10
+    eval_every: int = 500  # evaluate (and write a picture) every N steps and at the end
+    save_every: int = 500  # checkpoint every N steps and at the end
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers (0 = load in the training process)
+
+
+class Task(Protocol):
+    model: nn.Module
+    critic: nn.Module | None
+    dataset: Dataset
+
+    def collate(self, items: list[Any]) -> Any: ...
+    def loss(self, model: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]: ...
+    def critic_loss(self, batch: Any, step: int) -> dict[str, torch.Tensor] | None: ...
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]: ...
+    def checkpoint_extra(self) -> dict[str, Any]: ...
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class StepSampler(Sampler[list[int]]):
+    """Yields the index batches of steps ``start..steps``, each drawn from (seed, step, micro, rank)."""
+
+    def __init__(self, n: int, cfg: TrainConfig, start: int, rank: int):
+        self.n, self.cfg, self.start, self.rank = n, cfg, start, rank
+
+    def __len__(self) -> int:
+        return (self.cfg.steps - self.start) * self.cfg.grad_accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.cfg.steps):
+            for micro in range(self.cfg.grad_accum):
+                g = torch.Generator().manual_seed(_mix(self.cfg.seed, step, micro, self.rank))
+                yield torch.randint(self.n, (self.cfg.batch_size,), generator=g).tolist()
+
+
+def _mix(*xs: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(xs).encode()).digest()[:7], "little")
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (with ``model/``) or a checkpoint directory -> the checkpoint directory."""
+    path = Path(path)
+    if (path / checkpoint.CONFIG_FILE).is_file():
+        return path
+    if (path / "model" / checkpoint.CONFIG_FILE).is_file():
+        return path / "model"
+    raise checkpoint.CheckpointError(f"{path}: no checkpoint here (expected {path}/config.json or {path}/model/config.json)")
+
+
+class _Logger:
+    def __init__(self, out: Path, resume_step: int, enabled: bool):
+        self.enabled = enabled
+        self.files = {name: out / f"{name}.csv" for name in ("metrics", "eval")}
+        self.tb = None
+        if not enabled:
+            return
+        for path in self.files.values():  # a resumed run rewrites history past its checkpoint
+            if path.exists() and resume_step >= 0:
+                rows = list(csv.DictReader(path.open()))
+                keep = [r for r in rows if int(r["step"]) <= resume_step]
+                if keep:
+                    with path.open("w", newline="") as f:
+                        w = csv.DictWriter(f, fieldnames=list(keep[0]))
+                        w.writeheader()
+                        w.writerows(keep)
+                else:
+                    path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
+
+    def log(self, name: str, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        path = self.files[name]
+        row = {"step": step, **values}
+        new = not path.exists()
+        if not new:
+            with path.open() as f:
+                header = f.readline().strip().split(",")
+            if header != list(row):  # a new column appeared (e.g. the GAN switched on): rewrite
+                rows = list(csv.DictReader(path.open()))
+                fields = list(dict.fromkeys(header + list(row)))
+                with path.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=fields, restval="")
+                    w.writeheader()
+                    w.writerows(rows)
+                row = {k: row.get(k, "") for k in fields}
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{name}/{k}", v, step)
+
+
+def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) training; returns {"step", "metrics", "eval", "checkpoint"}."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(out_dir)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    main = acc.is_main_process
+    set_seed(cfg.seed, device_specific=False)  # same init on every rank
+    model, critic = task.model, task.critic
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    copt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if critic is not None else None
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+
+    start = 0
+    ckpt_dir = out / "model"
+    if resume:
+        state = checkpoint.load_state(ckpt_dir) if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else None
+        if state is None:
+            raise TrainingError(f"--resume: no checkpoint with training state in {ckpt_dir}; start without --resume")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"])
+            copt.load_state_dict(state["critic_optimizer"])
+        _set_rng_state(state["rng"][acc.process_index] if acc.process_index < len(state["rng"]) else state["rng"][0])
+        start = int(state["step"])
+        if start >= cfg.steps and main:
+            print(f"{ckpt_dir} is already at step {start} >= --steps {cfg.steps}; nothing to do")
+    elif (ckpt_dir / checkpoint.CONFIG_FILE).exists():
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+
+    if critic is not None:
+        model, critic, opt, copt = acc.prepare(model, critic, opt, copt)
+    else:
+        model, opt = acc.prepare(model, opt)
+    raw = acc.unwrap_model(model)
+    if hasattr(task, "on_prepared"):
+        task.on_prepared(acc)
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    logger = _Logger(out, start if resume else -1, main)
+    loader = DataLoader(
+        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, start, acc.process_index),
+        collate_fn=task.collate, num_workers=cfg.num_workers,
+    )
+    batches = iter(loader)
+    last: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+
+    def save(step: int) -> None:
+        acc.wait_for_everyone()
+        rng = [_rng_state()]
+        if acc.num_processes > 1:
+            gathered = [None] * acc.num_processes
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if main:
+            state = {
+                "step": step, "model": raw.state_dict(), "optimizer": opt.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "rng": rng, "train_config": asdict(cfg),
+            }
+            if critic is not None:
+                state["critic"] = acc.unwrap_model(critic).state_dict()
+                state["critic_optimizer"] = copt.state_dict()
+            extra = {"step": step, **task.checkpoint_extra()}
+            weights = ema.state_dict() if ema is not None else None
+            checkpoint.save(raw, ckpt_dir, state=state, weights=weights, extra=extra)
+        acc.wait_for_everyone()
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not main, desc=f"train {out.name}", dynamic_ncols=True)
+    for step in range(start, cfg.steps):
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            sync = micro == cfg.grad_accum - 1
+            ctx = acc.no_sync(model) if not sync and acc.num_processes > 1 else _nullcontext()
+            with ctx, acc.autocast():
+                losses = task.loss(model, batch, step)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                _stop_non_finite(step, losses, ckpt_dir)
+            acc.backward(loss / cfg.grad_accum)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(torch.as_tensor(grad_norm)):
+            _stop_non_finite(step, {"grad_norm": torch.as_tensor(grad_norm)}, ckpt_dir)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if critic is not None:
+            closses = task.critic_loss(batch, step)
+            if closses is not None:
+                for group in copt.param_groups:
+                    group["lr"] = lr
+                acc.backward(closses["disc"])
+                copt.step()
+                copt.zero_grad(set_to_none=True)
+                sums.update({k: float(v.detach()) for k, v in closses.items()})
+        if ema is not None:
+            _update_ema(ema, raw, cfg.ema_decay, step)
+        done = step + 1
+        last = {"lr": lr, "grad_norm": float(grad_norm), **sums}
+        if main and (done % cfg.log_every == 0 or done == cfg.steps):
+            logger.log("metrics", done, last)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in sums.items() if k == "loss" or len(sums) <= 4})
+        bar.update(1)
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save(done)
+        if main and (done % cfg.eval_every == 0 or done == cfg.steps):
+            eval_metrics = task.evaluate(ema if ema is not None else raw, done, out)
+            logger.log("eval", done, eval_metrics)
+            bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+    bar.close()
+    replicas = _replica_checksums(acc, ema if ema is not None else raw)
+    if main and acc.num_processes > 1:
+        (out / "replicas.json").write_text(json.dumps(replicas) + "\n")
+    acc.wait_for_everyone()
+    return {"step": max(start, cfg.steps), "metrics": last, "eval": eval_metrics, "checkpoint": ckpt_dir, "replicas": replicas}
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
+    bad = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if not torch.isfinite(v).all())
+    kept = f"the last good checkpoint is {ckpt_dir}" if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else "no checkpoint was written yet"
+    raise TrainingError(
+        f"non-finite loss at step {step + 1} ({bad}); stopped, {kept}. "
+        "Lower --lr or raise --warmup and resume with --resume"
+    )
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):  # codebooks updated by EMA live in buffers
+        e.copy_(b)
+
+
+@torch.no_grad()
+def _replica_checksums(acc: Any, model: nn.Module) -> list[str]:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    mine = h.hexdigest()
+    if acc.num_processes == 1:
+        return [mine]
+    gathered: list[Any] = [None] * acc.num_processes
+    torch.distributed.all_gather_object(gathered, mine)
+    return gathered
