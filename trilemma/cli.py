@@ -61,6 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--gan-start", type=int, default=None, help="step the GAN switches on (default steps/2)")
     _add_train_args(tp, steps=2000, batch=32, lr=4e-4)
 
+    gp = tsub.add_parser("generator", help="train a text-to-image generator on a tokenizer's tokens")
+    gp.add_argument("--kind", required=True, choices=registry.names("generator"))
+    gp.add_argument("--preset", default=None, help="generator preset (default KIND-shapes): "
+                    + ", ".join(registry.preset_names("generator")))
+    gp.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    gp.add_argument("--num-images", type=int, default=20000, help="training images, tokenized once and cached")
+    gp.add_argument("--text-length", type=int, default=32, help="max caption length in words (longer ones are truncated, with a notice)")
+    _add_train_args(gp, steps=3000, batch=64, lr=5e-4)
+
+    p = sub.add_parser("generate", help="generate images from text prompts")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--generator", required=True, help="generator checkpoint or run directory")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    p.add_argument("--n", type=int, default=16, help="images per prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    p.add_argument("--steps", type=int, default=None, help="decoding steps (masked / diffusion generators)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="samples.png")
+
+    p = sub.add_parser("demo", help="the main job: train, generate and evaluate end to end on shapes")
+    p.add_argument("--quick", action="store_true", help="a ~2 minute version (used in tests)")
+    p.add_argument("--out", default="runs/demo")
+
     p = sub.add_parser("tokenize", help="encode images to a tokens file")
     p.add_argument("images", nargs="+")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
@@ -110,6 +136,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     if args.train_command == "tokenizer":
         commands.train_tokenizer(args)
+    else:
+        commands.train_generator(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,3 +116,58 @@ def import_command(args: argparse.Namespace) -> None:
     spec = model.spec
     print(f"imported {args.path} -> {args.out}: {spec.grid[0]}x{spec.grid[1]} tokens, {spec.vocab_size} codes")
 
+
+
+def train_generator(args: argparse.Namespace) -> dict:
+    from trilemma.data import load_dataset
+    from trilemma.data.text import TextTokenizer
+    from trilemma.generator_training import VAL_ITEMS, GeneratorTask, tokenize_dataset
+
+    cfg = train_config(args)
+    tok_dir = resolve_checkpoint(args.tokenizer)
+    tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
+    out = Path(args.out)
+    dataset = load_dataset(args.data, split="train", size=tokenizer.image_size, seed=cfg.seed)
+    n = min(args.num_images + VAL_ITEMS, len(dataset))
+    if n <= VAL_ITEMS:
+        raise ValueError(f"{args.data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
+    tokens, captions = tokenize_dataset(tokenizer, dataset, n, out / "cache", data_key=repr(dataset))
+    text_path = out / "text.json"
+    if args.resume and text_path.is_file():
+        text = TextTokenizer.load(text_path)
+    else:
+        text = TextTokenizer.build(captions, max_length=args.text_length)
+        out.mkdir(parents=True, exist_ok=True)
+        text.save(text_path)
+    preset = args.preset or f"{args.kind}-shapes"
+    torch.manual_seed(cfg.seed)
+    generator = registry.build("generator", preset, spec=tokenizer.spec, text=text)
+    if generator.registry_name != args.kind:
+        raise ValueError(f"preset {preset} is a {generator.registry_name} generator, not {args.kind}")
+    val = load_dataset(args.data, split="val", size=tokenizer.image_size, seed=cfg.seed)
+    prompts = [val[i]["caption"] for i in range(8)]
+    task = GeneratorTask(generator, tokenizer, tokens, captions, text, prompts, tok_dir, args.data)
+    result = train(task, cfg, out, resume=args.resume)
+    print(f"generator checkpoint: {result['checkpoint']} (step {result['step']}), samples in {out / 'samples'}")
+    return result
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    from trilemma.images import save_grid
+    from trilemma.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.generator, args.tokenizer)
+    prompts = [p for p in args.prompts for _ in range(args.n)]
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale, seed=args.seed)
+    if args.steps is not None:
+        sampling["steps"] = args.steps
+    pipe.generator.sampling_config(**sampling)  # validate before any work
+    images = pipe(prompts, **sampling)
+    save_grid(images, args.out, captions=prompts)
+    print(f"wrote {len(images)} images to {args.out}")
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    from trilemma.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)

@@ -127,6 +127,7 @@ class InceptionFeatures(FeatureExtractor):
         for p in self.net.parameters():  # ScriptModule has no requires_grad_()
             p.requires_grad_(False)
         self.dim = 2048
+        self.eval()  # a frozen pretrained network; its BatchNorms ignore the mode anyway
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] -> the network's input [B, 3, 299, 299] in [-1, 0.9921875]."""

@@ -1,0 +1,66 @@
+"""Text -> tokens -> images: a tokenizer and a generator trained on its tokens, used together.
+
+A generator checkpoint records the tokenizer it was trained on (path and weights hash); loading a
+pipeline with any other tokenizer is refused with an error that says which one it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trilemma import checkpoint
+from trilemma.checkpoint import CheckpointError
+from trilemma.train import resolve_checkpoint
+
+
+def check_compatible(tokenizer_spec: Any, generator_spec: Any) -> None:
+    fields = ("kind", "vocab_size", "latent_dim", "max_tokens", "levels", "grid")
+    diff = [f for f in fields if getattr(tokenizer_spec, f) != getattr(generator_spec, f)]
+    if diff:
+        detail = ", ".join(f"{f}: tokenizer {getattr(tokenizer_spec, f)} vs generator {getattr(generator_spec, f)}" for f in diff)
+        raise ValueError(f"tokenizer and generator do not match ({detail}); use the tokenizer the generator was trained on")
+
+
+class Pipeline:
+    def __init__(self, tokenizer: Any, generator: Any):
+        check_compatible(tokenizer.spec, generator.spec)
+        self.tokenizer, self.generator, self.text = tokenizer, generator, generator.text
+
+    @classmethod
+    def load(cls, generator_dir: str | Path, tokenizer_dir: str | Path | None = None) -> "Pipeline":
+        gen_dir = resolve_checkpoint(generator_dir)
+        meta = checkpoint.read_config(gen_dir, kind="generator")
+        recorded = meta.get("tokenizer") or {}
+        if tokenizer_dir is None:
+            if not recorded.get("path"):
+                raise CheckpointError(f"{gen_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")
+            tokenizer_dir = recorded["path"]
+            if not Path(tokenizer_dir).exists():
+                raise CheckpointError(
+                    f"{gen_dir}: was trained on the tokenizer at {tokenizer_dir}, which is gone; "
+                    "pass its new location with --tokenizer"
+                )
+        tok_dir = resolve_checkpoint(tokenizer_dir)
+        if recorded.get("hash") and checkpoint.content_hash(tok_dir) != recorded["hash"]:
+            raise CheckpointError(
+                f"{tok_dir}: is not the tokenizer {gen_dir} was trained on (weights hash "
+                f"{checkpoint.content_hash(tok_dir)[:12]} != {recorded['hash'][:12]}, trained with {recorded.get('path')})"
+            )
+        tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
+        generator = checkpoint.load(gen_dir, kind="generator")
+        return cls(tokenizer, generator)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], batch_size: int = 64, **sampling: Any) -> torch.Tensor:
+        """Images [len(prompts), 3, H, W] in [-1, 1]. Sampling options go to ``generator.sample``;
+        with a seed, batch b uses seed + b so that a large request stays reproducible."""
+        images = []
+        seed = sampling.pop("seed", None)
+        for b, start in enumerate(range(0, len(prompts), batch_size)):
+            text_ids = self.text.encode(prompts[start : start + batch_size])
+            tokens = self.generator.sample(text_ids, seed=None if seed is None else seed + b, **sampling)
+            images.append(self.tokenizer.decode(tokens).clamp(-1, 1))
+        return torch.cat(images)
