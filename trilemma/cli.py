@@ -27,6 +27,8 @@ def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: floa
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--out", required=True, help="run directory (checkpoint in OUT/model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --set channels=32 --set quantizer.codebook_size=512 (JSON values)")
 
 
 def build_parser() -> argparse.ArgumentParser:

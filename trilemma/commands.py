@@ -12,6 +12,27 @@ from trilemma import checkpoint, registry
 from trilemma.train import TrainConfig, resolve_checkpoint, train
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """["channels=32", "quantizer.codebook_size=512"] -> {"channels": 32, "quantizer": {"codebook_size": 512}}."""
+    import json
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # bare strings need no quotes
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     steps = args.steps
     quarter = max(1, steps // 4)
@@ -25,30 +46,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def train_tokenizer(args: argparse.Namespace) -> dict:
-    from trilemma.data import load_dataset
-    from trilemma.tokenizer_training import TokenizerTask
+    from trilemma.tokenizer_training import train_tokenizer as run
     from trilemma.tokenizers.losses import LossConfig
 
     cfg = train_config(args)
-    overrides = {"image_size": args.size} if args.size else {}
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    tokenizer = registry.build("tokenizer", args.preset, **overrides)
-    size = tokenizer.image_size
-    out = Path(args.out)
-    if not tokenizer.trainable:
-        checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": args.preset})
-        print(f"{args.preset} has nothing to learn; saved it to {out / 'model'}")
-        return {"checkpoint": out / "model"}
     loss = LossConfig(
         perceptual_weight=args.perceptual, gan_weight=args.gan,
         gan_start=args.gan_start if args.gan_start is not None else cfg.steps // 2,
     )
-    dataset = load_dataset(args.data, split="train", size=size, seed=cfg.seed)
-    val = load_dataset(args.data, split="val", size=size, seed=cfg.seed)
-    eval_images = torch.stack([val[i]["image"] for i in range(min(256, len(val)))])
-    task = TokenizerTask(tokenizer, dataset, loss, eval_images)
-    task.checkpoint_extra = lambda: {"preset": args.preset, "data": args.data}
-    result = train(task, cfg, out, resume=args.resume)
+    result = run(args.preset, args.data, Path(args.out), cfg, loss, size=args.size, resume=args.resume,
+                 overrides=parse_overrides(args.set))
     print(f"tokenizer checkpoint: {result['checkpoint']} (step {result['step']})")
     if result["eval"]:
         print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
@@ -119,36 +126,13 @@ def import_command(args: argparse.Namespace) -> None:
 
 
 def train_generator(args: argparse.Namespace) -> dict:
-    from trilemma.data import load_dataset
-    from trilemma.data.text import TextTokenizer
-    from trilemma.generator_training import VAL_ITEMS, GeneratorTask, tokenize_dataset
+    from trilemma.generator_training import train_generator as run
 
-    cfg = train_config(args)
-    tok_dir = resolve_checkpoint(args.tokenizer)
-    tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
-    out = Path(args.out)
-    dataset = load_dataset(args.data, split="train", size=tokenizer.image_size, seed=cfg.seed)
-    n = min(args.num_images + VAL_ITEMS, len(dataset))
-    if n <= VAL_ITEMS:
-        raise ValueError(f"{args.data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
-    tokens, captions = tokenize_dataset(tokenizer, dataset, n, out / "cache", data_key=repr(dataset))
-    text_path = out / "text.json"
-    if args.resume and text_path.is_file():
-        text = TextTokenizer.load(text_path)
-    else:
-        text = TextTokenizer.build(captions, max_length=args.text_length)
-        out.mkdir(parents=True, exist_ok=True)
-        text.save(text_path)
-    preset = args.preset or f"{args.kind}-shapes"
-    torch.manual_seed(cfg.seed)
-    generator = registry.build("generator", preset, spec=tokenizer.spec, text=text)
-    if generator.registry_name != args.kind:
-        raise ValueError(f"preset {preset} is a {generator.registry_name} generator, not {args.kind}")
-    val = load_dataset(args.data, split="val", size=tokenizer.image_size, seed=cfg.seed)
-    prompts = [val[i]["caption"] for i in range(8)]
-    task = GeneratorTask(generator, tokenizer, tokens, captions, text, prompts, tok_dir, args.data)
-    result = train(task, cfg, out, resume=args.resume)
-    print(f"generator checkpoint: {result['checkpoint']} (step {result['step']}), samples in {out / 'samples'}")
+    result = run(
+        args.kind, args.tokenizer, args.data, Path(args.out), train_config(args), preset=args.preset,
+        num_images=args.num_images, text_length=args.text_length, resume=args.resume, **parse_overrides(args.set),
+    )
+    print(f"generator checkpoint: {result['checkpoint']} (step {result['step']}), samples in {Path(args.out) / 'samples'}")
     return result
 
 

@@ -12,10 +12,11 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from trilemma import checkpoint
+from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokens import Tokens
+from trilemma.train import TrainConfig, init_distributed, resolve_checkpoint, train
 
 
 VAL_ITEMS = 256  # the last tokenized items are a held-out validation set
@@ -104,3 +105,37 @@ class GeneratorTask:
         if self.tokenizer_dir is not None:
             tok = {"path": str(Path(self.tokenizer_dir).resolve()), "hash": checkpoint.content_hash(self.tokenizer_dir)}
         return {"tokenizer": tok, "data": self.data}
+
+
+def train_generator(
+    kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
+    num_images: int = 20000, text_length: int = 32, resume: bool = False, **overrides: Any,
+) -> dict[str, Any]:
+    """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``."""
+    from trilemma.data import load_dataset
+
+    init_distributed()
+    tok_dir = resolve_checkpoint(tokenizer)
+    tok = checkpoint.load(tok_dir, kind="tokenizer")
+    out = Path(out)
+    dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
+    n = min(num_images + VAL_ITEMS, len(dataset))
+    if n <= VAL_ITEMS:
+        raise ValueError(f"{data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
+    tokens, captions = tokenize_dataset(tok, dataset, n, out / "cache", data_key=repr(dataset))
+    text_path = out / "text.json"
+    if resume and text_path.is_file():
+        text = TextTokenizer.load(text_path)
+    else:
+        text = TextTokenizer.build(captions, max_length=text_length)
+        out.mkdir(parents=True, exist_ok=True)
+        text.save(text_path)
+    preset = preset or f"{kind}-shapes"
+    torch.manual_seed(cfg.seed)
+    generator = registry.build("generator", preset, spec=tok.spec, text=text, **overrides)
+    if generator.registry_name != kind:
+        raise ValueError(f"preset {preset} is a {generator.registry_name} generator, not {kind}")
+    val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
+    prompts = [val[i]["caption"] for i in range(8)]
+    task = GeneratorTask(generator, tok, tokens, captions, text, prompts, tok_dir, data)
+    return train(task, cfg, out, resume=resume)

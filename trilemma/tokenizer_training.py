@@ -8,9 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from trilemma.data import collate
+from trilemma import checkpoint, registry
+from trilemma.data import collate, load_dataset
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
+from trilemma.train import TrainConfig, init_distributed, train
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,3 +78,34 @@ class TokenizerTask:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {}
+
+
+def train_tokenizer(
+    preset: str, data: str, out: Path, cfg: TrainConfig, loss: LossConfig | None = None,
+    size: int | None = None, resume: bool = False, eval_images: int = 256, overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train tokenizer ``preset`` on ``data`` ('shapes' or a folder) into the run directory ``out``.
+
+    ``overrides`` replace preset config fields; a dict value (the quantizer) is merged key by key."""
+    init_distributed()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    _, base, _ = registry.resolve("tokenizer", preset)
+    fields = dict(overrides or {})
+    for key, value in list(fields.items()):
+        if isinstance(value, dict) and isinstance(getattr(base, key, None), dict):
+            fields[key] = {**getattr(base, key), **value}
+    if size:
+        fields["image_size"] = size
+    tokenizer = registry.build("tokenizer", preset, **fields)
+    out = Path(out)
+    if not tokenizer.trainable:
+        checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": preset})
+        print(f"{preset} has nothing to learn; saved it to {out / 'model'}")
+        return {"checkpoint": out / "model", "step": 0, "eval": {}}
+    size = tokenizer.image_size
+    dataset = load_dataset(data, split="train", size=size, seed=cfg.seed)
+    val = load_dataset(data, split="val", size=size, seed=cfg.seed)
+    held_out = torch.stack([val[i]["image"] for i in range(min(eval_images, len(val)))])
+    task = TokenizerTask(tokenizer, dataset, loss or LossConfig(), held_out)
+    task.checkpoint_extra = lambda: {"preset": preset, "data": data}
+    return train(task, cfg, out, resume=resume)

@@ -169,13 +169,22 @@ class _Logger:
                 self.tb.add_scalar(f"{name}/{k}", v, step)
 
 
+def init_distributed() -> None:
+    """Join the process group now (when launched by torchrun / accelerate launch), before models are
+    built: quantizers decide at construction whether to all-reduce their codebook statistics."""
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())
+
+
 def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns {"step", "metrics", "eval", "checkpoint"}."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out = Path(out_dir)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    # Without a GPU, accelerate only goes multi-process (gloo) when told it is on the CPU.
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     main = acc.is_main_process
     set_seed(cfg.seed, device_specific=False)  # same init on every rank
     model, critic = task.model, task.critic
@@ -189,6 +198,11 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         state = checkpoint.load_state(ckpt_dir) if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else None
         if state is None:
             raise TrainingError(f"--resume: no checkpoint with training state in {ckpt_dir}; start without --resume")
+        saved = checkpoint.read_config(ckpt_dir)["config"]
+        now = checkpoint.config_to_dict(model.config)
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if changed:
+            raise TrainingError(f"--resume: the model config differs from the checkpoint's in {changed}; resume with the same settings")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:

@@ -15,8 +15,8 @@
 The discrete ones wrap vector-quantize-pytorch, whose classes each return a different tuple; here
 every quantizer returns a ``QuantizerOutput``. Notes on the library (checked against 1.32.0):
 - Its fp32 guards are ``autocast('cuda', enabled=False)``: on CPU, and for the input projections on
-  any device, bf16 autocast still applies (FSQ then loses codes). We disable autocast for the
-  whole forward on the input's device type.
+  any device, bf16 autocast still applies (bare FSQ under CPU bf16 autocast changed ~1% of ids in
+  our check). We disable autocast for the whole forward on the input's device type.
 - Straight-through / rotation-trick gradients and all losses exist in training mode only; in eval
   mode VQ/RVQ/LFQ return the bare code vectors (no gradient to the input) and zero losses.
 - VQ k-means init runs on the first forward through a codebook, in eval mode too; until then a
@@ -71,18 +71,23 @@ def codebook_stats(counts: Tensor) -> dict[str, float]:
     if total == 0:
         return {"usage": 0.0, "perplexity": 0.0}
     p = counts[counts > 0] / total
-    return {"usage": float((counts > 0).double().mean()), "perplexity": float(torch.exp(-(p * p.log()).sum()))}
+    entropy = -(p * p.log()).sum()
+    return {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp())}
 
 
 class Quantizer(nn.Module):
-    """Base class: ``forward`` checks the input and runs ``_quantize`` in fp32 with autocast off."""
+    """Base class: ``forward`` checks the input and runs ``_quantize`` in fp32 with autocast off.
+
+    ``dim`` is the channel count the tokenizer gives the bottleneck; the encoder must output
+    ``in_channels`` (dim, or 2 * dim for the VAE) and the decoder receives ``latent_dim`` (dim).
+    """
+
+    vocab_size: int | None = None  # codes per level; None for continuous latents
+    _min_id = 0  # smallest valid id (RVQ also accepts -1: a dropped level)
 
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-
-    vocab_size: int | None = None  # codes per level; None for continuous latents
-    _min_id = 0  # smallest valid id (RVQ also accepts -1: a dropped level)
 
     @property
     def levels(self) -> int:
@@ -107,7 +112,7 @@ class Quantizer(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} expects [B, {self.in_channels}, H, W], got {tuple(z.shape)}"
             )
-        # fp32 always: bf16 rounding moves FSQ/LFQ bins and VQ nearest codes (lost codes)
+        # fp32 always: in bf16, rounding moves FSQ/LFQ bins and VQ nearest codes (lost codes)
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self._quantize(z.float())
 
@@ -120,7 +125,8 @@ class Quantizer(nn.Module):
             )
         ndim = 3 if self.levels == 1 else 4
         if ids.ndim != ndim or ids.dtype.is_floating_point:
-            raise ValueError(f"ids must be integer [B, H, W{', levels' if ndim == 4 else ''}], got {ids.dtype} {tuple(ids.shape)}")
+            shape = "[B, H, W]" if ndim == 3 else f"[B, H, W, {self.levels}]"
+            raise ValueError(f"ids must be integers of shape {shape}, got {ids.dtype} {tuple(ids.shape)}")
         if (ids >= self.vocab_size).any() or (ids < self._min_id).any():
             raise ValueError(f"ids must be in [{self._min_id}, {self.vocab_size})")
         h, w = ids.shape[1:3]
@@ -139,7 +145,7 @@ class Quantizer(nn.Module):
         ids = ids[ids >= 0]  # -1 marks a level dropped by RVQ quantizer dropout, not a code
         return torch.bincount(ids.flatten(), minlength=self.vocab_size).float()
 
-    def _output(self, quantized: Tensor, ids: Tensor, losses: dict[str, Tensor], h: int, w: int) -> QuantizerOutput:
+    def _output(self, quantized: Tensor, ids: Tensor, losses: dict[str, Tensor], h: int, w: int):
         """Assemble the output from the library's [B, H*W, ...] tensors."""
         ids = rearrange(ids.long(), "b (h w) ... -> b h w ...", h=h, w=w)
         quantized = rearrange(quantized, "b (h w) d -> b d h w", h=h, w=w)
@@ -188,8 +194,13 @@ class VectorQuantizer(Quantizer):
         decay: float = 0.99  # EMA decay of the codebook updates
         kmeans_init: bool = True  # codes start as k-means centroids of the first batch
         kmeans_iters: int = 10
-        threshold_ema_dead_code: float = 2.0  # codes with a lower EMA count are re-seeded from the batch
-        use_cosine_sim: bool = True  # l2-normalised inputs and codes (Improved VQGAN)
+        # codes whose EMA count (vectors per batch) falls below this are re-seeded from the batch;
+        # keep it well under batch vectors / codebook_size (we warn otherwise). With decay 0.99 an
+        # unused code is noticed after ln(count / threshold) / 0.01 steps (~140 from a count of 8).
+        threshold_ema_dead_code: float = 2.0
+        # l2-normalised inputs and codes (Improved VQGAN). Needs roughly centred encoder outputs:
+        # on inputs with a large common offset all directions are alike and usage drops by half.
+        use_cosine_sim: bool = True
         commitment_weight: float = 0.25  # beta of VQ-VAE; the loss is named "commit"
         rotation_trick: bool = True  # gradient estimator: rotation trick, else plain straight-through
 
@@ -199,7 +210,10 @@ class VectorQuantizer(Quantizer):
         self.vocab_size = config.codebook_size
         self._warned = False
         self.vq = VectorQuantize(
-            dim=dim, codebook_size=config.codebook_size, codebook_dim=config.codebook_dim, **_codebook_kwargs(config)
+            dim=dim,
+            codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim,
+            **_codebook_kwargs(config),
         )
 
     def _quantize(self, z: Tensor) -> QuantizerOutput:
@@ -225,6 +239,8 @@ class ResidualVectorQuantizer(Quantizer):
         quantize_dropout: bool = True  # train on random prefixes so coarse ids decode too
         quantize_dropout_cutoff_index: int = 1  # always keep at least levels 0..cutoff
 
+    _min_id = -1  # a level dropped by quantizer dropout (training only)
+
     def __init__(self, config: Config, dim: int):
         super().__init__(dim)
         self.config = config
@@ -239,8 +255,6 @@ class ResidualVectorQuantizer(Quantizer):
             quantize_dropout_cutoff_index=config.quantize_dropout_cutoff_index,
             **_codebook_kwargs(config),
         )
-
-    _min_id = -1
 
     @property
     def levels(self) -> int:
@@ -269,7 +283,7 @@ class ResidualVectorQuantizer(Quantizer):
 
 @register("quantizer", "fsq")
 class FiniteScalarQuantizer(Quantizer):
-    """Each of a few projected channels is rounded to a fixed grid; the implicit codebook is the product."""
+    """A few projected channels, each rounded to a fixed grid: the codebook is their product."""
 
     @dataclass
     class Config:
@@ -329,7 +343,8 @@ class LookupFreeQuantizer(Quantizer):
         h, w = z.shape[2:]
         x = rearrange(z, "b d h w -> b (h w) d")
         num_tokens = x.shape[0] * x.shape[1]
-        self.lfq.frac_per_sample_entropy = min(1.0, max(cfg.frac_per_sample_entropy, _MIN_ENTROPY_SAMPLES / num_tokens))
+        frac = max(cfg.frac_per_sample_entropy, _MIN_ENTROPY_SAMPLES / num_tokens)
+        self.lfq.frac_per_sample_entropy = min(1.0, frac)  # read by the library on each forward
         (quantized, ids, _), breakdown = self.lfq(x, return_loss_breakdown=True)
         # the library sums these into one aux loss; we keep them apart (same weights)
         entropy = breakdown.per_sample_entropy - cfg.diversity_gamma * breakdown.batch_entropy

@@ -1,0 +1,128 @@
+"""The shared training loop: learning, exact resume, surviving SIGKILL, stopping on NaN, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trilemma import checkpoint
+from trilemma.tokenizer_training import train_tokenizer
+from trilemma.train import TrainConfig, TrainingError, lr_at
+
+TINY = {"channels": 8, "quantizer": {"codebook_size": 32, "codebook_dim": 4}}
+
+
+def _cfg(steps, **kw):
+    base = dict(steps=steps, batch_size=8, lr=2e-3, warmup_steps=2, eval_every=steps, save_every=steps, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_tokenizer_training_improves_reconstruction(tmp_path):
+    first = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "a", _cfg(1), overrides=TINY, eval_images=32)
+    more = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "b", _cfg(40), overrides=TINY, eval_images=32)
+    assert more["eval"]["psnr"] > first["eval"]["psnr"] + 1.0
+    rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,lr,grad_norm,loss") and len(rows) == 41
+    assert (tmp_path / "b" / "samples" / "recon_000040.png").is_file()
+    loaded = checkpoint.load(more["checkpoint"], kind="tokenizer")
+    assert json.loads((more["checkpoint"] / "config.json").read_text())["step"] == 40
+    assert loaded.spec.vocab_size == 32
+
+
+def _poison_at(monkeypatch, bad_step):
+    """Make the tokenizer loss NaN at one step (an interruption the loop must survive)."""
+    from trilemma import tokenizer_training
+
+    real_loss = tokenizer_training.TokenizerTask.loss
+
+    def poisoned(self, model, images, step):
+        out = real_loss(self, model, images, step)
+        if step == bad_step:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(tokenizer_training.TokenizerTask, "loss", poisoned)
+    return lambda: monkeypatch.setattr(tokenizer_training.TokenizerTask, "loss", real_loss)
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    cfg = _cfg(6, ema_decay=0.9, save_every=3)
+    straight = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "s", cfg, overrides=TINY, eval_images=8)
+    heal = _poison_at(monkeypatch, 3)
+    with pytest.raises(TrainingError):
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides=TINY, eval_images=8)
+    heal()
+    assert checkpoint.load_state(tmp_path / "r" / "model")["step"] == 3
+    resumed = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides=TINY, eval_images=8, resume=True)
+    assert resumed["step"] == 6
+    a = checkpoint.load_state(straight["checkpoint"])
+    b = checkpoint.load_state(resumed["checkpoint"])
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides=TINY, eval_images=8)
+    with pytest.raises(TrainingError, match="config differs"):
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", _cfg(8), overrides={**TINY, "channels": 16},
+                        eval_images=8, resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    _poison_at(monkeypatch, 3)
+    with pytest.raises(TrainingError) as err:
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "n", _cfg(6, save_every=2), overrides=TINY, eval_images=8)
+    assert "non-finite loss at step 4" in str(err.value) and "last good checkpoint" in str(err.value)
+    assert checkpoint.load_state(tmp_path / "n" / "model")["step"] == 2
+    checkpoint.load(tmp_path / "n" / "model")
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "trilemma.cli", *args]
+
+
+def test_sigkill_then_resume_ends_at_the_same_step(tmp_path):
+    out = tmp_path / "k"
+    args = ["train", "tokenizer", "--preset", "vq-f4-shapes", "--steps", "400", "--batch-size", "8", "--save-every", "3",
+            "--eval-every", "1000", "--out", str(out), "--set", "channels=8", "--set", "quantizer.codebook_size=32"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "model" / "training_state.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it get into the next checkpoint write, if it can
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.load_state(out / "model")["step"]
+    assert 3 <= killed_at < 400
+    args[args.index("400")] = str(killed_at + 6)
+    done = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert checkpoint.load_state(out / "model")["step"] == killed_at + 6
+    checkpoint.load(out / "model", kind="tokenizer")
+    assert not [p for p in out.iterdir() if p.name.startswith(".model.")]  # no stray temp dirs survive
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "trilemma.cli", "train", "tokenizer", "--preset", "vq-f4-shapes", "--steps", "6", "--batch-size", "4",
+           "--out", str(out), "--set", "channels=8", "--set", "quantizer.codebook_size=32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    replicas = json.loads((out / "replicas.json").read_text())
+    assert len(replicas) == 2 and replicas[0] == replicas[1]
