@@ -5,7 +5,7 @@ score is a real-vs-real floor) + the Frechet distance in float64. The bf16 varia
 the feature network; its FID is reported beside the fp32 one with the relative feature error, so
 it is only worth using where ``close`` is true.
 
-    .venv/bin/python bench/bench_fid.py [--n 1000] [--networks inception domain-cnn] [--no-bf16]
+    .venv/bin/python bench/bench_fid.py [--n 1000] [--networks inception domain-cnn] [--no-bf16] [--threads 1]
 
 Prints a table and writes bench/results/fid.json.
 """
@@ -52,7 +52,8 @@ def run(network: str, real: torch.Tensor, fake: torch.Tensor, batch_size: int, b
     model(real[:2])  # warm-up: the TorchScript Inception profiles its first calls
     rows, reference = [], None
     for dtype in ["fp32", "bf16"] if bf16 else ["fp32"]:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+        use_bf16 = dtype == "bf16"
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
         start = time.perf_counter()
         with autocast:
             f_real = extract(model, real, batch_size=batch_size, progress=False)
@@ -104,8 +105,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--networks", nargs="+", default=["domain-cnn", "inception"])
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 avoids OpenMP thrashing on a shared CPU)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)  # the domain CNN is random-init: fine for timing
     real = synthetic_images(args.n, args.size, seed=0)
@@ -115,8 +121,10 @@ def main() -> None:
     for network in args.networks:
         rows += run(network, real, fake, args.batch_size, bf16=not args.no_bf16)
 
-    print(f"\nFID of {args.n} vs {args.n} synthetic {args.size}x{args.size} images, CPU, {torch.get_num_threads()} threads")
-    print(f"{'network':<12} {'dtype':<5} {'images/s':>9} {'extract s':>10} {'FID s':>7} {'total s':>8} {'FID':>10} {'dFID':>9} {'feat err':>9}")
+    threads = torch.get_num_threads()
+    print(f"\nFID of {args.n} vs {args.n} synthetic {args.size}x{args.size} images, CPU, {threads} threads")
+    header = ("network", "dtype", "images/s", "extract s", "FID s", "total s", "FID", "dFID", "feat err")
+    print("{:<12} {:<5} {:>9} {:>10} {:>7} {:>8} {:>10} {:>9} {:>9}".format(*header))
     for r in rows:
         extra = (
             f"{r['fid_delta_vs_fp32']:>+9.4f} {r['feature_rel_error_vs_fp32']:>9.4f}"

@@ -89,6 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ~2 minute version (used in tests)")
     p.add_argument("--out", default="runs/demo")
 
+    p = sub.add_parser("eval", help="evaluate tokenizers and generators (metrics, trade-off report)")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", default="shapes", help="'shapes' or a directory of images (default: shapes)")
+    common.add_argument("--n", type=int, default=1000, help="held-out images to evaluate on (default 1000)")
+    common.add_argument("--features", default="auto", choices=["auto", "domain", "inception", "none"],
+                        help="FID features: auto = domain probe on shapes, Inception on a folder")
+    common.add_argument("--probe-cache", default=None, help="where the shapes probe is cached (default OUT/probe)")
+    common.add_argument("--batch-size", type=int, default=64)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--out", default="runs/eval", help="output directory (default runs/eval)")
+    ep = esub.add_parser("reconstruction", parents=[common], help="PSNR, SSIM, LPIPS, rFID, usage, bits of one tokenizer")
+    ep.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    ep.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    ep = esub.add_parser("generation", parents=[common], help="FID/KID/precision-recall with floors, prompt adherence")
+    ep.add_argument("--generator", required=True, help="generator checkpoint or run directory")
+    ep.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    ep.add_argument("--temperature", type=float, default=1.0)
+    ep.add_argument("--top-k", type=int, default=None)
+    ep.add_argument("--top-p", type=float, default=None)
+    ep.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    ep.add_argument("--steps", type=int, default=None, help="decoding steps (masked / diffusion generators)")
+    ep = esub.add_parser("tradeoff", parents=[common], help="sweep tokenizers: table + PSNR/rFID-vs-bits plots")
+    ep.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
+    ep.add_argument("--size", type=int, default=None, help="image size (default: the one the tokenizers share)")
+    ep.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+
     p = sub.add_parser("tokenize", help="encode images to a tokens file")
     p.add_argument("images", nargs="+")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
@@ -152,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_data(args)
         elif args.command == "train":
             _cmd_train(args)
+        elif args.command == "eval":
+            from trilemma import eval_commands
+
+            getattr(eval_commands, args.eval_command + "_command")(args)
         else:
             from trilemma import commands
 

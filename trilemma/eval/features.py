@@ -64,11 +64,14 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
     spec = importlib.util.find_spec(INCEPTION_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"Inception weights file {INCEPTION_FILE} not found: package {INCEPTION_PACKAGE} is not installed. {fix}"
+            f"Inception weights file {INCEPTION_FILE} not found: "
+            f"package {INCEPTION_PACKAGE} is not installed. {fix}"
         )
     p = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"Inception weights file {p} is missing from the {INCEPTION_PACKAGE} install. {fix}")
+        raise FileNotFoundError(
+            f"Inception weights file {p} is missing from the {INCEPTION_PACKAGE} install. {fix}"
+        )
     return p
 
 
@@ -200,7 +203,9 @@ class DomainFeatures(FeatureExtractor):
             raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         return self.blocks(images).mean(dim=(2, 3))
 
 
@@ -269,7 +274,8 @@ def extract(
     extractor.eval()
     out = []
     try:
-        with tqdm(total=_total(images_or_iterable), unit="img", disable=not progress, desc=type(extractor).__name__) as bar:
+        total, name = _total(images_or_iterable), type(extractor).__name__
+        with tqdm(total=total, unit="img", disable=not progress, desc=name) as bar:
             for batch in _batches(images_or_iterable, batch_size):
                 out.append(extractor(batch.to(device=device, dtype=torch.float32)).float().cpu())
                 bar.update(len(batch))

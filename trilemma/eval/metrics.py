@@ -89,7 +89,8 @@ def ssim(
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(
-            f"expected two image batches of equal shape [B, C, H, W], got {tuple(x.shape)} and {tuple(y.shape)}"
+            f"expected two image batches of equal shape [B, C, H, W], "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
         )
 
 
@@ -221,7 +222,9 @@ def precision_recall(real, fake, k: int = 3, chunk: int = 1024) -> tuple[float, 
     real = torch.as_tensor(real).float()
     fake = torch.as_tensor(fake).float()
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"need features [N, D] with equal D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(
+            f"need features [N, D] with equal D, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     real_radii = _knn_radii(real, k, chunk)
     fake_radii = _knn_radii(fake, k, chunk)
     precision = _coverage(fake, real, real_radii, chunk)
@@ -232,7 +235,8 @@ def precision_recall(real, fake, k: int = 3, chunk: int = 1024) -> tuple[float, 
 # ----------------------------------------------------------------------------- token metrics
 
 
-def _code_counts(ids: torch.Tensor | None, vocab_size: int | None, counts: torch.Tensor | None) -> torch.Tensor:
+def _code_counts(ids, vocab_size: int | None, counts) -> torch.Tensor:
+    """Histogram [vocab_size] (float64) from ids or from a given counts tensor."""
     if counts is not None:
         counts = torch.as_tensor(counts).flatten()
         if vocab_size is not None and len(counts) != vocab_size:

@@ -1,0 +1,191 @@
+"""Trade-off sweep: the Pareto front, the report writer, and an end-to-end sweep of tiny tokenizers."""
+
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+from PIL import Image
+
+from trilemma import checkpoint, registry
+from trilemma.eval import metrics
+from trilemma.eval.report import markdown_table, write_report
+from trilemma.eval.tradeoff import discrete_front, pareto_front, tradeoff, trilemma_weights
+
+INF = math.inf
+
+
+# ----------------------------------------------------------------------------- Pareto front
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated_points():
+    points = [
+        (100, 20.0),  # 0 front
+        (200, 25.0),  # 1 front
+        (150, 19.0),  # 2 dominated by 0 (fewer bits, higher PSNR)
+        (200, 24.0),  # 3 dominated by 1 (same bits, lower PSNR)
+        (50, 10.0),  # 4 front: the cheapest
+        (300, INF),  # 5 front: lossless
+        (400, INF),  # 6 dominated by 5 (same PSNR, more bits)
+        (None, 30.0),  # 7 no bit count (continuous): never on the front
+        (100, float("nan")),  # 8 no score
+        (100, 20.0),  # 9 equal to 0: equal points are both kept
+    ]
+    assert pareto_front(points) == [4, 0, 9, 1, 5]
+
+
+def test_pareto_front_minimising_both_axes_for_rfid():
+    points = [(100, 5.0), (200, 3.0), (150, 6.0), (300, 3.0), (400, 0.5)]
+    assert pareto_front(points, maximize=False) == [0, 1, 4]
+    assert pareto_front([]) == []
+    assert pareto_front([(10, 1.0)]) == [0]
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _row(name, discrete, bits, psnr, rfid, floats=None):
+    return dict(tokenizer=name, discrete=discrete, tokens_per_image=64, bits_per_image=bits, floats_per_image=floats,
+                psnr=psnr, ssim=0.9, lpips=None, rfid=rfid, codebook_usage=0.5 if discrete else None,
+                perplexity=10.0 if discrete else None, encode_images_per_s=1000.0, decode_images_per_s=2000.0,
+                image_size=32)
+
+
+CRAFTED = [
+    _row("patch4-8bit", True, 24576, INF, 0.0),
+    _row("patch4-4bit", True, 12288, 34.3, 0.4),
+    _row("vq-f4", True, 512, 24.0, 3.0),
+    _row("vq-f4-bad", True, 1024, 20.0, 5.0),
+    _row("ae-f4", False, None, 31.0, 1.0, floats=256),
+]
+
+
+def _assert_png(path):
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) > 200
+
+
+def test_report_writes_json_markdown_and_pngs(tmp_path):
+    files = write_report(CRAFTED, tmp_path, settings={"data": "shapes", "n": 8})
+    assert {"json", "markdown", "psnr_plot", "rfid_plot", "triangle_plot"} <= set(files)
+
+    payload = json.loads((tmp_path / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert [r["tokenizer"] for r in payload["rows"]] == [r["tokenizer"] for r in CRAFTED]
+    assert payload["rows"][0]["psnr"] == "inf"  # JSON has no infinity
+    assert payload["rows"][4]["bits_per_image"] is None  # never a fake bit count
+    assert payload["pareto_front"]["psnr"] == ["vq-f4", "patch4-4bit", "patch4-8bit"]
+
+    md = (tmp_path / "report.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(CRAFTED)
+    for row in CRAFTED:
+        assert any(line.startswith(f"| {row['tokenizer']} ") for line in table)
+    ae_line = next(line for line in table if line.startswith("| ae-f4 "))
+    assert "continuous (256 floats)" in ae_line and "8,192" not in ae_line
+    assert "∞ (lossless)" in md
+
+    for key in ("psnr_plot", "rfid_plot", "triangle_plot"):
+        _assert_png(files[key])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_report_without_rfid_skips_that_plot(tmp_path):
+    rows = [dict(r, rfid=None) for r in CRAFTED[:2]]
+    files = write_report(rows, tmp_path)
+    assert "rfid_plot" not in files and not (tmp_path / "rfid_vs_bits.png").exists()
+    assert "rFID: not computed" in (tmp_path / "report.md").read_text()
+    _assert_png(files["psnr_plot"])
+
+
+def test_trilemma_weights_corners():
+    w = dict(zip([r["tokenizer"] for r in CRAFTED], trilemma_weights(CRAFTED)))
+    assert w["patch4-8bit"] == (0.0, 1.0, 1.0)  # raw size, lossless, discrete
+    assert w["vq-f4"][0] == 1.0  # the most compact of the sweep
+    assert w["ae-f4"][2] == 0.0 and 0 < w["ae-f4"][1] < 1
+    assert trilemma_weights([dict(CRAFTED[0], psnr=None)]) == [None]
+
+
+def test_markdown_table_marks_the_front():
+    assert discrete_front(CRAFTED, "psnr") == [2, 1, 0]
+    assert discrete_front(CRAFTED, "rfid") == [2, 1, 0]  # vq-f4-bad: more bits and worse rFID
+    table = markdown_table(CRAFTED, front=[2])
+    assert "| vq-f4 * |" in table and "| vq-f4-bad |" in table
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _standin_evaluate(tokenizer, images, features=None, batch_size=64, lpips=True, progress=True):
+    """The subset of ``evaluate_reconstruction`` the sweep reads, for when it is not importable."""
+    tokens = tokenizer.encode(images)
+    recon = tokenizer.decode(tokens).clamp(-1, 1)
+    spec = tokenizer.spec
+    n = float(tokens.tokens_per_image().float().mean())
+    return {
+        "psnr": metrics.psnr(recon, images).mean().item(), "ssim": metrics.ssim(recon, images).mean().item(),
+        "lpips": None, "rfid": None, "discrete": spec.discrete,
+        "codebook_usage": metrics.codebook_usage(tokens.ids, spec.vocab_size) if spec.discrete else None,
+        "perplexity": None, "tokens_per_image": n,
+        "bits_per_image": n * spec.bits_per_token if spec.discrete else None,
+        "floats_per_image": None if spec.discrete else n * spec.latent_dim,
+        "encode_images_per_s": 1.0, "decode_images_per_s": 1.0,
+    }
+
+
+@pytest.fixture
+def reconstruction_api(monkeypatch):
+    """The real ``trilemma.eval.reconstruction`` when present, else a stand-in module."""
+    try:
+        import trilemma.eval.reconstruction  # noqa: F401
+    except ModuleNotFoundError:
+        module = types.ModuleType("trilemma.eval.reconstruction")
+        module.evaluate_reconstruction = _standin_evaluate
+        monkeypatch.setitem(sys.modules, "trilemma.eval.reconstruction", module)
+
+
+@pytest.fixture
+def saved_tokenizers(tmp_path, tiny_vq):
+    dirs = []
+    for preset in ("patch4-8bit", "patch4-4bit"):
+        tok = registry.build("tokenizer", preset, image_size=32)
+        dirs.append(checkpoint.save(tok, tmp_path / preset / "model", extra={"preset": preset}))
+    dirs.append(checkpoint.save(tiny_vq, tmp_path / "my-vq"))  # no preset: named after its directory
+    return dirs
+
+
+def test_tradeoff_end_to_end(saved_tokenizers, reconstruction_api, tmp_path):
+    torch.set_num_threads(1)
+    rows = tradeoff([saved_tokenizers[0].parent, *saved_tokenizers[1:]], data="shapes", n=8, features=None,
+                    lpips=False, progress=False)
+    by_name = {r["tokenizer"]: r for r in rows}
+    assert list(by_name) == ["patch4-8bit", "patch4-4bit", "my-vq"]
+    hi, lo, vq = by_name["patch4-8bit"], by_name["patch4-4bit"], by_name["my-vq"]
+    assert hi["psnr"] > lo["psnr"] > 25  # 8 bits per value is lossless on 8-bit images; 4 bits is not
+    assert hi["bits_per_image"] == 64 * 48 * 8 and lo["bits_per_image"] == 64 * 48 * 4
+    assert vq["bits_per_image"] == 64 * 4 and vq["discrete"] and vq["image_size"] == 32
+    files = write_report(rows, tmp_path / "report")
+    assert (tmp_path / "report" / "report.md").read_text().count("| my-vq") == 1
+    _assert_png(files["psnr_plot"])
+
+
+def test_tradeoff_feeds_every_tokenizer_the_same_images(saved_tokenizers):
+    seen = []
+
+    def record(tokenizer, images, **kwargs):
+        seen.append(images)
+        return _standin_evaluate(tokenizer, images, **kwargs)
+
+    tradeoff(saved_tokenizers, n=4, features="none", progress=False, evaluate=record)
+    assert len(seen) == 3 and all(torch.equal(s, seen[0]) for s in seen) and seen[0].shape == (4, 3, 32, 32)
+
+
+def test_tradeoff_refuses_mixed_image_sizes(saved_tokenizers, tmp_path):
+    big = checkpoint.save(registry.build("tokenizer", "patch4-8bit", image_size=48), tmp_path / "big")
+    with pytest.raises(ValueError, match="different image sizes"):
+        tradeoff([saved_tokenizers[0], big], n=2, features=None, evaluate=_standin_evaluate)
+    with pytest.raises(ValueError, match="shapes"):
+        tradeoff([saved_tokenizers[0]], data=str(tmp_path), n=2, features="domain", evaluate=_standin_evaluate)

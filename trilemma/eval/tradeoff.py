@@ -1,0 +1,291 @@
+"""The compact / lossless / discrete trade-off: sweep tokenizers over the same held-out images.
+
+Every tokenizer is scored by ``evaluate_reconstruction`` on one fixed set of test images (the
+dataset's test split, first ``n`` items), so rows are directly comparable. The Pareto front of
+bits per image against PSNR (``pareto_front``) shows which tokenizers are worth their bits, and
+``trilemma_weights`` places each tokenizer between the three corners of the trilemma.
+
+Features for rFID (``features=``):
+- ``"auto"`` (default): ``"domain"`` on shapes, ``"inception"`` on a folder; a folder without the
+  Inception weights is still evaluated, with rFID left empty and a notice saying why.
+- ``"domain"``: the shapes probe's CNN (``trilemma.eval.probe``), trained once and cached in
+  ``probe_cache`` (default ``out_dir/probe``). Shapes only: a folder has no attributes to train it.
+- ``"inception"``: the FID Inception-v3 from disk; missing weights are an error.
+- ``None`` / ``"none"``: no rFID (fast).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from trilemma import checkpoint
+from trilemma.train import resolve_checkpoint
+
+FEATURE_CHOICES = ("auto", "domain", "inception", "none")
+FLOAT_BITS = 32  # storage of one float32 latent value: where continuous tokenizers are plotted
+PSNR_FLOOR, PSNR_LOSSLESS = 10.0, 50.0  # dB mapped to fidelity 0 and 1 in the trilemma triangle
+
+
+# ----------------------------------------------------------------------------- Pareto front
+
+
+def _usable(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def pareto_front(points: Sequence[tuple[float | None, float | None]], maximize: bool = True) -> list[int]:
+    """Indices of the non-dominated points of ``(cost, value)`` pairs, sorted by cost then index.
+
+    The cost (bits per image) is minimised; the value is maximised (PSNR) or, with
+    ``maximize=False``, minimised (rFID). A point is dominated when another point is at least as
+    good on both axes and strictly better on one; equal points are all kept. Points with a
+    ``None`` or NaN coordinate are never on the front; ``inf`` (a lossless PSNR) is allowed.
+    """
+    sign = 1.0 if maximize else -1.0
+    valid = [(i, float(c), sign * float(v)) for i, (c, v) in enumerate(points) if _usable(c) and _usable(v)]
+    front = []
+    for i, c, v in valid:
+        dominated = any(c2 <= c and v2 >= v and (c2 < c or v2 > v) for j, c2, v2 in valid if j != i)
+        if not dominated:
+            front.append((c, i))
+    return [i for _, i in sorted(front)]
+
+
+def discrete_front(rows: Sequence[dict], metric: str = "psnr") -> list[int]:
+    """Row indices on the front of bits per image vs ``metric`` (PSNR up, anything else down),
+    among discrete tokenizers: continuous ones have no bit count to compete with."""
+    discrete = [i for i, r in enumerate(rows) if r.get("discrete")]
+    points = [(rows[i].get("bits_per_image"), rows[i].get(metric)) for i in discrete]
+    return [discrete[k] for k in pareto_front(points, maximize=metric == "psnr")]
+
+
+# ----------------------------------------------------------------------------- data, features
+
+
+def load_images(data: str, n: int, size: int, seed: int = 0, split: str = "test",
+                progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
+    """The first ``n`` items of ``data``'s held-out split: images [n, 3, size, size] and the items.
+
+    A folder whose hash-based hold-out is empty (a handful of images) falls back to every image,
+    with a notice: those include the tokenizer's training images, so scores are optimistic.
+    """
+    from trilemma.data import load_dataset
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if data == "shapes":
+        ds = load_dataset("shapes", split=split, size=size, seed=seed, length=n)
+    else:
+        try:
+            ds = load_dataset(data, split=split, size=size, seed=seed)
+        except ValueError as err:
+            if "split" not in str(err):
+                raise
+            print(f"notice: {data} has no held-out images; evaluating on all of them, "
+                  "which likely includes training images")
+            ds = load_dataset(data, split="all", size=size, seed=seed)
+    count = min(n, len(ds))
+    if count < n:
+        print(f"notice: {data} has {count} held-out images (asked for {n})")
+    items = [ds[i] for i in tqdm(range(count), desc="images", unit="img", disable=not progress)]
+    report = getattr(ds, "report", None)
+    if callable(report) and report():
+        print(report())
+    return torch.stack([it["image"] for it in items]), [dict(it, image=None) for it in items]
+
+
+def resolve_features(features: str | None, data: str, size: int, seed: int = 0,
+                     probe_cache: str | Path | None = None):
+    """A FeatureExtractor for rFID / FID per the rules in the module docstring, or None."""
+    choice = "none" if features is None else str(features).lower()
+    if choice not in FEATURE_CHOICES:
+        raise ValueError(f"unknown features {features!r}; choose one of {', '.join(FEATURE_CHOICES)}")
+    if choice == "auto":
+        choice = "domain" if data == "shapes" else "inception"
+        if choice == "inception":
+            try:
+                return resolve_features("inception", data, size, seed, probe_cache)
+            except FileNotFoundError as err:
+                print(f"notice: no rFID/FID for {data}: {str(err).splitlines()[0]}")
+                return None
+    if choice == "none":
+        return None
+    if choice == "domain":
+        if data != "shapes":
+            raise ValueError("domain features are a probe trained on the shapes attributes; for a folder "
+                             "use --features inception (or none)")
+        from trilemma.eval.probe import load_or_train_probe
+
+        if probe_cache is None:
+            raise ValueError("domain features need a probe cache directory (probe_cache=...)")
+        return load_or_train_probe(Path(probe_cache), size=size, seed=seed).features
+    from trilemma.eval.features import InceptionFeatures
+
+    return InceptionFeatures()
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+def tokenizer_name(directory: str | Path) -> str:
+    """The preset recorded in the checkpoint, else the directory name (the run's, for run/model)."""
+    ckpt = resolve_checkpoint(directory)
+    meta = checkpoint.read_config(ckpt, kind="tokenizer")
+    if meta.get("preset"):
+        return str(meta["preset"])
+    path = Path(directory).resolve()
+    return path.parent.name if path.name == "model" else path.name
+
+
+def _unique(names: list[str], dirs: list[Path]) -> list[str]:
+    """Two runs of one preset get their directory name appended, so rows stay distinguishable."""
+    out = []
+    for name, d in zip(names, dirs):
+        if names.count(name) > 1:
+            d = d.resolve()
+            name = f"{name} ({d.parent.name if d.name == 'model' else d.name})"
+        out.append(name)
+    return out
+
+
+def make_row(name: str, directory: Path, tok, metrics: dict) -> dict:
+    """One report row: the tokenizer's identity and token layout, then its metrics."""
+    spec = tok.spec
+    row = {
+        "tokenizer": name,
+        "path": str(directory),
+        "model": getattr(tok, "registry_name", type(tok).__name__),
+        "image_size": tok.image_size,
+        "discrete": bool(metrics.get("discrete", spec.discrete)),
+        "vocab_size": spec.vocab_size,
+        "levels": spec.levels,
+        "latent_dim": spec.latent_dim,
+    }
+    row.update(metrics)
+    if row.get("floats_per_image") is None and not row["discrete"] and row.get("tokens_per_image") is not None:
+        row["floats_per_image"] = row["tokens_per_image"] * spec.latent_dim
+    if not row["discrete"]:
+        row["bits_per_image"] = None  # continuous latents have no honest bit count
+    return row
+
+
+def tradeoff(
+    tokenizer_dirs: Sequence[str | Path],
+    data: str = "shapes",
+    n: int = 1000,
+    size: int | None = None,
+    seed: int = 0,
+    features: str | None = "auto",
+    out_dir: str | Path | None = None,
+    *,
+    probe_cache: str | Path | None = None,
+    batch_size: int = 64,
+    lpips: bool = True,
+    progress: bool = True,
+    evaluate: Callable[..., dict] | None = None,
+) -> list[dict]:
+    """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
+
+    All tokenizers must take one image size (``size``, or the size they share): bits per image are
+    only comparable at one resolution. Rows hold the tokenizer's name (preset or directory name),
+    its path and token layout, and every metric of ``evaluate_reconstruction``; continuous
+    tokenizers have ``bits_per_image=None`` and ``floats_per_image`` instead. ``evaluate`` replaces
+    ``evaluate_reconstruction`` (same signature), e.g. in tests.
+    """
+    if not tokenizer_dirs:
+        raise ValueError("tradeoff needs at least one tokenizer directory")
+    if evaluate is None:
+        from trilemma.eval.reconstruction import evaluate_reconstruction as evaluate
+    dirs = [resolve_checkpoint(d) for d in tokenizer_dirs]
+    names = _unique([tokenizer_name(d) for d in dirs], dirs)
+    tokenizers = [checkpoint.load(d, kind="tokenizer") for d in dirs]
+
+    sizes = {name: tok.image_size for name, tok in zip(names, tokenizers)}
+    if size is None:
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{k} {v}x{v}" for k, v in sizes.items())
+            raise ValueError(f"the tokenizers take different image sizes ({listed}); compare tokenizers at one resolution")
+        size = next(iter(sizes.values()))
+    wrong = [f"{k} ({v}x{v})" for k, v in sizes.items() if v != size]
+    if wrong:
+        raise ValueError(f"size {size} does not fit {', '.join(wrong)}")
+
+    if out_dir is not None and probe_cache is None:
+        probe_cache = Path(out_dir) / "probe"
+    feats = resolve_features(features, data, size, seed, probe_cache)
+    images, _ = load_images(data, n, size, seed=seed, progress=progress)
+
+    rows = []
+    for i, (name, directory, tok) in enumerate(zip(names, dirs, tokenizers)):
+        if progress and len(names) > 1:
+            print(f"[{i + 1}/{len(names)}] {name}")
+        torch.manual_seed(seed)  # stochastic tokenizers (sampled latents) see the same noise
+        metrics = evaluate(tok, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress)
+        rows.append(make_row(name, directory, tok, metrics))
+    return rows
+
+
+# ----------------------------------------------------------------------------- trilemma geometry
+
+
+def plot_bits(row: dict) -> float | None:
+    """x position: bits per image (discrete) or float32 storage, 32 bits x floats (continuous)."""
+    if row.get("discrete"):
+        return row.get("bits_per_image")
+    floats = row.get("floats_per_image")
+    return None if floats is None else FLOAT_BITS * floats
+
+
+def raw_bits(row: dict) -> float | None:
+    """Bits of the raw 8-bit RGB image the tokenizer reads."""
+    size = row.get("image_size")
+    return None if not size else size * size * 3 * 8
+
+
+def trilemma_weights(rows: Sequence[dict]) -> list[tuple[float, float, float] | None]:
+    """Per row, normalised (compactness, fidelity, discreteness) in [0, 1]; None without bits or PSNR.
+
+    - compactness ``c = log2(raw / bits) / log2(raw / fewest)``, clipped to [0, 1]: the log
+      compression ratio against the raw 8-bit image (``raw = H*W*3*8`` bits), relative to the most
+      compact tokenizer of the sweep (``fewest`` bits), so c = 0 at raw size and 1 for the most
+      compact; a sweep where nothing compresses has c = 0 everywhere. Continuous latents count
+      32 bits per float, as in the plots, so they look less compact than their token count.
+    - fidelity ``f = clip((PSNR - 10 dB) / (50 dB - 10 dB), 0, 1)``: 10 dB is a useless blur,
+      50 dB is within 8-bit rounding; a lossless (infinite) PSNR gives 1.
+    - discreteness ``d = 1`` for ids from a finite vocabulary, else 0.
+
+    The triangle position is the barycentric combination ``(c, f, d) / (c + f + d)`` of the corners
+    compact, lossless and discrete (the centroid when all three are 0). A tokenizer with two of
+    the properties lands on the edge between their corners, which is what the trilemma predicts.
+    The normalisation loses the total: (1, 1, 1) and (0.1, 0.1, 0.1) both sit at the centroid,
+    so the plot lists c, f, d beside it.
+    """
+    ratios = []
+    for row in rows:
+        bits, raw, psnr = plot_bits(row), raw_bits(row), row.get("psnr")
+        ok = bits is not None and bits > 0 and raw is not None and psnr is not None and not math.isnan(psnr)
+        ratios.append(math.log2(raw / bits) if ok else None)
+    best = max((r for r in ratios if r is not None), default=0.0)
+    out = []
+    for row, ratio in zip(rows, ratios):
+        if ratio is None:
+            out.append(None)
+            continue
+        c = min(1.0, max(0.0, ratio / best)) if best > 0 else 0.0
+        psnr = row["psnr"]
+        f = 1.0 if math.isinf(psnr) else min(1.0, max(0.0, (psnr - PSNR_FLOOR) / (PSNR_LOSSLESS - PSNR_FLOOR)))
+        out.append((c, f, 1.0 if row.get("discrete") else 0.0))
+    return out
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def settings(data: str, n: int, seed: int, features: str | None, size: int | None) -> dict:
+    """What a report records about how its rows were produced."""
+    return {"data": str(data), "n": n, "seed": seed, "features": features or "none", "image_size": size}
