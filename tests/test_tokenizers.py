@@ -44,11 +44,11 @@ def test_preset_interface(name, images, tmp_path):
     # tokens survive a file round trip and decode to the same pixels
     tokens.save(tmp_path / "t.safetensors", spec=spec)
     again = tok.decode(Tokens.load(tmp_path / "t.safetensors"))
-    assert torch.allclose(again, recon)
+    assert torch.allclose(again, recon, atol=1e-5)
     # the checkpoint reproduces the same tokens
     loaded = checkpoint.load(checkpoint.save(tok, tmp_path / "ckpt"))
     t2 = loaded.encode(images)
-    assert torch.equal(t2.ids, tokens.ids) if spec.discrete else torch.allclose(t2.latents, tokens.latents)
+    assert torch.equal(t2.ids, tokens.ids) if spec.discrete else torch.allclose(t2.latents, tokens.latents, atol=1e-5)
 
 
 def test_wrong_image_size_is_a_clear_error(tiny_vq):

@@ -1,0 +1,72 @@
+"""Autoregressive sampling cost: KV-cached vs uncached decoding vs one teacher-forced forward.
+
+Targets (issue "Generators I"): at 256 image tokens, batch 16, cached sampling is >= 20x faster
+than uncached (which recomputes the whole prefix every step, ~N/2 times the arithmetic), and costs
+<= 3x one teacher-forced forward pass over the same tokens (the same arithmetic, done in one go).
+
+    .venv/bin/python bench/bench_sampling.py [--tokens 256] [--batch 16] [--preset dalle-shapes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, report  # noqa: E402
+
+from trilemma import registry  # noqa: E402
+from trilemma.data.text import TextTokenizer  # noqa: E402
+from trilemma.tokens import TokenSpec  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--generators", nargs="+", default=["dalle-shapes", "parti-shapes"])
+    ap.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
+    args = ap.parse_args()
+    side = int(args.tokens**0.5)
+    spec = TokenSpec("discrete", side * side, vocab_size=1024, grid=(side, side))
+    text = TextTokenizer.build(["a large red circle at the top left and a small blue square"], max_length=16)
+    prompts = text.encode(["a large red circle at the top left"] * args.batch)
+    rows = []
+    for preset in args.generators:
+        torch.manual_seed(0)
+        gen = registry.build("generator", preset, spec=spec, text=text).eval()
+        ids = torch.randint(1024, (args.batch, spec.max_tokens))
+        for dtype in (["fp32", "bf16"] if args.bf16 else ["fp32"]):
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+            def forward():
+                with torch.no_grad(), ctx:
+                    gen(ids, prompts)
+
+            def cached():
+                with ctx:
+                    gen.sample(prompts, temperature=0, use_cache=True)
+
+            def uncached():
+                with ctx:
+                    gen.sample(prompts, temperature=0, use_cache=False)
+
+            t_fwd = best_time(forward)
+            t_cached = best_time(cached, repeat=2)
+            t_uncached = best_time(uncached, repeat=1, warmup=0)
+            rows.append({
+                "generator": preset, "dtype": dtype, "tokens": spec.max_tokens, "batch": args.batch,
+                "forward_s": t_fwd, "cached_s": t_cached, "uncached_s": t_uncached,
+                "uncached/cached": t_uncached / t_cached, "cached/forward": t_cached / t_fwd,
+                "tokens_per_s": args.batch * spec.max_tokens / t_cached,
+            })
+    report("sampling", rows, ["generator", "dtype", "tokens", "batch", "forward_s", "cached_s", "uncached_s",
+                              "uncached/cached", "cached/forward", "tokens_per_s"],
+           {"targets": {"uncached/cached": ">= 20", "cached/forward": "<= 3"}})
+
+
+if __name__ == "__main__":
+    main()

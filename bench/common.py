@@ -1,0 +1,53 @@
+"""Shared bench helpers: timing, a printed table, and JSON results with the machine they ran on."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def best_time(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``repeat`` calls after ``warmup`` calls (the least disturbed run)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def report(name: str, rows: list[dict[str, Any]], columns: list[str], extra: dict[str, Any] | None = None) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"bench": name, "machine": machine(), "rows": rows, **(extra or {})}, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "-" if v is None else str(v)
