@@ -1,0 +1,25 @@
+"""The main job end to end, in its quick form: train, generate, evaluate, report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_report(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "trilemma.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for needle in ("Reconstruction", "Generation", "dalle", "parti", "fid_floor", "psnr"):
+        assert needle in report, needle
+    results = json.loads((out / "results.json").read_text())
+    assert results["reconstruction"]["psnr"] > 10
+    for kind in ("dalle", "parti"):
+        assert (out / f"{kind}_samples.png").is_file()
+        gen = results["generation"][kind]
+        assert gen["fid"] >= 0 and 0 <= gen["adherence_object_acc"] <= 1
+    assert "report:" in done.stdout

@@ -1,0 +1,166 @@
+"""Reconstruction evaluation of any tokenizer: how lossless, how compact, how discrete, how fast.
+
+One pass over a fixed image set encodes and decodes every batch and measures, in one dict:
+- fidelity: PSNR and SSIM (Wang et al. 2004), LPIPS (Zhang et al., "The Unreasonable
+  Effectiveness of Deep Features as a Perceptual Metric", CVPR 2018) when its backbone weights
+  are on disk, and rFID: the Frechet distance (Heusel et al. 2017) between features of the
+  originals and of their reconstructions, in any feature network (Inception or domain features);
+- the code: codebook usage and perplexity over the whole set (per residual level, averaged);
+- compactness: tokens per image and bits per image (discrete) or floats per image (continuous),
+  the axes of the compact / lossless / discrete trilemma;
+- throughput: encode and decode images per second, timed separately.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from trilemma.eval import metrics
+from trilemma.eval.features import FeatureExtractor, extract
+
+KEYS = (
+    "psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "tokens_per_image", "bits_per_image",
+    "floats_per_image", "discrete", "encode_images_per_s", "decode_images_per_s",
+)  # fmt: skip
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    if param is None:
+        param = next(module.buffers(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels are asynchronous: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
+def _load_lpips(enabled: bool):
+    if not enabled:
+        return None
+    from trilemma.tokenizers.losses import load_lpips
+
+    try:
+        return load_lpips()
+    except FileNotFoundError as err:
+        print(f"lpips: skipped, {err}")
+        return None
+
+
+def _count_codes(tokens, spec, counts: torch.Tensor | None) -> torch.Tensor | None:
+    """Add this batch's code histogram [levels, vocab] (valid tokens only) to ``counts``."""
+    if not spec.discrete or tokens.ids is None:
+        return None
+    ids = tokens.ids if tokens.ids.ndim == 3 else tokens.ids.unsqueeze(-1)  # [B, T, levels]
+    if tokens.mask is not None:
+        ids = ids[tokens.mask.bool()]  # [valid, levels]
+    ids = ids.reshape(-1, ids.shape[-1]).long().cpu()
+    if len(ids) and (ids.min() < 0 or ids.max() >= spec.vocab_size):
+        raise ValueError(f"token ids must lie in [0, {spec.vocab_size}), got [{ids.min()}, {ids.max()}]")
+    levels = ids.shape[-1]
+    # One bincount for all levels: offset level l's ids by l * vocab.
+    offset = torch.arange(levels) * spec.vocab_size
+    batch = torch.bincount((ids + offset).flatten(), minlength=levels * spec.vocab_size)
+    batch = batch.view(levels, spec.vocab_size).double()
+    return batch if counts is None else counts + batch
+
+
+@torch.no_grad()
+def evaluate_reconstruction(
+    tokenizer,
+    images: torch.Tensor,
+    features: FeatureExtractor | None = None,
+    batch_size: int = 64,
+    lpips: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Encode and decode ``images`` [N, 3, H, W] in [-1, 1] and measure everything (``KEYS``).
+
+    - ``psnr``, ``ssim``: means over images (``psnr`` is inf when every image is exact);
+    - ``lpips``: mean LPIPS-VGG, None when disabled or when its backbone file is missing (a
+      one-line message names the file);
+    - ``rfid``: FID between ``features`` of originals and reconstructions; None without features;
+    - ``codebook_usage``: fraction of the vocabulary used at least once over the whole set and
+      ``perplexity``: exp(entropy) of that histogram; with ids [N, T, levels] each level is its own
+      codebook and both are averaged over levels. None for continuous tokens;
+    - ``tokens_per_image``: mean number of valid tokens (sparse tokenizers may vary per image);
+    - ``bits_per_image`` = tokens x levels x log2(vocab) (None for continuous);
+      ``floats_per_image`` = tokens x latent_dim (None for discrete); ``discrete``: which one;
+    - ``encode_images_per_s``, ``decode_images_per_s``: throughput, each timed on its own.
+    Reconstructions are clamped to [-1, 1] before scoring, as ``Tokenizer.reconstruct`` does.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
+    if len(images) < 2 and features is not None:
+        raise ValueError(f"rFID needs at least 2 images, got {len(images)}")
+    spec = tokenizer.spec
+    was_training = tokenizer.training
+    tokenizer.eval()
+    device = _device_of(tokenizer)
+    lpips_net = _load_lpips(lpips)
+    if lpips_net is not None:
+        lpips_net = lpips_net.to(device)
+
+    psnrs, ssims, lpipses, real_feats, fake_feats = [], [], [], [], []
+    counts, n_tokens, encode_s, decode_s = None, 0, 0.0, 0.0
+    try:
+        with tqdm(total=len(images), unit="img", desc="reconstruction", disable=not progress) as bar:
+            for batch in images.split(batch_size):
+                x = batch.to(device=device, dtype=torch.float32)
+                _sync(device)
+                t0 = time.perf_counter()
+                tokens = tokenizer.encode(x)
+                _sync(device)
+                t1 = time.perf_counter()
+                recon = tokenizer.decode(tokens)
+                _sync(device)
+                encode_s, decode_s = encode_s + t1 - t0, decode_s + time.perf_counter() - t1
+                recon = recon.float().clamp(-1, 1)
+
+                psnrs.append(metrics.psnr(recon, x).cpu())
+                ssims.append(metrics.ssim(recon, x).cpu())
+                if lpips_net is not None:
+                    lpipses.append(lpips_net(recon, x).flatten().float().cpu())
+                if features is not None:
+                    real_feats.append(extract(features, x, batch_size=len(x), progress=False))
+                    fake_feats.append(extract(features, recon, batch_size=len(x), progress=False))
+                counts = _count_codes(tokens, spec, counts)
+                n_tokens += int(tokens.tokens_per_image().sum())
+                bar.update(len(batch))
+    finally:
+        tokenizer.train(was_training)
+
+    n = len(images)
+    tokens_per_image = n_tokens / n
+    if tokens_per_image == int(tokens_per_image):
+        tokens_per_image = int(tokens_per_image)
+    usage = perplexity = bits = floats = None
+    if spec.discrete:
+        bits = metrics.bits_per_image(tokens_per_image, spec.vocab_size, spec.levels)
+        if counts is not None:
+            usage = sum(metrics.codebook_usage(counts=c) for c in counts) / len(counts)
+            perplexity = sum(metrics.perplexity(counts=c) for c in counts) / len(counts)
+    else:
+        floats = tokens_per_image * spec.latent_dim
+    rfid = None
+    if features is not None:
+        rfid = metrics.fid_from_features(torch.cat(real_feats), torch.cat(fake_feats))
+    return {
+        "psnr": torch.cat(psnrs).double().mean().item(),
+        "ssim": torch.cat(ssims).double().mean().item(),
+        "lpips": torch.cat(lpipses).double().mean().item() if lpipses else None,
+        "rfid": rfid,
+        "codebook_usage": usage,
+        "perplexity": perplexity,
+        "tokens_per_image": tokens_per_image,
+        "bits_per_image": bits,
+        "floats_per_image": floats,
+        "discrete": spec.discrete,
+        "encode_images_per_s": n / encode_s if encode_s > 0 else math.inf,
+        "decode_images_per_s": n / decode_s if decode_s > 0 else math.inf,
+    }
