@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +125,25 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     replicas = json.loads((out / "replicas.json").read_text())
     assert len(replicas) == 2 and replicas[0] == replicas[1]
+
+
+def test_gan_switches_on_at_its_start_step_and_logs_each_term(tmp_path):
+    from trilemma.tokenizers.losses import LossConfig
+
+    loss = LossConfig(gan_weight=0.5, gan_start=2, disc_channels=8, disc_layers=2)
+    train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "g", _cfg(4), loss=loss, overrides=TINY, eval_images=8)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "g" / "metrics.csv").open()))
+    assert [r["gan"] for r in rows[:2]] == ["", ""] and all(r["gan"] and r["disc"] for r in rows[2:])
+    state = checkpoint.load_state(tmp_path / "g" / "model")
+    assert "critic" in state and state["critic_optimizer"]["state"]  # the discriminator trained and resumes
+
+
+def test_perceptual_loss_without_weights_names_the_file(tmp_path, monkeypatch):
+    from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(FileNotFoundError) as err:
+        TokenizerLoss(LossConfig(perceptual_weight=1.0))
+    assert "vgg16-397923af.pth" in str(err.value) and str(tmp_path / "torch") in str(err.value)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from trilemma import checkpoint, registry
-from trilemma.train import TrainConfig, resolve_checkpoint, train
+from trilemma import checkpoint
+from trilemma.train import TrainConfig, resolve_checkpoint
 
 
 def parse_overrides(pairs: list[str]) -> dict:

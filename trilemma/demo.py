@@ -32,8 +32,8 @@ class DemoPlan:
     generator_preset: str  # size suffix: "shapes" or "tiny"
 
 
-FULL = DemoPlan(tokenizer_steps=1500, generator_steps=1500, num_images=20000, eval_images=1000, probe_steps=1500, generator_preset="shapes")
-QUICK = DemoPlan(tokenizer_steps=60, generator_steps=40, num_images=512, eval_images=128, probe_steps=150, generator_preset="tiny")
+FULL = DemoPlan(tokenizer_steps=800, generator_steps=700, num_images=20000, eval_images=500, probe_steps=400, generator_preset="shapes")
+QUICK = DemoPlan(tokenizer_steps=60, generator_steps=40, num_images=512, eval_images=64, probe_steps=60, generator_preset="tiny")
 
 
 def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
@@ -62,9 +62,11 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
 
     test = load_dataset("shapes", split="test", size=32)
-    n_eval = min(plan.eval_images, len(test))
+    val = load_dataset("shapes", split="val", size=32)
+    n_eval = min(plan.eval_images, len(test), len(val))
     items = [test[i] for i in range(n_eval)]
     real = torch.stack([it["image"] for it in items])
+    floor = torch.stack([val[i]["image"] for i in range(n_eval)])  # a disjoint real set: the floor
     save_grid(real[:16], out / "data.png", captions=[it["caption"] for it in items[:16]])
     print("[demo] 1/5 tokenizer (vq-f4-shapes)", flush=True)
     tok_run = out / "tokenizer"
@@ -93,8 +95,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         save_grid(grid, out / f"{kind}_samples.png", captions=[p for p in PROMPTS for _ in range(4)], nrow=4)
         prompts = [it["caption"] for it in items]
         results["generation"][kind] = evaluate_generation(
-            pipe, prompts, [parse_caption(p) for p in prompts], real, features=probe.features, probe=probe,
-            sampling={"temperature": 1.0, "seed": 0},
+            pipe, prompts, real, floor, probe.features, attributes=[parse_caption(p) for p in prompts],
+            probe=probe, sampling={"temperature": 1.0, "seed": 0},
         )
         lap(f"{kind} train+eval")
 

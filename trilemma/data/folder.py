@@ -160,7 +160,7 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def scan(self) -> str:
         """Decode every file now (slow: one full pass), record failures, return ``report()``."""
-        for i, rel in enumerate(self.files):
+        for rel in self.files:
             if rel in self.skipped:
                 continue
             try:

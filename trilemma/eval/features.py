@@ -198,7 +198,8 @@ class DomainFeatures(FeatureExtractor):
         self.blocks = nn.Sequential(*blocks)
         self.dim = self.config.dim
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last block's activations [B, dim, h, w] before pooling (heads that need "where")."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
         size = self.config.image_size
@@ -206,7 +207,10 @@ class DomainFeatures(FeatureExtractor):
             images = F.interpolate(
                 images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        return self.blocks(images).mean(dim=(2, 3))
+        return self.blocks(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(images).mean(dim=(2, 3))
 
 
 # ----------------------------------------------------------------------------- extraction
