@@ -16,6 +16,7 @@ frozen, is ``probe.features``: the domain feature network for FID / KID / precis
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,11 @@ def adherence(predicted: torch.Tensor, attributes: list[list[dict]]) -> dict:
             for k, v in right.items():
                 hits[k].append(v)
         image_hits.append(image_ok)
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return {**{f"{k}_acc": mean(v) for k, v in hits.items()}, "image_acc": mean(image_hits)}
+    return {**{f"{k}_acc": _mean(v) for k, v in hits.items()}, "image_acc": _mean(image_hits)}
+
+
+def _mean(hits: list[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
 
 
 def _shapes_batch(dataset, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +204,7 @@ def train_probe(
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item())
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     probe.train()
     start = time.perf_counter()
