@@ -144,6 +144,22 @@ def test_frechet_distance_closed_forms():
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
 
 
+def test_frechet_distance_on_rank_deficient_covariances():
+    # Fewer samples than dimensions (the usual FID case at small N): singular covariances.
+    rng = np.random.default_rng(1)
+    f1, f2 = rng.standard_normal((20, 64)), rng.standard_normal((20, 64)) + 0.5
+    (m1, s1), (m2, s2) = feature_statistics(f1), feature_statistics(f2)
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    expected = ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-6)
+    assert abs(frechet_distance(m1, s1, m1, s1)) < 1e-6 * np.trace(s1)  # round-off only
+
+
+def test_frechet_distance_rejects_a_matrix_that_is_not_a_covariance():
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+
+
 def test_fid_from_samples_approaches_gaussian_closed_form():
     g = _gen(4)
     std1, std2 = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.5, 1.0, 0.5])
