@@ -187,12 +187,15 @@ def test_kid_near_zero_for_same_distribution_and_positive_otherwise():
     assert shifted_mean > 0.1 and shifted_mean > 3 * shifted_std
 
 
-def test_kid_is_seeded_and_clips_subset_size():
+def test_kid_is_seeded_and_subsets_vary_on_small_sets():
     g = _gen(6)
     a, b = torch.randn(50, 8, generator=g), torch.randn(40, 8, generator=g)
     assert kid(a, b, subsets=5, subset_size=1000, seed=1) == kid(a, b, subsets=5, subset_size=1000, seed=1)
-    # subset_size is clipped to 40 rows; the subsets of a still depend on the seed.
+    # subset_size drops to 20 rows (half the smaller set): subsets vary, so the spread is real.
     assert kid(a, b, subsets=5, seed=1) != kid(a, b, subsets=5, seed=2)
+    assert kid(a, b, subsets=5, seed=1)[1] > 0
+    with pytest.raises(ValueError, match="at least 4"):
+        kid(a[:3], b)
 
 
 # ----------------------------------------------------------------------------- precision / recall

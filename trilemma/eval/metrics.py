@@ -171,16 +171,18 @@ def _polynomial_mmd2(x: torch.Tensor, y: torch.Tensor) -> float:
 def kid(f1, f2, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018): (mean, std) of unbiased MMD^2 estimates.
 
-    Each of ``subsets`` estimates draws ``subset_size`` rows without replacement from each set
-    (clipped to the smaller set), seeded so the score is reproducible. ``std`` is the spread of
-    the subset estimates (ddof=0), not a standard error. Computed in float64.
+    Each of ``subsets`` estimates draws ``subset_size`` rows without replacement from each set,
+    seeded so the score is reproducible. ``std`` is the spread of the subset estimates (ddof=0),
+    not a standard error. When a set has fewer than ``2 * subset_size`` rows the subset size
+    drops to half the smaller set: subsets as large as the set would all be the whole set, and
+    ``std`` would read 0 however uncertain the estimate is. Computed in float64.
     """
     x, y = torch.from_numpy(_as_float64(f1)), torch.from_numpy(_as_float64(f2))
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"need features [N, D] with equal D, got {tuple(x.shape)} and {tuple(y.shape)}")
-    m = min(subset_size, len(x), len(y))
-    if m < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
+    if min(len(x), len(y)) < 4:
+        raise ValueError(f"KID needs at least 4 samples per set, got {len(x)} and {len(y)}")
+    m = min(subset_size, min(len(x), len(y)) // 2)
     gen = torch.Generator().manual_seed(seed)
     estimates = []
     for _ in range(subsets):
