@@ -109,9 +109,13 @@ class GeneratorTask:
 
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
-    num_images: int = 20000, text_length: int = 32, resume: bool = False, **overrides: Any,
+    num_images: int = 20000, text_length: int = 32, resume: bool = False, cache_dir: Path | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``."""
+    """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``.
+
+    The tokenized dataset is cached in ``cache_dir`` (default ``out/cache``), keyed by the
+    tokenizer's content hash and the data, so generators sharing a cache tokenize only once."""
     from trilemma.data import load_dataset
 
     init_distributed()
@@ -122,7 +126,7 @@ def train_generator(
     n = min(num_images + VAL_ITEMS, len(dataset))
     if n <= VAL_ITEMS:
         raise ValueError(f"{data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
-    tokens, captions = tokenize_dataset(tok, dataset, n, out / "cache", data_key=repr(dataset))
+    tokens, captions = tokenize_dataset(tok, dataset, n, cache_dir or out / "cache", data_key=repr(dataset))
     text_path = out / "text.json"
     if resume and text_path.is_file():
         text = TextTokenizer.load(text_path)

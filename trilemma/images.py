@@ -9,15 +9,17 @@ killed run never leaves a half-written PNG behind.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from trilemma.files import atomic_write_bytes
 
 BACKGROUND = 0  # transparent pixels are composited on black, the shapes dataset's background
 MIN_CELL_WIDTH = 128  # save_grid upscales cells to at least this many pixels so text fits
@@ -226,14 +228,6 @@ def _atomic_save(img: Image.Image, path: str | os.PathLike, format: str | None =
         if format is None:
             raise ValueError(f"cannot tell the image format of {path}: use an extension "
                              "such as .png or .jpg")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=format)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    buf = io.BytesIO()
+    img.save(buf, format=format)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -320,7 +320,7 @@ class _nullcontext:
 
 
 def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
-    bad = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if not torch.isfinite(v).all())
+    bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if not torch.isfinite(v).all())
     kept = f"the last good checkpoint is {ckpt_dir}" if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else "no checkpoint was written yet"
     raise TrainingError(
         f"non-finite loss at step {step + 1} ({bad}); stopped, {kept}. "

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from trilemma.files import atomic_write_bytes
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)  # their ids are their positions: 0, 1, 2
@@ -121,18 +122,7 @@ class TextTokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return path
+        return atomic_write_bytes(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextTokenizer":

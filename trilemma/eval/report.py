@@ -18,36 +18,14 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from trilemma.eval.tradeoff import (FLOAT_BITS, PSNR_FLOOR, PSNR_LOSSLESS, discrete_front, pareto_front, plot_bits,
                                     raw_bits, trilemma_weights)
+from trilemma.files import atomic_write_bytes
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary sibling, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
 
 def jsonable(obj: Any) -> Any:
     """Plain JSON values: non-finite floats become strings, paths strings, tensors numbers/lists."""
