@@ -12,6 +12,7 @@ from PIL import Image
 
 from trilemma import checkpoint, registry
 from trilemma.cli import main
+from trilemma.data import load_dataset
 from trilemma.tokens import Tokens
 
 SUBCOMMANDS = ["list", "data", "train", "generate", "demo", "eval", "tokenize", "reconstruct", "import"]
@@ -161,6 +162,10 @@ def test_eval_generation_passes_held_out_prompts_reference_and_floor(tmp_path, m
     assert main(args) == 0
     assert len(seen["prompts"]) == 6 and seen["reference"].shape == seen["floor"].shape == (6, 3, 32, 32)
     assert not torch.equal(seen["reference"], seen["floor"])  # the floor is other real images
+    # The prompts are the floor images' captions, so a perfect generator would score the floor.
+    val = load_dataset("shapes", split="val", size=32, seed=3)
+    assert seen["prompts"] == [val[i]["caption"] for i in range(6)]
+    assert torch.equal(seen["floor"][0], val[0]["image"])
     assert seen["features"] == "domain-features" and seen["probe"] is fake_probe
     assert len(seen["attributes"]) == 6 and seen["sampling"]["top_k"] == 5 and seen["sampling"]["seed"] == 3
     out = capsys.readouterr().out

@@ -100,7 +100,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         pipe = Pipeline.load(run)
         grid = pipe([p for p in PROMPTS for _ in range(4)], seed=0, **SAMPLING)
         save_grid(grid, out / f"{kind}_samples.png", captions=[p for p in PROMPTS for _ in range(4)], nrow=4)
-        prompts = [it["caption"] for it in items]
+        prompts = [val[i]["caption"] for i in range(n_eval)]  # the floor's captions: a perfect generator scores the floor
         results["generation"][kind] = evaluate_generation(
             pipe, prompts, real, floor, probe.features, attributes=[parse_caption(p) for p in prompts],
             probe=probe, sampling={**SAMPLING, "seed": 0},

@@ -96,8 +96,11 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def generation_command(args: argparse.Namespace) -> dict:
-    """Prompts and reference are the first ``n`` held-out items; the floor is ``n`` other real
-    images (shapes: the val split; a folder: its training images, as val and test coincide)."""
+    """The reference is the first ``n`` held-out items; the floor is ``n`` other real images
+    (shapes: the val split; a folder: its training images, as val and test coincide), and the
+    prompts are the floor images' captions. Generated and floor sets then answer the same prompts,
+    so a perfect generator scores the floor: prompts taken from the reference would pair each
+    generated image with its reference twin and push FID below the floor."""
     from trilemma.pipeline import Pipeline
 
     torch.manual_seed(args.seed)
@@ -108,8 +111,8 @@ def generation_command(args: argparse.Namespace) -> dict:
     size = pipe.tokenizer.image_size
     shapes = args.data == "shapes"
 
-    reference, items = load_images(args.data, args.n, size, seed=args.seed, split="test")
-    floor, _ = load_images(args.data, args.n, size, seed=args.seed, split="val" if shapes else "train")
+    reference, _ = load_images(args.data, args.n, size, seed=args.seed, split="test")
+    floor, items = load_images(args.data, args.n, size, seed=args.seed, split="val" if shapes else "train")
     prompts = [it["caption"] for it in items]
     probe = contrastive = None
     if shapes:

@@ -139,7 +139,8 @@ def evaluate_generation(
     Returns ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall`` (generated vs
     ``reference`` in ``features``), their real-vs-real floors ``fid_floor``, ``kid_floor``,
     ``precision_floor``, ``recall_floor`` (``floor`` vs ``reference``; ``floor`` must hold
-    ``len(prompts)`` real images disjoint from ``reference``), ``adherence_*`` (``shape_acc``,
+    ``len(prompts)`` real images disjoint from ``reference``; pass the floor images' captions as
+    ``prompts``, so that a perfect generator scores the floor), ``adherence_*`` (``shape_acc``,
     ``color_acc``, ``size_acc``, ``position_acc``, ``object_acc``, ``image_acc``) when ``probe``
     and ``attributes`` are given, ``clip_score`` and ``r_precision`` when ``contrastive`` is
     given, ``samples_per_s`` (pipeline calls only) and ``num_images``.
