@@ -119,7 +119,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     (symmetric PSD), ``sigma1 sigma2`` is similar to ``A = sigma1^(1/2) sigma2 sigma1^(1/2)``,
     which is symmetric PSD, so ``tr((sigma1 sigma2)^(1/2)) = sum(sqrt(eig(A)))``. Two symmetric
     eigendecompositions replace ``scipy.linalg.sqrtm`` (a Schur method with complex round-off):
-    the same value, ~20x faster at 2048-d Inception features, and no imaginary parts to drop.
+    the same value, 4x faster at 2048-d features here, and no imaginary parts to drop.
     Eigenvalues below 0 are round-off on rank-deficient covariances and clip to 0; clearly
     negative ones mean the inputs are not covariances, which raises.
     """
