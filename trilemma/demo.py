@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from trilemma import checkpoint
+from trilemma.files import atomic_write_bytes
 from trilemma.train import TrainConfig
 
 PROMPTS = [
@@ -115,9 +116,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
 
     print("[demo] 5/5 report", flush=True)
     results["timings_s"] = timings
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    report = out / "report.md"
-    report.write_text(_report(results, plan, quick))
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
+    report = atomic_write_bytes(out / "report.md", _report(results, plan, quick).encode())
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {report}")
     return report
 

@@ -1,7 +1,8 @@
 """Atomic file writes: a file is either its old contents or its new ones, never half of each.
 
 Every single-file output (reports, grids, vocabularies) goes through ``atomic_write_bytes``;
-checkpoint directories have their own temp-directory-and-rename in ``checkpoint.py``.
+checkpoint directories (``checkpoint.py``) and the token cache (``Tokens.save`` to a temporary
+name, then a rename) have their own.
 """
 
 from __future__ import annotations

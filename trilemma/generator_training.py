@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
+from trilemma.files import atomic_write_bytes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokens import Tokens
 from trilemma.train import TrainConfig, init_distributed, resolve_checkpoint, train
@@ -52,10 +53,11 @@ def tokenize_dataset(
         captions += [it["caption"] for it in items]
     tokens = Tokens.cat(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Captions first: a cache hit needs both files, and the tokens file appears last, whole.
+    atomic_write_bytes(captions_path, json.dumps(captions).encode())
     tmp = path.with_suffix(".tmp")
     tokens.save(tmp, spec=tokenizer.spec)
     tmp.replace(path)
-    captions_path.write_text(json.dumps(captions))
     return tokens, captions
 
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from trilemma import checkpoint
+from trilemma.files import atomic_write_bytes
 
 
 @dataclass
@@ -226,7 +227,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         task.on_prepared(acc)
     out.mkdir(parents=True, exist_ok=True)
     if main:
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        atomic_write_bytes(out / "train_config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
     logger = _Logger(out, start if resume else -1, main)
     loader = DataLoader(
         task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, start, acc.process_index),
@@ -306,7 +307,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     bar.close()
     replicas = _replica_checksums(acc, ema if ema is not None else raw)
     if main and acc.num_processes > 1:
-        (out / "replicas.json").write_text(json.dumps(replicas) + "\n")
+        atomic_write_bytes(out / "replicas.json", (json.dumps(replicas) + "\n").encode())
     acc.wait_for_everyone()
     return {"step": max(start, cfg.steps), "metrics": last, "eval": eval_metrics, "checkpoint": ckpt_dir, "replicas": replicas}
 

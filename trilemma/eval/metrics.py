@@ -131,23 +131,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         )
     root1 = _psd_sqrt(sigma1, "sigma1")
     inner = root1 @ sigma2 @ root1
-    eig = _psd_eigenvalues((inner + inner.T) / 2, "sigma1^1/2 sigma2 sigma1^1/2")
+    eig = _clip_psd(np.linalg.eigvalsh((inner + inner.T) / 2), "sigma1^1/2 sigma2 sigma1^1/2")
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eig).sum())
 
 
-def _psd_eigenvalues(m: np.ndarray, name: str, vectors: bool = False):
-    values, vecs = np.linalg.eigh(m) if vectors else (np.linalg.eigvalsh(m), None)
-    tolerance = 1e-8 * max(1.0, np.abs(values).max(initial=0.0))
-    if values.min(initial=0.0) < -tolerance * len(m):
-        raise ValueError(f"{name} is not positive semi-definite (eigenvalue {values.min():.3g}): not a covariance")
-    values = np.clip(values, 0.0, None)
-    return (values, vecs) if vectors else values
+def _clip_psd(eigenvalues: np.ndarray, name: str) -> np.ndarray:
+    """Clip round-off negatives to 0; raise when an eigenvalue is clearly negative."""
+    tolerance = 1e-8 * max(1.0, np.abs(eigenvalues).max(initial=0.0)) * len(eigenvalues)
+    if eigenvalues.min(initial=0.0) < -tolerance:
+        raise ValueError(f"{name} is not positive semi-definite (eigenvalue {eigenvalues.min():.3g}): not a covariance")
+    return np.clip(eigenvalues, 0.0, None)
 
 
 def _psd_sqrt(m: np.ndarray, name: str) -> np.ndarray:
-    values, vecs = _psd_eigenvalues((m + m.T) / 2, name, vectors=True)
-    return (vecs * np.sqrt(values)) @ vecs.T
+    values, vectors = np.linalg.eigh((m + m.T) / 2)
+    return (vectors * np.sqrt(_clip_psd(values, name))) @ vectors.T
 
 
 def fid_from_features(f1, f2) -> float:
