@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from trilemma.data.text import words
+
 
 @pytest.mark.slow
 def test_quick_demo_writes_a_report(tmp_path):
@@ -23,3 +25,8 @@ def test_quick_demo_writes_a_report(tmp_path):
         gen = results["generation"][kind]
         assert gen["fid"] >= 0 and 0 <= gen["adherence_object_acc"] <= 1
     assert "report:" in done.stdout
+    # The text length defaults to the longest training caption + eos (no never-trained positions).
+    (captions_file,) = (out / "token_cache").glob("tokens-*.json")
+    longest = max(len(words(c)) for c in json.loads(captions_file.read_text()))
+    for kind in ("dalle", "parti"):
+        assert json.loads((out / kind / "text.json").read_text())["max_length"] == longest + 1

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                     + ", ".join(registry.preset_names("generator")))
     gp.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
     gp.add_argument("--num-images", type=int, default=20000, help="training images, tokenized once and cached")
-    gp.add_argument("--text-length", type=int, default=32, help="max caption length in words (longer ones are truncated, with a notice)")
+    gp.add_argument("--text-length", type=int, default=None,
+                    help="text positions, eos included (default: the longest training caption + eos, at most 64); "
+                         "longer prompts are truncated, with a notice")
     _add_train_args(gp, steps=3000, batch=64, lr=5e-4)
 
     p = sub.add_parser("generate", help="generate images from text prompts")

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from trilemma import checkpoint, registry
-from trilemma.data.text import TextTokenizer
+from trilemma.data.text import TextTokenizer, words
 from trilemma.files import atomic_write_bytes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokens import Tokens
@@ -21,6 +21,7 @@ from trilemma.train import TrainConfig, init_distributed, resolve_checkpoint, tr
 
 
 VAL_ITEMS = 256  # the last tokenized items are a held-out validation set
+AUTO_TEXT_LENGTH_MAX = 64  # cap on the default text length (the longest caption + eos)
 
 
 class _Indices(Dataset):
@@ -111,13 +112,15 @@ class GeneratorTask:
 
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
-    num_images: int = 20000, text_length: int = 32, resume: bool = False, cache_dir: Path | None = None,
+    num_images: int = 20000, text_length: int | None = None, resume: bool = False, cache_dir: Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``.
 
     The tokenized dataset is cached in ``cache_dir`` (default ``out/cache``), keyed by the
-    tokenizer's content hash and the data, so generators sharing a cache tokenize only once."""
+    tokenizer's content hash and the data, so generators sharing a cache tokenize only once.
+    ``text_length`` (text positions, eos included) defaults to the longest training caption, up
+    to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained."""
     from trilemma.data import load_dataset
 
     init_distributed()
@@ -133,6 +136,8 @@ def train_generator(
     if resume and text_path.is_file():
         text = TextTokenizer.load(text_path)
     else:
+        if text_length is None:
+            text_length = min(AUTO_TEXT_LENGTH_MAX, 1 + max(len(words(c)) for c in captions))
         text = TextTokenizer.build(captions, max_length=text_length)
         out.mkdir(parents=True, exist_ok=True)
         text.save(text_path)
