@@ -43,6 +43,20 @@ def test_overwrite_is_atomic_when_the_write_fails(tmp_path, tiny_vq, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temp dirs left behind
 
 
+def test_a_writer_killed_mid_save_is_recovered_on_resume(tmp_path, tiny_vq):
+    path = checkpoint.save(tiny_vq, tmp_path / "model", state={"step": 3})
+    before = (path / checkpoint.WEIGHTS_FILE).read_bytes()
+    (tmp_path / ".model.tmp-dead1").mkdir()  # killed while writing the next checkpoint
+    (tmp_path / ".model.tmp-dead1" / checkpoint.WEIGHTS_FILE).write_bytes(b"partial")
+    path.rename(tmp_path / ".model.old-dead2")  # killed between the two renames of a swap
+    assert checkpoint.load_state(path)["step"] == 3  # the previous checkpoint is put back
+    assert (path / checkpoint.WEIGHTS_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (tmp_path / ".model.tmp-dead3").mkdir()
+    checkpoint.save(tiny_vq, path, state={"step": 4})  # a save sweeps stale temp dirs too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_truncated_weights_give_one_line_error(tmp_path, tiny_vq):
     path = checkpoint.save(tiny_vq, tmp_path / "tok")
     weights = path / checkpoint.WEIGHTS_FILE

@@ -59,9 +59,32 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def recover(directory: str | Path) -> None:
+    """Clean up after a writer that was killed mid-save (SIGKILL runs no cleanup code).
+
+    A kill during ``write`` leaves a partial ``.NAME.tmp-*`` beside NAME: removed. A kill between
+    the two renames of a swap leaves the previous checkpoint at ``.NAME.old-*`` and no NAME: it is
+    put back. Called before every save and when training state is read for a resume; one writer
+    per checkpoint directory is assumed.
+    """
+    directory = Path(directory).resolve()
+    if not directory.parent.is_dir():
+        return
+    olds = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not directory.exists():
+        try:
+            os.rename(olds[-1], directory)
+            olds.pop()
+        except OSError:  # e.g. a read-only copy: leave it for a writer to recover
+            return
+    for stale in [*olds, *directory.parent.glob(f".{directory.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _write_dir_atomically(directory: Path, write: typing.Callable[[Path], None]) -> None:
     directory = directory.resolve()
     directory.parent.mkdir(parents=True, exist_ok=True)
+    recover(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         write(tmp)
@@ -191,6 +214,7 @@ def load(directory: str | Path, kind: str | None = None, **context: Any) -> torc
 
 
 def load_state(directory: str | Path) -> dict[str, Any] | None:
+    recover(directory)
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         return None

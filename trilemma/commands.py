@@ -104,7 +104,7 @@ def tokenize_command(args: argparse.Namespace) -> None:
 
 def reconstruct_command(args: argparse.Namespace) -> None:
     from trilemma.images import save_grid, side_by_side
-    from trilemma.tokenizer_training import psnr
+    from trilemma.eval.metrics import psnr
 
     tok = load_tokenizer(args.tokenizer)
     images = _load_images(args.images, tok.image_size)

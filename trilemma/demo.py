@@ -42,7 +42,8 @@ class DemoPlan:
 # The tokenizer needs its 800 steps: at 500 (29 dB) the probe read only 74% of the shapes in its
 # reconstructions, capping every generator; at 800 (36 dB), 99%. Each stage's time is in the report.
 # Short generator schedules want a high peak rate: DALL-E at 400 steps, cfg 3, read shape / colour
-# 34 / 54% at 5e-4, 46 / 64% at 1e-3, 50 / 68% at 2e-3. Parti at 1e-3 read 35 / 80% (no A/B run).
+# 34 / 54% at 5e-4, 46 / 64% at 1e-3, 50 / 68% at 2e-3. Parti at 320 steps: 26 / 45% at 5e-4,
+# 26 / 67% at 1e-3 (the demo's own 500-image score; the others on 300), 10 / 25% at 2e-3 (unstable).
 FULL = DemoPlan(tokenizer_steps=800, generator_steps=320, generator_lr={"dalle": 2e-3, "parti": 1e-3},
                 num_images=12000, eval_images=500, probe_steps=400, generator_preset="shapes")
 QUICK = DemoPlan(tokenizer_steps=60, generator_steps=40, generator_lr={"dalle": 2e-3, "parti": 1e-3},

@@ -10,22 +10,10 @@ from torch import nn
 
 from trilemma import checkpoint, registry
 from trilemma.data import collate, load_dataset
+from trilemma.eval import metrics as eval_metrics
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
 from trilemma.train import TrainConfig, init_distributed, train
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1] (data range 2)."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
-
-
-def code_usage(ids: torch.Tensor, vocab_size: int) -> float:
-    """Fraction of codes used at least once, averaged over levels for [N, levels] ids."""
-    ids = ids.reshape(-1, ids.shape[-1]) if ids.dim() > 2 else ids.reshape(-1, 1)
-    used = [torch.bincount(ids[:, level], minlength=vocab_size).gt(0).float().mean() for level in range(ids.shape[1])]
-    return float(torch.stack(used).mean())
 
 
 class TokenizerTask:
@@ -69,9 +57,13 @@ class TokenizerTask:
             if tokens.ids is not None:
                 ids.append(tokens.ids)
         recon = torch.cat(recons)
-        metrics = {"psnr": float(psnr(recon, self.eval_images).mean())}
-        if ids:
-            metrics["codebook_usage"] = code_usage(torch.cat(ids), model.spec.vocab_size)
+        metrics = {"psnr": float(eval_metrics.psnr(recon, self.eval_images).mean())}
+        if ids:  # usage of each level's codebook, averaged over levels (as in eval/reconstruction)
+            ids = torch.cat(ids)
+            levels = ids.reshape(-1, ids.shape[-1]) if ids.dim() > 2 else ids.reshape(-1, 1)
+            vocab = model.spec.vocab_size
+            usage = [eval_metrics.codebook_usage(levels[:, i], vocab) for i in range(levels.shape[1])]
+            metrics["codebook_usage"] = sum(usage) / len(usage)
         grid = side_by_side(self.eval_images[:16], recon[:16])
         save_grid(grid, Path(out_dir) / "samples" / f"recon_{step:06d}.png", nrow=8)
         return metrics
