@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from trilemma.generators.sampling import (
-    SamplingConfig, cfg_combine, drop_condition, make_generator, mask_schedule, sample_logits, top_k_filter, top_p_filter,
+    SamplingConfig, cfg_combine, drop_condition, make_generator, mask_schedule, masked_count, remask_least_confident,
+    sample_logits, top_k_filter, top_p_filter,
 )
 
 
@@ -71,3 +72,36 @@ def test_mask_schedules_go_from_all_to_none():
         assert mask_schedule(1.0, kind).item() == pytest.approx(0.0, abs=1e-6)
         r = torch.linspace(0, 1, 11)
         assert (mask_schedule(r, kind).diff() <= 0).all()
+
+
+def test_masked_count_follows_the_schedule_and_always_progresses():
+    total, steps = 64, 8
+    left, counts = total, []
+    for step in range(steps):
+        left = masked_count(step, steps, total, left)
+        counts.append(left)
+    assert counts[-1] == 0 and all(a > b for a, b in zip([total] + counts, counts))
+    assert counts[0] == int(total * mask_schedule(1 / steps).item())  # cos(pi/16) * 64 -> 62
+    # more steps than tokens: still one token fixed per step at least
+    left = 3
+    for step in range(10):
+        nxt = masked_count(step, 10, 3, left)
+        assert nxt < left or left == 0
+        left = nxt
+        if left == 0:
+            break
+    assert left == 0
+
+
+def test_remask_keeps_the_most_confident_and_never_reopens_fixed_tokens():
+    conf = torch.tensor([[0.9, 0.1, 0.5, 0.01, 0.7]])
+    masked = torch.tensor([[True, True, True, False, True]])  # position 3 was fixed earlier
+    out = remask_least_confident(conf, masked, count=2)
+    assert out.tolist() == [[False, True, True, False, False]]  # 0.1 and 0.5 stay masked; 0.01 is fixed
+    assert remask_least_confident(conf, masked, count=0).sum() == 0
+    # with choice noise the selection is random but seeded, and still only among sampled positions
+    g1, g2 = make_generator(5), make_generator(5)
+    a = remask_least_confident(conf.repeat(64, 1), masked.repeat(64, 1), 2, noise=4.5, generator=g1)
+    b = remask_least_confident(conf.repeat(64, 1), masked.repeat(64, 1), 2, noise=4.5, generator=g2)
+    assert torch.equal(a, b) and (a.sum(1) == 2).all() and not a[:, 3].any()
+    assert len({tuple(r) for r in a.tolist()}) > 1

@@ -19,6 +19,7 @@ from torch import nn
 from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import cfg_combine, drop_condition, make_generator, sample_logits
+from trilemma.generators.text_encoder import TextEncoderMixin
 from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_weights
 from trilemma.tokens import Tokens
 
@@ -35,7 +36,7 @@ class PartiConfig:
 
 
 @registry.register("generator", "parti")
-class Parti(Generator):
+class Parti(TextEncoderMixin, Generator):
     Config = PartiConfig
 
     def __init__(self, config: PartiConfig, spec, text):
@@ -43,18 +44,12 @@ class Parti(Generator):
         self.config = config
         self.image_len = spec.max_tokens * spec.levels
         self.bos = spec.vocab_size  # one extra input id starts every image
-        self.text_emb = nn.Embedding(text.vocab_size, config.dim)
-        self.text_pos = nn.Embedding(text.max_length, config.dim)
         mk = lambda depth: TransformerConfig(config.dim, depth, config.heads, config.mlp_ratio, config.dropout)  # noqa: E731
-        self.encoder = Transformer(mk(config.encoder_depth))
+        self._add_text_encoder(text.vocab_size, text.max_length, mk(config.encoder_depth))
         self.decoder = Transformer(mk(config.decoder_depth), context_dim=config.dim)
         self.image_emb = TokenEmbedding(spec.vocab_size, config.dim, spec.max_tokens, spec.grid, spec.levels, extra_ids=1)
         self.image_head = nn.Linear(config.dim, spec.vocab_size, bias=False)
         self.apply(init_weights)
-
-    def encode_text(self, text_ids: torch.Tensor) -> torch.Tensor:
-        x = self.text_emb(text_ids) + self.text_pos(torch.arange(text_ids.shape[1], device=text_ids.device))
-        return self.encoder(x)
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.training and self.config.cond_drop_prob > 0:

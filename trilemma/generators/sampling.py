@@ -112,3 +112,34 @@ def mask_schedule(ratio: torch.Tensor | float, kind: str = "cosine") -> torch.Te
     if kind == "square":
         return 1 - r**2
     raise ValueError(f"unknown mask schedule {kind!r}; choose cosine, linear or square")
+
+
+def masked_count(step: int, steps: int, total: int, still_masked: int, kind: str = "cosine") -> int:
+    """Tokens left masked after decoding step ``step`` (0-based) of ``steps``: ``total`` times the
+    schedule at progress (step + 1) / steps, but at least one token fewer than now (every step
+    fixes something), and 0 after the last step."""
+    if step >= steps - 1:
+        return 0
+    n = math.floor(total * float(mask_schedule((step + 1) / steps, kind)))
+    return max(0, min(n, still_masked - 1))
+
+
+def remask_least_confident(
+    confidence: torch.Tensor,
+    masked: torch.Tensor,
+    count: int,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MaskGIT's selection (Chang et al. 2022): of the positions sampled this step (``masked``
+    [B, N], True where the input was masked), the ``count`` least confident per row stay masked.
+    Positions fixed in earlier steps are never re-masked. ``confidence`` [B, N] is the probability
+    of each sampled id; ``noise`` > 0 adds ``noise`` * Gumbel noise to the log-confidence, so the
+    choice is randomised early in decoding (the "choice temperature"). Returns BoolTensor [B, N]."""
+    score = confidence.float().clamp_min(1e-30).log()
+    if noise > 0:
+        u = torch.rand(confidence.shape, generator=generator, device=confidence.device).clamp(1e-20, 1 - 1e-7)
+        score = score + noise * -torch.log(-torch.log(u))
+    score = score.masked_fill(~masked, float("inf"))  # fixed tokens rank last: never chosen
+    rank = score.argsort(dim=-1).argsort(dim=-1)
+    return (rank < count) & masked
