@@ -119,8 +119,8 @@ def train_generator(
 
     The tokenized dataset is cached in ``cache_dir`` (default ``out/cache``), keyed by the
     tokenizer's content hash and the data, so generators sharing a cache tokenize only once.
-    ``text_length`` (text positions, eos included) defaults to the longest training caption, up
-    to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained."""
+    ``text_length`` (text positions, eos included) defaults to the longest training caption + eos,
+    up to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained."""
     from trilemma.data import load_dataset
 
     init_distributed()
@@ -137,7 +137,8 @@ def train_generator(
         text = TextTokenizer.load(text_path)
     else:
         if text_length is None:
-            text_length = min(AUTO_TEXT_LENGTH_MAX, 1 + max(len(words(c)) for c in captions))
+            longest = max(len(words(c)) for c in captions)  # 0 when the data has no captions
+            text_length = min(AUTO_TEXT_LENGTH_MAX, 1 + max(1, longest))
         text = TextTokenizer.build(captions, max_length=text_length)
         out.mkdir(parents=True, exist_ok=True)
         text.save(text_path)
