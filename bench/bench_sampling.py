@@ -7,7 +7,7 @@ than uncached (which recomputes the whole prefix every step, ~N/2 times the arit
 ``sample_s`` is each generator's own sampling: KV-cached decoding for the autoregressive ones, all
 parallel passes for a masked one (which has no cache and no uncached variant).
 
-    .venv/bin/python bench/bench_sampling.py [--tokens 256] [--batch 16] [--preset dalle-shapes]
+    .venv/bin/python bench/bench_sampling.py [--tokens 256] [--batch 16] [--generators dalle-shapes ...] [--bf16]
 """
 
 from __future__ import annotations
