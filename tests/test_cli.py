@@ -170,4 +170,47 @@ def test_eval_generation_passes_held_out_prompts_reference_and_floor(tmp_path, m
     assert len(seen["attributes"]) == 6 and seen["sampling"]["top_k"] == 5 and seen["sampling"]["seed"] == 3
     out = capsys.readouterr().out
     assert "fid" in out and "real vs real: 1.5" in out
-    assert json.loads((tmp_path / "generation.json").read_text())["metrics"]["fid"] == 12.5
+    (run,) = json.loads((tmp_path / "generation.json").read_text())["runs"]
+    assert run["metrics"]["fid"] == 12.5 and run["sampling"]["cfg_scale"] == 1.0
+
+
+def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypatch, capsys):
+    """Several --cfg-scale values: one evaluation each on the same prompts, the real sets' features
+    extracted once, one table, one run per scale in generation.json."""
+    from trilemma import pipeline
+    from trilemma.eval import probe as probe_module
+    from trilemma.eval.features import FeatureExtractor
+
+    class MeanColour(FeatureExtractor):
+        dim = 3
+
+        def forward(self, images):
+            return images.mean(dim=(2, 3))
+
+    fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32),
+                                      generator=types.SimpleNamespace(sampling_config=lambda **kw: kw))
+    monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, g, t=None: fake_pipe))
+    monkeypatch.setattr(probe_module, "load_or_train_probe",
+                        lambda cache, size, seed: types.SimpleNamespace(features=MeanColour()))
+    calls = []
+
+    def evaluate_generation(pipe, prompts, reference, floor, features, sampling, **kw):
+        calls.append((reference, floor, sampling))
+        return {"fid": 10.0 / sampling["cfg_scale"], "fid_floor": 0.5}
+
+    module = types.ModuleType("trilemma.eval.generation")
+    module.evaluate_generation = evaluate_generation
+    monkeypatch.setitem(sys.modules, "trilemma.eval.generation", module)
+
+    args = ["eval", "generation", "--generator", "g", "--n", "5", "--cfg-scale", "1", "4", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert [c[2]["cfg_scale"] for c in calls] == [1.0, 4.0]  # each scale once, in the order given
+    reference, floor, _ = calls[0]
+    assert reference.shape == floor.shape == (5, 3)  # features, not images: extracted once for all scales
+    assert all(torch.equal(c[0], reference) and torch.equal(c[1], floor) for c in calls)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "cfg 1" in line)
+    assert "cfg 4" in header and "real vs real" in header
+    assert any(line.split()[:4] == ["fid", "10", "2.5", "0.5"] for line in out.splitlines())
+    runs = json.loads((tmp_path / "generation.json").read_text())["runs"]
+    assert [r["sampling"]["cfg_scale"] for r in runs] == [1.0, 4.0] and runs[1]["metrics"]["fid"] == 2.5

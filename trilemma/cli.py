@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--temperature", type=float, default=1.0)
     ep.add_argument("--top-k", type=int, default=None)
     ep.add_argument("--top-p", type=float, default=None)
-    ep.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    ep.add_argument("--cfg-scale", type=float, nargs="+", default=[1.0], metavar="SCALE",
+                    help="classifier-free guidance (1 = none); several values are each evaluated, side by side")
     ep.add_argument("--steps", type=int, default=None, help="decoding steps (masked / diffusion generators)")
     ep = esub.add_parser("tradeoff", parents=[common], help="sweep tokenizers: table + PSNR/rFID-vs-bits plots")
     ep.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")

@@ -5,7 +5,9 @@
 - ``eval generation``: a generator (and its tokenizer) prompted with held-out captions; FID / KID /
   precision-recall against the held-out images, each beside its real-vs-real floor, plus prompt
   adherence (the shapes probe on shapes; on a folder, a contrastive text-image model trained on
-  the folder and cached in ``OUT/contrastive``). Writes ``OUT/generation.json``.
+  the folder and cached in ``OUT/contrastive``). Several ``--cfg-scale`` values are evaluated in
+  turn on the same prompts and printed side by side. Writes ``OUT/generation.json`` (one run per
+  guidance scale).
 - ``eval tradeoff``: several tokenizers on the same images; writes the report of
   ``trilemma.eval.report`` (JSON, Markdown, PNG plots) into ``OUT``.
 
@@ -87,15 +89,15 @@ def reconstruction_command(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- generation
 
 
-def _sampling(args: argparse.Namespace) -> dict:
+def _sampling(args: argparse.Namespace, cfg_scale: float) -> dict:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    cfg_scale=args.cfg_scale, seed=args.seed)
+                    cfg_scale=cfg_scale, seed=args.seed)
     if args.steps is not None:
         sampling["steps"] = args.steps
     return sampling
 
 
-def generation_command(args: argparse.Namespace) -> dict:
+def generation_command(args: argparse.Namespace) -> list[dict]:
     """The reference is the first ``n`` held-out items; the floor is ``n`` other real images
     (shapes: the val split; a folder: its training images, as val and test coincide), and the
     prompts are the floor images' captions. Generated and floor sets then answer the same prompts,
@@ -106,8 +108,10 @@ def generation_command(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     pipe = Pipeline.load(args.generator, args.tokenizer)
-    sampling = _sampling(args)
-    pipe.generator.sampling_config(**sampling)  # reject bad options before any work
+    scales = list(dict.fromkeys(args.cfg_scale))  # in the order given, each once
+    samplings = [_sampling(args, scale) for scale in scales]
+    for sampling in samplings:
+        pipe.generator.sampling_config(**sampling)  # reject bad options before any work
     size = pipe.tokenizer.image_size
     shapes = args.data == "shapes"
 
@@ -131,20 +135,31 @@ def generation_command(args: argparse.Namespace) -> dict:
 
     from trilemma.eval.generation import evaluate_generation
 
-    result = evaluate_generation(
-        pipe, prompts, reference, floor, features,
-        attributes=[it["attributes"] for it in items] if shapes else None,
-        probe=probe, contrastive=contrastive, sampling=sampling, batch_size=args.batch_size,
-    )
-    print("\n".join(generation_lines(result)))
+    if len(samplings) > 1:  # a sweep: the real sets' features once, not once per scale
+        from trilemma.eval.features import extract
+
+        reference = extract(features, reference, batch_size=args.batch_size)
+        floor = extract(features, floor, batch_size=args.batch_size)
+    results = []
+    for sampling in samplings:
+        if len(samplings) > 1:
+            print(f"cfg_scale {sampling['cfg_scale']:g}")
+        results.append(evaluate_generation(
+            pipe, prompts, reference, floor, features,
+            attributes=[it["attributes"] for it in items] if shapes else None,
+            probe=probe, contrastive=contrastive, sampling=sampling, batch_size=args.batch_size,
+        ))
+    if len(results) == 1:
+        print("\n".join(generation_lines(results[0])))
+    else:
+        print("\n".join(sweep_lines(results, [f"cfg {s:g}" for s in scales])))
     path = write_json({
         "settings": {**settings(args.data, args.n, args.seed, args.features, size),
-                     "generator": str(args.generator), "tokenizer": str(args.tokenizer) if args.tokenizer else None,
-                     "sampling": sampling},
-        "metrics": result,
+                     "generator": str(args.generator), "tokenizer": str(args.tokenizer) if args.tokenizer else None},
+        "runs": [{"sampling": sampling, "metrics": result} for sampling, result in zip(samplings, results)],
     }, out / "generation.json")
     print(f"wrote {path}")
-    return result
+    return results
 
 
 def generation_lines(result: dict) -> list[str]:
@@ -162,6 +177,16 @@ def generation_lines(result: dict) -> list[str]:
             text += f"   (real vs real: {_fmt(floor)})"
         lines.append(f"{key:<{width}}  {text}")
     return lines
+
+
+def sweep_lines(results: list[dict], names: list[str]) -> list[str]:
+    """One row per score, one column per run, then the real-vs-real floor (the same for every run)."""
+    keys = [k for k in results[0] if not k.endswith("_floor")]
+    floors = [results[0].get("kid_floor" if k == "kid_mean" else f"{k}_floor") for k in keys]
+    header = ["", *names, "real vs real"]
+    rows = [[k, *(_fmt(r.get(k)) for r in results), _fmt(f) if f is not None else ""] for k, f in zip(keys, floors)]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
 # ----------------------------------------------------------------------------- trade-off
