@@ -162,6 +162,11 @@ def generation_command(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def _floor(result: dict, key: str):
+    """The real-vs-real floor of score ``key`` (``NAME_floor``; KID's mean has ``kid_floor``), or None."""
+    return result.get("kid_floor" if key == "kid_mean" else f"{key}_floor")
+
+
 def generation_lines(result: dict) -> list[str]:
     """Each score beside its real-vs-real floor (``NAME_floor``) when there is one."""
     lines = []
@@ -169,9 +174,7 @@ def generation_lines(result: dict) -> list[str]:
     for key, value in result.items():
         if key.endswith("_floor"):
             continue
-        floor = result.get(f"{key}_floor")
-        if key == "kid_mean":
-            floor = result.get("kid_floor", floor)
+        floor = _floor(result, key)
         text = _fmt(value)
         if floor is not None:
             text += f"   (real vs real: {_fmt(floor)})"
@@ -182,7 +185,7 @@ def generation_lines(result: dict) -> list[str]:
 def sweep_lines(results: list[dict], names: list[str]) -> list[str]:
     """One row per score, one column per run, then the real-vs-real floor (the same for every run)."""
     keys = [k for k in results[0] if not k.endswith("_floor")]
-    floors = [results[0].get("kid_floor" if k == "kid_mean" else f"{k}_floor") for k in keys]
+    floors = [_floor(results[0], k) for k in keys]
     header = ["", *names, "real vs real"]
     rows = [[k, *(_fmt(r.get(k)) for r in results), _fmt(f) if f is not None else ""] for k, f in zip(keys, floors)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

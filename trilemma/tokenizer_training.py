@@ -11,6 +11,7 @@ from torch import nn
 from trilemma import checkpoint, registry
 from trilemma.data import collate, load_dataset
 from trilemma.eval import metrics as eval_metrics
+from trilemma.eval.reconstruction import count_codes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
 from trilemma.train import TrainConfig, init_distributed, train
@@ -50,20 +51,15 @@ class TokenizerTask:
         from trilemma.images import save_grid, side_by_side
 
         model.eval()
-        recons, ids = [], []
+        recons, counts = [], None
         for chunk in self.eval_images.split(64):
             tokens = model.encode(chunk)
             recons.append(model.decode(tokens).clamp(-1, 1))
-            if tokens.ids is not None:
-                ids.append(tokens.ids)
+            counts = count_codes(tokens, model.spec, counts)  # [levels, vocab], None if continuous
         recon = torch.cat(recons)
         metrics = {"psnr": float(eval_metrics.psnr(recon, self.eval_images).mean())}
-        if ids:  # usage of each level's codebook, averaged over levels (as in eval/reconstruction)
-            ids = torch.cat(ids)
-            levels = ids.reshape(-1, ids.shape[-1]) if ids.dim() > 2 else ids.reshape(-1, 1)
-            vocab = model.spec.vocab_size
-            usage = [eval_metrics.codebook_usage(levels[:, i], vocab) for i in range(levels.shape[1])]
-            metrics["codebook_usage"] = sum(usage) / len(usage)
+        if counts is not None:  # usage of each level's codebook, averaged over levels
+            metrics["codebook_usage"] = sum(eval_metrics.codebook_usage(counts=c) for c in counts) / len(counts)
         grid = side_by_side(self.eval_images[:16], recon[:16])
         save_grid(grid, Path(out_dir) / "samples" / f"recon_{step:06d}.png", nrow=8)
         return metrics

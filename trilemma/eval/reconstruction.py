@@ -52,7 +52,7 @@ def _load_lpips(enabled: bool):
         return None
 
 
-def _count_codes(tokens, spec, counts: torch.Tensor | None) -> torch.Tensor | None:
+def count_codes(tokens, spec, counts: torch.Tensor | None) -> torch.Tensor | None:
     """Add this batch's code histogram [levels, vocab] (valid tokens only) to ``counts``."""
     if not spec.discrete or tokens.ids is None:
         return None
@@ -129,7 +129,7 @@ def evaluate_reconstruction(
                 if features is not None:
                     real_feats.append(extract(features, x, batch_size=len(x), progress=False))
                     fake_feats.append(extract(features, recon, batch_size=len(x), progress=False))
-                counts = _count_codes(tokens, spec, counts)
+                counts = count_codes(tokens, spec, counts)
                 n_tokens += int(tokens.tokens_per_image().sum())
                 bar.update(len(batch))
     finally:
