@@ -24,7 +24,10 @@ from common import best_time, report  # noqa: E402
 
 from trilemma import registry  # noqa: E402
 from trilemma.data.text import TextTokenizer  # noqa: E402
+from trilemma.generators.sampling import SamplingConfig  # noqa: E402
 from trilemma.tokens import TokenSpec  # noqa: E402
+
+GREEDY = SamplingConfig(temperature=0)
 
 
 def main() -> None:
@@ -52,15 +55,15 @@ def main() -> None:
 
             def cached():
                 with ctx:
-                    gen.sample(prompts, temperature=0, use_cache=True)
+                    gen.sample(prompts, GREEDY, use_cache=True)
 
             def uncached():
                 with ctx:
-                    gen.sample(prompts, temperature=0, use_cache=False)
+                    gen.sample(prompts, GREEDY, use_cache=False)
 
             def masked():
                 with ctx:
-                    gen.sample(prompts, temperature=0)
+                    gen.sample(prompts, GREEDY)
 
             t_fwd = best_time(forward)
             if "use_cache" in inspect.signature(gen.sample).parameters:

@@ -12,7 +12,6 @@ from PIL import Image
 
 from trilemma import checkpoint, registry
 from trilemma.cli import main
-from trilemma.data import load_dataset
 from trilemma.tokens import Tokens
 
 SUBCOMMANDS = ["list", "data", "train", "generate", "demo", "eval", "tokenize", "reconstruct", "import"]
@@ -52,7 +51,7 @@ def reconstruction_api(monkeypatch):
 
 def test_help_in_a_subprocess_lists_the_subcommands():
     script = Path(sys.executable).parent / "trilemma"
-    cmd = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "trilemma.cli", "--help"]
+    cmd = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "trilemma", "--help"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     for name in SUBCOMMANDS:
@@ -64,8 +63,57 @@ def test_list_prints_registered_names_one_per_line(what, capsys):
     assert main(["list", what]) == 0
     expected = (registry.preset_names("tokenizer") + registry.preset_names("generator") if what == "presets"
                 else registry.names(what[:-1]))
-    assert capsys.readouterr().out.splitlines() == expected
-    assert expected
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == expected and expected
+    if what == "presets":  # each preset with its kind, model and description
+        assert any(line.split()[1:3] == ["tokenizer", "vqvae:"] for line in lines)
+        assert all(len(line.split()) > 3 for line in lines)
+
+
+def test_version_module_entry_point_defaults_and_debug_after_the_subcommand(tmp_path, capsys):
+    done = subprocess.run([sys.executable, "-m", "trilemma", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("trilemma ")
+    with pytest.raises(SystemExit):
+        main(["train", "tokenizer", "--help"])
+    help_text = capsys.readouterr().out
+    assert "(default: 2000)" in help_text and "--fp16" in help_text
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--sample-steps" in help_text and "--device" in help_text and "\n  --steps" not in help_text
+    with pytest.raises(checkpoint.CheckpointError):  # --debug after the subcommand: the traceback, not one line
+        main(["tokenize", str(tmp_path / "missing.png"), "--tokenizer", str(tmp_path), "--debug"])
+
+
+def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "tokenizer", "--preset", "vq-f4-shapes", "--steps", "0", "--out", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--steps" in err and "got 0" in err
+
+
+def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_vq, monkeypatch):
+    """CLI -> one SamplingConfig -> Pipeline -> generator.sample -> the guidance function."""
+    from trilemma.data.text import TextTokenizer
+    from trilemma.generators import base, sampling
+
+    tok_dir = checkpoint.save(tiny_vq, tmp_path / "tok")
+    text = TextTokenizer.build(["a red circle", "a blue square"], max_length=6)
+    torch.manual_seed(0)
+    gen = registry.build("generator", "dalle-tiny", spec=tiny_vq.spec, text=text)
+    checkpoint.save(gen, tmp_path / "gen", extra={"tokenizer": {"path": str(tok_dir), "hash": checkpoint.content_hash(tok_dir)}})
+    checks, scales = [], []
+    real_check, real_combine = sampling.check_sampling, base.cfg_combine
+    monkeypatch.setattr(sampling, "check_sampling", lambda cfg: (checks.append(cfg), real_check(cfg)))
+    monkeypatch.setattr(base, "cfg_combine", lambda c, u, scale: (scales.append(scale), real_combine(c, u, scale))[1])
+    out = tmp_path / "grid.png"
+    args = ["generate", "a red circle", "--generator", str(tmp_path / "gen"), "--n", "3", "--batch-size", "2",
+            "--cfg-scale", "2.5", "--seed", "1", "--out", str(out)]
+    assert main(args) == 0
+    _assert_png(out)
+    assert len(checks) == 1 and checks[0].cfg_scale == 2.5
+    assert scales and set(scales) == {2.5}
 
 
 def test_data_preview_writes_a_png(tmp_path, capsys):
@@ -138,48 +186,50 @@ def test_eval_generation_error_names_the_missing_generator(tmp_path, capsys):
     assert err.startswith("error:") and "nope" in err and len(err.splitlines()) == 1
 
 
-def test_eval_generation_passes_held_out_prompts_reference_and_floor(tmp_path, monkeypatch, capsys):
-    """The command's plumbing, with the pipeline, probe and evaluation replaced by stand-ins."""
+def _stub_generation(monkeypatch, bench, evaluate):
     from trilemma import pipeline
-    from trilemma.eval import probe as probe_module
+    from trilemma.eval import generation
 
-    fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32),
-                                      generator=types.SimpleNamespace(sampling_config=lambda **kw: kw))
-    fake_probe = types.SimpleNamespace(features="domain-features")
+    fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32))
+    fake_pipe.to = lambda device: fake_pipe
     monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, g, t=None: fake_pipe))
-    monkeypatch.setattr(probe_module, "load_or_train_probe", lambda cache, size, seed: fake_probe)
+    monkeypatch.setattr(generation, "benchmark", bench)
+    monkeypatch.setattr(generation, "evaluate_generation", evaluate)
+
+
+def test_eval_generation_builds_one_checked_sampling_config(tmp_path, monkeypatch, capsys):
+    """The command's plumbing, with the pipeline, the benchmark and the evaluation replaced by stand-ins."""
+    from trilemma.eval.generation import Benchmark
+    from trilemma.generators.sampling import SamplingConfig
+
     seen = {}
 
-    def evaluate_generation(pipe, prompts, reference, floor, features, **kw):
-        seen.update(prompts=prompts, reference=reference, floor=floor, features=features, **kw)
+    def bench(data, n, size, seed, features, cache_dir, probe_dir):
+        seen.update(data=data, n=n, size=size, seed=seed, probe_dir=probe_dir)
+        return Benchmark(["p"] * n, torch.zeros(n, 3, 32, 32), torch.ones(n, 3, 32, 32), None)
+
+    def evaluate(pipe, benchmark, sampling, batch_size):
+        seen["sampling"] = sampling
         return {"fid": 12.5, "fid_floor": 1.5, "adherence_object": 0.75}
 
-    module = types.ModuleType("trilemma.eval.generation")
-    module.evaluate_generation = evaluate_generation
-    monkeypatch.setitem(sys.modules, "trilemma.eval.generation", module)
-
+    _stub_generation(monkeypatch, bench, evaluate)
     args = ["eval", "generation", "--generator", "g", "--n", "6", "--seed", "3", "--top-k", "5", "--out", str(tmp_path)]
     assert main(args) == 0
-    assert len(seen["prompts"]) == 6 and seen["reference"].shape == seen["floor"].shape == (6, 3, 32, 32)
-    assert not torch.equal(seen["reference"], seen["floor"])  # the floor is other real images
-    # The prompts are the floor images' captions, so a perfect generator would score the floor.
-    val = load_dataset("shapes", split="val", size=32, seed=3)
-    assert seen["prompts"] == [val[i]["caption"] for i in range(6)]
-    assert torch.equal(seen["floor"][0], val[0]["image"])
-    assert seen["features"] == "domain-features" and seen["probe"] is fake_probe
-    assert len(seen["attributes"]) == 6 and seen["sampling"]["top_k"] == 5 and seen["sampling"]["seed"] == 3
+    assert seen["n"] == 6 and seen["seed"] == 3 and seen["size"] == 32 and seen["probe_dir"] == tmp_path / "probe"
+    assert seen["sampling"] == SamplingConfig(top_k=5, seed=3)
     out = capsys.readouterr().out
     assert "fid" in out and "real vs real: 1.5" in out
     (run,) = json.loads((tmp_path / "generation.json").read_text())["runs"]
-    assert run["metrics"]["fid"] == 12.5 and run["sampling"]["cfg_scale"] == 1.0
+    assert run["metrics"]["fid"] == 12.5 and run["sampling"]["cfg_scale"] == 1.0 and run["sampling"]["top_k"] == 5
+    assert main([*args, "--cfg-scale", "-1"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --cfg-scale must be >= 0 (1 = no guidance), got -1.0"
 
 
 def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypatch, capsys):
     """Several --cfg-scale values: one evaluation each on the same prompts, the real sets' features
     extracted once, one table, one run per scale in generation.json."""
-    from trilemma import pipeline
-    from trilemma.eval import probe as probe_module
     from trilemma.eval.features import FeatureExtractor
+    from trilemma.eval.generation import Benchmark
 
     class MeanColour(FeatureExtractor):
         dim = 3
@@ -187,24 +237,19 @@ def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypat
         def forward(self, images):
             return images.mean(dim=(2, 3))
 
-    fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32),
-                                      generator=types.SimpleNamespace(sampling_config=lambda **kw: kw))
-    monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, g, t=None: fake_pipe))
-    monkeypatch.setattr(probe_module, "load_or_train_probe",
-                        lambda cache, size, seed: types.SimpleNamespace(features=MeanColour()))
     calls = []
 
-    def evaluate_generation(pipe, prompts, reference, floor, features, sampling, **kw):
-        calls.append((reference, floor, sampling))
-        return {"fid": 10.0 / sampling["cfg_scale"], "fid_floor": 0.5}
+    def bench(data, n, size, seed, features, cache_dir, probe_dir):
+        return Benchmark(["p"] * n, torch.rand(n, 3, 32, 32), torch.rand(n, 3, 32, 32), MeanColour())
 
-    module = types.ModuleType("trilemma.eval.generation")
-    module.evaluate_generation = evaluate_generation
-    monkeypatch.setitem(sys.modules, "trilemma.eval.generation", module)
+    def evaluate(pipe, benchmark, sampling, batch_size):
+        calls.append((benchmark.reference, benchmark.floor, sampling))
+        return {"fid": 10.0 / sampling.cfg_scale, "fid_floor": 0.5}
 
+    _stub_generation(monkeypatch, bench, evaluate)
     args = ["eval", "generation", "--generator", "g", "--n", "5", "--cfg-scale", "1", "4", "1", "--out", str(tmp_path)]
     assert main(args) == 0
-    assert [c[2]["cfg_scale"] for c in calls] == [1.0, 4.0]  # each scale once, in the order given
+    assert [c[2].cfg_scale for c in calls] == [1.0, 4.0]  # each scale once, in the order given
     reference, floor, _ = calls[0]
     assert reference.shape == floor.shape == (5, 3)  # features, not images: extracted once for all scales
     assert all(torch.equal(c[0], reference) and torch.equal(c[1], floor) for c in calls)

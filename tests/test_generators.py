@@ -5,6 +5,7 @@ import torch
 
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
+from trilemma.generators.sampling import SamplingConfig as S
 from trilemma.tokens import Tokens, TokenSpec
 
 SPECS = {
@@ -37,8 +38,8 @@ def test_cached_sampling_equals_uncached(name, layout):
     gen, text = tiny(name, spec)
     ids = text.encode(CAPTIONS)
     for cfg_scale in (1.0, 2.5):
-        a = gen.sample(ids, temperature=0, cfg_scale=cfg_scale, use_cache=True)
-        b = gen.sample(ids, temperature=0, cfg_scale=cfg_scale, use_cache=False)
+        a = gen.sample(ids, S(temperature=0, cfg_scale=cfg_scale), use_cache=True)
+        b = gen.sample(ids, S(temperature=0, cfg_scale=cfg_scale), use_cache=False)
         assert torch.equal(a.ids, b.ids)
 
 
@@ -49,11 +50,11 @@ def test_samples_are_valid_ids_and_seeded_sampling_repeats(name, layout):
     gen, text = tiny(name, spec)
     ids = text.encode(CAPTIONS)
     for options in ({"temperature": 0}, {"temperature": 0, "cfg_scale": 2.5}, {"seed": 3, "top_p": 0.9, "cfg_scale": 3.0}):
-        out = gen.sample(ids, **options)
+        out = gen.sample(ids, S(**options))
         assert out.ids.shape == random_tokens(spec, 3).ids.shape
         assert out.ids.min() >= 0 and out.ids.max() < spec.vocab_size  # never a [MASK] or BOS id
-    s1 = gen.sample(ids, seed=7, top_k=5)
-    s2 = gen.sample(ids, seed=7, top_k=5)
+    s1 = gen.sample(ids, S(seed=7, top_k=5))
+    s2 = gen.sample(ids, S(seed=7, top_k=5))
     assert torch.equal(s1.ids, s2.ids)
 
 
@@ -74,7 +75,7 @@ def test_loss_falls_when_fitting_a_batch(name):
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     # and greedy sampling now reproduces the memorised tokens for their prompts (chance: 1/16)
-    sampled = gen.sample(ids, temperature=0, cfg_scale=1.0)
+    sampled = gen.sample(ids, S(temperature=0, cfg_scale=1.0))
     assert (sampled.ids == tokens.ids).float().mean() > (0.9 if name in AUTOREGRESSIVE else 0.8)
 
 
@@ -84,7 +85,7 @@ def test_checkpoint_round_trip_keeps_spec_and_text(name, tmp_path):
     loaded = checkpoint.load(checkpoint.save(gen, tmp_path / "g"), kind="generator")
     assert loaded.spec == gen.spec and loaded.text.to_dict() == text.to_dict()
     ids = text.encode(CAPTIONS[:1])
-    assert torch.equal(gen.sample(ids, temperature=0).ids, loaded.sample(ids, temperature=0).ids)
+    assert torch.equal(gen.sample(ids, S(temperature=0)).ids, loaded.sample(ids, S(temperature=0)).ids)
 
 
 @pytest.mark.parametrize("name", GENERATORS)
@@ -93,10 +94,12 @@ def test_continuous_tokens_are_refused_with_advice(name):
         tiny(name, TokenSpec("continuous", 16, latent_dim=4, grid=(4, 4)))
 
 
-def test_unknown_sampling_option_is_named():
+def test_sampling_takes_a_checked_sampling_config():
     gen, text = tiny("dalle", SPECS["grid"])
-    with pytest.raises(TypeError, match="temprature"):
-        gen.sample(text.encode(CAPTIONS[:1]), temprature=1.0)
+    with pytest.raises(TypeError, match="SamplingConfig"):
+        gen.sample(text.encode(CAPTIONS[:1]), {"temperature": 1.0})
+    with pytest.raises(ValueError, match="top_p"):
+        S(top_p=1.5)
 
 
 def test_masked_training_masks_the_scheduled_fraction():
@@ -113,5 +116,5 @@ def test_masked_decoding_runs_the_requested_number_of_steps():
     gen, text = tiny("muse", SPECS["grid"])
     calls = []
     gen.transformer.register_forward_hook(lambda *a: calls.append(1))
-    gen.sample(text.encode(CAPTIONS), steps=5, cfg_scale=2.0, seed=0)
+    gen.sample(text.encode(CAPTIONS), S(steps=5, cfg_scale=2.0, seed=0))
     assert len(calls) == 5  # one stacked (conditional + unconditional) pass per step

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from trilemma import checkpoint
-from trilemma.tokenizer_training import train_tokenizer
-from trilemma.train import TrainConfig, TrainingError, lr_at
+from trilemma.training import tokenizer as tokenizer_training
+from trilemma.training.loop import TrainConfig, TrainingError, lr_at
+from trilemma.training.tokenizer import train_tokenizer
 
 TINY = {"channels": 8, "quantizer": {"codebook_size": 32, "codebook_dim": 4}}
 
@@ -44,8 +45,6 @@ def test_tokenizer_training_improves_reconstruction(tmp_path):
 
 def _poison_at(monkeypatch, bad_step):
     """Make the tokenizer loss NaN at one step (an interruption the loop must survive)."""
-    from trilemma import tokenizer_training
-
     real_loss = tokenizer_training.TokenizerTask.loss
 
     def poisoned(self, model, images, step):
@@ -90,7 +89,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "trilemma.cli", *args]
+    return [sys.executable, "-m", "trilemma", *args]
 
 
 def test_sigkill_then_resume_ends_at_the_same_step(tmp_path):
@@ -118,7 +117,7 @@ def test_sigkill_then_resume_ends_at_the_same_step(tmp_path):
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "trilemma.cli", "train", "tokenizer", "--preset", "vq-f4-shapes", "--steps", "6", "--batch-size", "4",
+           "-m", "trilemma", "train", "tokenizer", "--preset", "vq-f4-shapes", "--steps", "6", "--batch-size", "4",
            "--out", str(out), "--set", "channels=8", "--set", "quantizer.codebook_size=32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -147,3 +146,109 @@ def test_perceptual_loss_without_weights_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         TokenizerLoss(LossConfig(perceptual_weight=1.0))
     assert "vgg16-397923af.pth" in str(err.value) and str(tmp_path / "torch") in str(err.value)
+
+
+def test_discriminator_step_sees_only_its_own_loss(tmp_path, monkeypatch):
+    """The generator's adversarial term leaves the discriminator's gradients untouched, and the
+    discriminator steps on exactly the gradients of its own loss."""
+    import copy
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from trilemma.tokenizers.losses import LossConfig
+
+    seen = {}
+    real_critic_loss = tokenizer_training.TokenizerTask.critic_loss
+
+    def spy(self, critic, images, step):
+        seen["grads_before"] = [p.grad for p in critic.parameters()]
+        ref = copy.deepcopy(getattr(critic, "module", critic))
+        ref.zero_grad(set_to_none=True)
+        real, recon = self._last
+        self.loss_fn.discriminator_terms(real, recon, ref)["disc"].backward()
+        seen["expected"] = [p.grad.clone() for p in ref.parameters()]
+        seen["critic"] = critic
+        return real_critic_loss(self, critic, images, step)
+
+    def hook(optimizer, args, kwargs):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if "critic" in seen and params[0] is next(seen["critic"].parameters()):
+            seen["actual"] = [p.grad.clone() for p in params]
+
+    monkeypatch.setattr(tokenizer_training.TokenizerTask, "critic_loss", spy)
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        loss = LossConfig(gan_weight=0.5, gan_start=0, disc_channels=8, disc_layers=2, adaptive_gan_weight=False)
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "g", _cfg(1), loss=loss, overrides=TINY, eval_images=8)
+    finally:
+        handle.remove()
+    assert all(g is None for g in seen["grads_before"])  # the generator step reached no discriminator weight
+    assert len(seen["actual"]) == len(seen["expected"]) > 0
+    for actual, expected in zip(seen["actual"], seen["expected"]):
+        assert torch.allclose(actual, expected, atol=1e-6)
+
+
+def test_a_training_step_keeps_every_tensor_on_the_accelerator_device(tmp_path, monkeypatch):
+    from accelerate import PartialState
+
+    from trilemma.tokenizers.losses import LossConfig
+
+    device = PartialState().device
+    seen = []
+    task_cls = tokenizer_training.TokenizerTask
+    real_loss, real_eval = task_cls.loss, task_cls.evaluate
+
+    def loss(self, model, images, step):
+        seen.append(images.device)
+        seen.extend(p.device for p in model.parameters())
+        seen.extend(t.device for t in self.loss_fn.state_dict().values())
+        seen.append(self.eval_images.device)
+        return real_loss(self, model, images, step)
+
+    def evaluate(self, model, step, out_dir):
+        seen.extend(p.device for p in model.parameters())  # the EMA copy
+        return real_eval(self, model, step, out_dir)
+
+    monkeypatch.setattr(task_cls, "loss", loss)
+    monkeypatch.setattr(task_cls, "evaluate", evaluate)
+    gan = LossConfig(gan_weight=0.5, gan_start=0, disc_channels=8, disc_layers=2)
+    train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "d", _cfg(2, ema_decay=0.9), loss=gan, overrides=TINY, eval_images=8)
+    assert len(seen) > 10 and all(d.type == device.type for d in seen), set(seen)
+
+
+def test_mixed_precision_follows_accelerate_unless_a_flag_says_otherwise(monkeypatch):
+    from trilemma.cli import main as cli_main  # noqa: F401  (the flags below are the CLI's)
+    from trilemma.cli.main import build_parser
+    from trilemma.cli.options import training
+
+    parse = lambda *extra: training(build_parser().parse_args(  # noqa: E731
+        ["train", "tokenizer", "--preset", "vq-f4-shapes", "--out", "x", *extra]))
+    assert parse().mixed_precision is None  # accelerate launch / accelerate config decide
+    assert parse("--bf16").mixed_precision == "bf16" and parse("--fp16").mixed_precision == "fp16"
+    with pytest.raises(SystemExit):
+        parse("--bf16", "--fp16")
+
+
+def test_generator_training_resumes_exactly(tmp_path, monkeypatch):
+    """Interrupted (a NaN at step 3) then resumed == uninterrupted, caption dropout included."""
+    from trilemma.training import generator as generator_training
+
+    tok = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "tok", _cfg(2), overrides=TINY, eval_images=8)
+    cfg = _cfg(6, ema_decay=0.9, save_every=3, batch_size=16)
+    kw = dict(preset="dalle-tiny", num_images=64, cache_dir=tmp_path / "cache")
+    straight = generator_training.train_generator("dalle", tok["checkpoint"], "shapes", tmp_path / "s", cfg, **kw)
+    real_loss = generator_training.GeneratorTask.loss
+
+    def poisoned(self, model, batch, step):
+        out = real_loss(self, model, batch, step)
+        return {**out, "loss": out["loss"] * float("nan")} if step == 3 else out
+
+    monkeypatch.setattr(generator_training.GeneratorTask, "loss", poisoned)
+    with pytest.raises(TrainingError):
+        generator_training.train_generator("dalle", tok["checkpoint"], "shapes", tmp_path / "r", cfg, **kw)
+    monkeypatch.setattr(generator_training.GeneratorTask, "loss", real_loss)
+    resumed = generator_training.train_generator("dalle", tok["checkpoint"], "shapes", tmp_path / "r", cfg, resume=True, **kw)
+    a, b = checkpoint.load_state(straight["checkpoint"]), checkpoint.load_state(resumed["checkpoint"])
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)

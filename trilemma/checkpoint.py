@@ -171,6 +171,16 @@ def read_config(directory: str | Path, kind: str | None = None) -> dict[str, Any
     return meta
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (with ``model/``) or a checkpoint directory -> the checkpoint directory."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if (path / "model" / CONFIG_FILE).is_file():
+        return path / "model"
+    raise CheckpointError(f"{path}: no checkpoint here (expected {path}/{CONFIG_FILE} or {path}/model/{CONFIG_FILE})")
+
+
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():

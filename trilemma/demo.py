@@ -13,7 +13,8 @@ import torch
 
 from trilemma import checkpoint
 from trilemma.files import atomic_write_bytes
-from trilemma.train import TrainConfig
+from trilemma.generators.sampling import SamplingConfig
+from trilemma.training.loop import TrainConfig
 
 PROMPTS = [
     "a large red circle at the top left",
@@ -25,7 +26,7 @@ PROMPTS = [
 
 # Sampling for every generated image in the demo: guidance 3 lifted parti's per-attribute prompt
 # accuracy from 72-96% to 84-99% at 700 steps (shape is the hardest attribute), at ~1.8x the cost.
-SAMPLING = {"temperature": 1.0, "cfg_scale": 3.0}
+SAMPLING = SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0)
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,18 @@ QUICK = DemoPlan(tokenizer_steps=60, generator_steps=40, generator_lr={"dalle": 
 
 
 def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(100, steps // 10),
-                       eval_every=max(1, steps // 2), save_every=max(1, steps // 2), mixed_precision="bf16")
+    return TrainConfig(steps=steps, batch_size=batch, lr=lr, eval_every=max(1, steps // 2), save_every=max(1, steps // 2),
+                       mixed_precision="bf16")
 
 
 def run_demo(out: Path, quick: bool = False) -> Path:
-    from trilemma.data import load_dataset, parse_caption
-    from trilemma.eval.generation import evaluate_generation
-    from trilemma.eval.probe import load_or_train_probe
+    from trilemma.data import parse_caption
+    from trilemma.eval.generation import benchmark, evaluate_generation
     from trilemma.eval.reconstruction import evaluate_reconstruction
-    from trilemma.generator_training import train_generator
     from trilemma.images import save_grid
     from trilemma.pipeline import Pipeline
-    from trilemma.tokenizer_training import train_tokenizer
+    from trilemma.training.generator import train_generator
+    from trilemma.training.tokenizer import train_tokenizer
 
     plan = QUICK if quick else FULL
     out = Path(out)
@@ -75,13 +75,6 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         timings[name] = time.perf_counter() - t0 - sum(timings.values())
         print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
 
-    test = load_dataset("shapes", split="test", size=32)
-    val = load_dataset("shapes", split="val", size=32)
-    n_eval = min(plan.eval_images, len(test), len(val))
-    items = [test[i] for i in range(n_eval)]
-    real = torch.stack([it["image"] for it in items])
-    floor = torch.stack([val[i]["image"] for i in range(n_eval)])  # a disjoint real set: the floor
-    save_grid(real[:16], out / "data.png", captions=[it["caption"] for it in items[:16]])
     print("[demo] 1/5 tokenizer (vq-f4-shapes)", flush=True)
     tok_run = out / "tokenizer"
     if not (tok_run / "model" / checkpoint.CONFIG_FILE).exists():
@@ -89,13 +82,14 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     lap("tokenizer")
 
     print("[demo] 2/5 evaluation probe and features (trained once on shapes ground truth)", flush=True)
-    probe = load_or_train_probe(out / "probe", steps=plan.probe_steps)
+    bench = benchmark("shapes", plan.eval_images, 32, cache_dir=out, probe_steps=plan.probe_steps)
+    probe, real, floor, prompts = bench.probe, bench.reference, bench.floor, bench.prompts
+    save_grid(floor[:16], out / "data.png", captions=prompts[:16])
     lap("probe")
 
     print("[demo] 3/5 reconstruction", flush=True)
     tokenizer = checkpoint.load(tok_run / "model", kind="tokenizer")
     recon = evaluate_reconstruction(tokenizer, real, features=probe.features)
-    prompts = [val[i]["caption"] for i in range(n_eval)]  # the floor's captions: a perfect generator scores the floor
     attributes = [parse_caption(p) for p in prompts]
     with torch.no_grad():
         floor_recon = torch.cat([tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1) for x in floor.split(128)])
@@ -112,12 +106,9 @@ def run_demo(out: Path, quick: bool = False) -> Path:
                             preset=f"{kind}-{plan.generator_preset}", num_images=plan.num_images,
                             cache_dir=out / "token_cache")
         pipe = Pipeline.load(run)
-        grid = pipe([p for p in PROMPTS for _ in range(4)], seed=0, **SAMPLING)
+        grid = pipe([p for p in PROMPTS for _ in range(4)], SAMPLING)
         save_grid(grid, out / f"{kind}_samples.png", captions=[p for p in PROMPTS for _ in range(4)], nrow=4)
-        results["generation"][kind] = evaluate_generation(
-            pipe, prompts, real, floor, probe.features, attributes=attributes,
-            probe=probe, sampling={**SAMPLING, "seed": 0},
-        )
+        results["generation"][kind] = evaluate_generation(pipe, bench, SAMPLING)
         lap(f"{kind} train+eval")
 
     print("[demo] 5/5 report", flush=True)
@@ -143,7 +134,7 @@ def _report(results: dict, plan: DemoPlan, quick: bool) -> str:
         f"{plan.generator_steps} steps of batch 64 (peak lr "
         + ", ".join(f"{k} {v:g}" for k, v in plan.generator_lr.items())
         + f") on {plan.num_images} images; evaluation on {plan.eval_images} held-out test images. "
-        f"Sampling: " + ", ".join(f"{k}={v}" for k, v in SAMPLING.items()) + ".",
+        f"Sampling: temperature {SAMPLING.temperature:g}, guidance {SAMPLING.cfg_scale:g}, seed {SAMPLING.seed}.",
         "",
         "![data](data.png)",
         "",

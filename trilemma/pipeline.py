@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from trilemma import checkpoint
-from trilemma.checkpoint import CheckpointError
-from trilemma.train import resolve_checkpoint
+from trilemma.checkpoint import resolve_checkpoint
+from trilemma.generators.sampling import SamplingConfig
 
 
 def check_compatible(tokenizer_spec: Any, generator_spec: Any) -> None:
@@ -36,16 +36,16 @@ class Pipeline:
         recorded = meta.get("tokenizer") or {}
         if tokenizer_dir is None:
             if not recorded.get("path"):
-                raise CheckpointError(f"{gen_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")
+                raise checkpoint.CheckpointError(f"{gen_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")
             tokenizer_dir = recorded["path"]
             if not Path(tokenizer_dir).exists():
-                raise CheckpointError(
+                raise checkpoint.CheckpointError(
                     f"{gen_dir}: was trained on the tokenizer at {tokenizer_dir}, which is gone; "
                     "pass its new location with --tokenizer"
                 )
         tok_dir = resolve_checkpoint(tokenizer_dir)
         if recorded.get("hash") and checkpoint.content_hash(tok_dir) != recorded["hash"]:
-            raise CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"{tok_dir}: is not the tokenizer {gen_dir} was trained on (weights hash "
                 f"{checkpoint.content_hash(tok_dir)[:12]} != {recorded['hash'][:12]}, trained with {recorded.get('path')})"
             )
@@ -53,14 +53,24 @@ class Pipeline:
         generator = checkpoint.load(gen_dir, kind="generator")
         return cls(tokenizer, generator)
 
+    def to(self, device: torch.device | str) -> "Pipeline":
+        self.tokenizer.to(device)
+        self.generator.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
     @torch.no_grad()
-    def __call__(self, prompts: list[str], batch_size: int = 64, **sampling: Any) -> torch.Tensor:
-        """Images [len(prompts), 3, H, W] in [-1, 1]. Sampling options go to ``generator.sample``;
-        with a seed, batch b uses seed + b so that a large request stays reproducible."""
+    def __call__(self, prompts: list[str], sampling: SamplingConfig | None = None, batch_size: int = 64) -> torch.Tensor:
+        """Images [len(prompts), 3, H, W] in [-1, 1], on the CPU. ``sampling`` goes to
+        ``generator.sample``; the chunk starting at prompt ``s`` uses ``sampling.for_chunk(s)``
+        (seed + s), so a large request stays reproducible."""
+        sampling = sampling if sampling is not None else SamplingConfig()
         images = []
-        seed = sampling.pop("seed", None)
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
-            text_ids = self.text.encode(prompts[start : start + batch_size])
-            tokens = self.generator.sample(text_ids, seed=None if seed is None else seed + b, **sampling)
-            images.append(self.tokenizer.decode(tokens).clamp(-1, 1))
+        for start in range(0, len(prompts), batch_size):
+            text_ids = self.text.encode(prompts[start : start + batch_size]).to(self.device)
+            tokens = self.generator.sample(text_ids, sampling.for_chunk(start))
+            images.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu())
         return torch.cat(images)

@@ -114,8 +114,23 @@ def resolve(kind: str, name: str, **cfg: Any) -> tuple[type, Any, dict[str, Any]
     field_names = {f.name for f in dataclasses.fields(cls.Config)}
     fields = {k: v for k, v in cfg.items() if k in field_names}
     context = {k: v for k, v in cfg.items() if k not in field_names}
-    config = dataclasses.replace(base, **fields) if base is not None else cls.Config(**fields)
-    return cls, config, context
+    if base is None:
+        base = cls.Config()
+    return cls, dataclasses.replace(base, **merge_overrides(base, fields)), context
+
+
+def merge_overrides(config: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Field values for ``dataclasses.replace(config, ...)``: an override that is a dict, for a
+    field that holds a dict (a tokenizer's ``quantizer``), is merged into it key by key (nested
+    dicts likewise), so ``{"quantizer": {"codebook_size": 512}}`` keeps the quantizer's name. The
+    CLI's ``--set quantizer.codebook_size=512`` and the Python API go through here alike."""
+    return {k: _merge(getattr(config, k, None), v) for k, v in overrides.items()}
+
+
+def _merge(current: Any, value: Any) -> Any:
+    if isinstance(current, dict) and isinstance(value, dict):
+        return {**current, **{k: _merge(current.get(k), v) for k, v in value.items()}}
+    return value
 
 
 def build(kind: str, name: str, **cfg: Any) -> Any:

@@ -40,6 +40,7 @@ from trilemma.data.text import TextTokenizer
 from trilemma.eval.features import DomainFeatures
 from trilemma.nn.transformer import Transformer, TransformerConfig
 from trilemma.registry import register
+from trilemma.training.schedule import warmup_cosine
 
 VOCAB_ITEMS = 2000  # captions read to build a text vocabulary when none is given
 
@@ -200,9 +201,7 @@ def train_contrastive(
         (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     warmup = max(1, min(50, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
     gen = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, len(dataset))
     model.train()
@@ -221,3 +220,24 @@ def train_contrastive(
                 bar.set_postfix(loss=f"{out['loss'].item():.3f}", acc=f"{out['accuracy'].item():.2f}")
     model.train_seconds = time.perf_counter() - start
     return model.eval()
+
+
+def load_or_train_contrastive(dataset, cache_dir: str | Path, seed: int = 0, progress: bool = True) -> ContrastiveModel:
+    """The contrastive model saved in ``cache_dir`` when it was trained on this dataset (its
+    ``repr``) and seed; else train one on ``dataset`` and save it there (atomically)."""
+    from trilemma import checkpoint
+
+    cache_dir = Path(cache_dir)
+    key = {"data": repr(dataset), "seed": seed}
+    if (cache_dir / checkpoint.CONFIG_FILE).is_file():
+        try:
+            meta = checkpoint.read_config(cache_dir, kind="features")
+            if meta["name"] == ContrastiveModel.registry_name and meta.get("trained_on") == key:
+                return checkpoint.load(cache_dir, kind="features")
+            reason = "it was trained on other data"
+        except checkpoint.CheckpointError as err:
+            reason = str(err)
+        print(f"retraining the contrastive model in {cache_dir}: {reason}")
+    model = train_contrastive(dataset, seed=seed, progress=progress)
+    checkpoint.save(model, cache_dir, extra={"trained_on": key})
+    return model

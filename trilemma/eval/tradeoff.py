@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trilemma import checkpoint
-from trilemma.train import resolve_checkpoint
+from trilemma.checkpoint import resolve_checkpoint
 
 FEATURE_CHOICES = ("auto", "domain", "inception", "none")
 FLOAT_BITS = 32  # storage of one float32 latent value: where continuous tokenizers are plotted
@@ -188,6 +188,7 @@ def tradeoff(
     lpips: bool = True,
     progress: bool = True,
     evaluate: Callable[..., dict] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
@@ -195,7 +196,8 @@ def tradeoff(
     only comparable at one resolution. Rows hold the tokenizer's name (preset or directory name),
     its path and token layout, and every metric of ``evaluate_reconstruction``; continuous
     tokenizers have ``bits_per_image=None`` and ``floats_per_image`` instead. ``evaluate`` replaces
-    ``evaluate_reconstruction`` (same signature), e.g. in tests.
+    ``evaluate_reconstruction`` (same signature), e.g. in tests. Tokenizers and features run on
+    ``device``.
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
@@ -203,7 +205,7 @@ def tradeoff(
         from trilemma.eval.reconstruction import evaluate_reconstruction as evaluate
     dirs = [resolve_checkpoint(d) for d in tokenizer_dirs]
     names = _unique([tokenizer_name(d) for d in dirs], dirs)
-    tokenizers = [checkpoint.load(d, kind="tokenizer") for d in dirs]
+    tokenizers = [checkpoint.load(d, kind="tokenizer").to(device) for d in dirs]
 
     sizes = {name: tok.image_size for name, tok in zip(names, tokenizers)}
     if size is None:
@@ -218,6 +220,8 @@ def tradeoff(
     if out_dir is not None and probe_cache is None:
         probe_cache = Path(out_dir) / "probe"
     feats = resolve_features(features, data, size, seed, probe_cache)
+    if feats is not None:
+        feats = feats.to(device)
     images, _ = load_images(data, n, size, seed=seed, progress=progress)
 
     rows = []

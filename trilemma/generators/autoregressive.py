@@ -18,7 +18,7 @@ from torch import nn
 
 from trilemma import registry
 from trilemma.generators.base import Generator
-from trilemma.generators.sampling import cfg_combine, drop_condition, make_generator, sample_logits
+from trilemma.generators.sampling import SamplingConfig, sample_logits
 from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_weights
 from trilemma.tokens import Tokens
 
@@ -42,7 +42,6 @@ class Dalle(Generator):
         super().__init__(spec, text)
         self.config = config
         self.text_len = text.max_length
-        self.image_len = spec.max_tokens * spec.levels
         self.text_emb = nn.Embedding(text.vocab_size, config.dim)
         self.text_pos = nn.Embedding(self.text_len, config.dim)
         self.image_emb = TokenEmbedding(spec.vocab_size, config.dim, spec.max_tokens, spec.grid, spec.levels)
@@ -57,10 +56,7 @@ class Dalle(Generator):
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced losses for flat image ids [B, M] and text ids [B, L]."""
-        if self.training and self.config.cond_drop_prob > 0:
-            text_ids, dropped = drop_condition(text_ids, self.null_text(1, text_ids.device)[0], self.config.cond_drop_prob)
-        else:
-            dropped = torch.zeros(text_ids.shape[0], dtype=torch.bool, device=text_ids.device)
+        text_ids, dropped = self.drop_captions(text_ids)
         x = torch.cat([self._embed_text(text_ids), self.image_emb(image_ids[:, :-1])], dim=1)
         h = self.transformer(x, causal=True)
         L = text_ids.shape[1]
@@ -76,38 +72,27 @@ class Dalle(Generator):
         loss = (w * text_loss + image_loss) / (1 + w)
         return {"loss": loss, "image_loss": image_loss.detach(), "text_loss": text_loss.detach()}
 
-    def _guided(self, logits: torch.Tensor, batch: int, scale: float) -> torch.Tensor:
-        if logits.shape[0] == batch:
-            return logits
-        return cfg_combine(logits[:batch], logits[batch:], scale)
-
     @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, use_cache: bool = True, **sampling: Any) -> Tokens:
-        """Sample image tokens for text ids [B, L]. Options: temperature, top_k, top_p, cfg_scale, seed.
-
-        With cfg_scale != 1 the conditional and unconditional rows run stacked in one batch sharing
-        one KV cache. ``use_cache=False`` recomputes the whole prefix each step (for checking only).
-        """
-        cfg = self.sampling_config(**sampling)
-        self.eval()
-        b, device = text_ids.shape[0], text_ids.device
-        gen = make_generator(cfg.seed, device)
-        rows = text_ids if cfg.cfg_scale == 1 else torch.cat([text_ids, self.null_text(b, device)])
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, use_cache: bool = True) -> Tokens:
+        """Sample image tokens for text ids [B, L] (``sampling``: temperature, top_k, top_p,
+        cfg_scale, seed), one position at a time, every row sharing one KV cache.
+        ``use_cache=False`` recomputes the whole prefix each step (for checking only)."""
+        sampling, rows, gen = self.start_sampling(text_ids, sampling)
+        b = text_ids.shape[0]
         prefix = self._embed_text(rows)
-        out = torch.empty(b, self.image_len, dtype=torch.long, device=device)
+        out = torch.empty(b, self.image_len, dtype=torch.long, device=text_ids.device)
         cache = self.transformer.new_cache() if use_cache else None
         h = self.transformer(prefix, causal=True, cache=cache, max_len=prefix.shape[1] + self.image_len)
         for j in range(self.image_len):
-            logits = self._guided(self.image_head(h[:, -1]).float(), b, cfg.cfg_scale)
-            out[:, j] = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
+            logits = self.guide(self.image_head(h[:, -1]).float(), b, sampling.cfg_scale)
+            out[:, j] = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
             if j == self.image_len - 1:
                 break
-            step_ids = out[:, j : j + 1] if rows.shape[0] == b else out[:, j : j + 1].repeat(2, 1)
             if use_cache:
-                h = self.transformer(self.image_emb(step_ids, start=j), causal=True, cache=cache)
+                h = self.transformer(self.image_emb(self.stack_rows(out[:, j : j + 1], rows), start=j), causal=True, cache=cache)
             else:
-                so_far = out[:, : j + 1] if rows.shape[0] == b else out[:, : j + 1].repeat(2, 1)
-                h = self.transformer(torch.cat([prefix, self.image_emb(so_far)], 1), causal=True)
+                so_far = self.image_emb(self.stack_rows(out[:, : j + 1], rows))
+                h = self.transformer(torch.cat([prefix, so_far], 1), causal=True)
         return self.unflatten(out)
 
 

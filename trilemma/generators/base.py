@@ -1,9 +1,11 @@
 """What every generator shares: its construction from a ``TokenSpec`` and a text tokenizer, the
-checkpoint context that records both, and the compatibility check against a tokenizer.
+checkpoint context that records both, the compatibility check against a tokenizer, and the parts of
+classifier-free guidance that do not depend on the family: caption dropout in training, the
+conditional and empty-prompt rows stacked in one batch at sampling time, and their combination.
 
     gen = build("generator", name, spec=tok.spec, text=text_tokenizer, **cfg)
     gen.loss(tokens, text_ids) -> dict[str, Tensor]     ("loss" is what is optimised)
-    gen.sample(text_ids, **sampling) -> Tokens
+    gen.sample(text_ids, sampling: SamplingConfig) -> Tokens
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import torch
 from torch import nn
 
 from trilemma.data.text import TextTokenizer
-from trilemma.generators.sampling import SamplingConfig
+from trilemma.generators.sampling import SamplingConfig, cfg_combine, drop_condition, make_generator
 from trilemma.tokens import Tokens, TokenSpec
 
 
 class Generator(nn.Module):
-    config: Any
+    config: Any  # a dataclass with at least ``cond_drop_prob``
     accepts = ("discrete",)  # TokenSpec kinds this generator can model
 
     def __init__(self, spec: TokenSpec, text: TextTokenizer):
@@ -32,6 +34,7 @@ class Generator(nn.Module):
                 + ("vq-f4-shapes)" if "discrete" in self.accepts else "ae-f4-shapes)")
             )
         self.spec, self.text = spec, text
+        self.image_len = spec.max_tokens * spec.levels  # flat ids per image (position-major)
 
     def checkpoint_context(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "text": self.text.to_dict()}
@@ -59,12 +62,41 @@ class Generator(nn.Module):
     def loss(self, tokens: Tokens, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return self(self.flat_ids(tokens), text_ids)
 
-    def sample(self, text_ids: torch.Tensor, **sampling: Any) -> Tokens:
-        raise NotImplementedError
+    # ------------------------------------------------------------------ classifier-free guidance
+
+    def drop_captions(self, text_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption dropout: in training, each row becomes the empty prompt with probability
+        ``config.cond_drop_prob``, so the model also learns the unconditional distribution that
+        guidance needs. Returns (text ids, dropped: BoolTensor [B])."""
+        if self.training and self.config.cond_drop_prob > 0:
+            return drop_condition(text_ids, self.null_text(1, text_ids.device)[0], self.config.cond_drop_prob)
+        return text_ids, torch.zeros(text_ids.shape[0], dtype=torch.bool, device=text_ids.device)
+
+    def start_sampling(
+        self, text_ids: torch.Tensor, sampling: SamplingConfig | None
+    ) -> tuple[SamplingConfig, torch.Tensor, torch.Generator | None]:
+        """The preamble of every sampler: eval mode; the config (the defaults when None); the text
+        rows to condition on, i.e. the prompts, then as many empty prompts when guided
+        (``cfg_scale != 1``), so both run stacked in one batch; and the seeded random generator."""
+        if sampling is None:
+            sampling = SamplingConfig()
+        elif not isinstance(sampling, SamplingConfig):
+            raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+        self.eval()
+        b, device = text_ids.shape[0], text_ids.device
+        rows = text_ids if sampling.cfg_scale == 1 else torch.cat([text_ids, self.null_text(b, device)])
+        return sampling, rows, make_generator(sampling.seed, device)
 
     @staticmethod
-    def sampling_config(**sampling: Any) -> SamplingConfig:
-        unknown = set(sampling) - set(SamplingConfig.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {sorted(SamplingConfig.__dataclass_fields__)}")
-        return SamplingConfig(**sampling)
+    def stack_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, ...] for the prompts -> the same for every row of ``rows`` (repeated when guided)."""
+        return x if x.shape[0] == rows.shape[0] else x.repeat(rows.shape[0] // x.shape[0], *([1] * (x.ndim - 1)))
+
+    @staticmethod
+    def guide(out: torch.Tensor, batch: int, scale: float) -> torch.Tensor:
+        """Model output for stacked [conditional; unconditional] rows -> the guided output [batch, ...]
+        (``uncond + scale * (cond - uncond)``); unguided output passes through."""
+        return out if out.shape[0] == batch else cfg_combine(out[:batch], out[batch:], scale)
+
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None) -> Tokens:
+        raise NotImplementedError

@@ -17,21 +17,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from trilemma import registry
 from trilemma.generators.base import Generator
-from trilemma.generators.sampling import (
-    cfg_combine,
-    drop_condition,
-    make_generator,
-    mask_schedule,
-    masked_count,
-    remask_least_confident,
-    sample_logits,
-)
+from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, remask_least_confident, sample_logits
 from trilemma.generators.text_encoder import TextEncoderMixin
-from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_weights
+from trilemma.nn.transformer import init_weights
 from trilemma.tokens import Tokens
 
 
@@ -57,13 +48,8 @@ class Muse(TextEncoderMixin, Generator):
         super().__init__(spec, text)
         mask_schedule(0.5, config.schedule)  # an unknown schedule fails here, not mid-training
         self.config = config
-        self.image_len = spec.max_tokens * spec.levels
         self.mask_id = spec.vocab_size  # one extra input id: [MASK]
-        mk = lambda depth: TransformerConfig(config.dim, depth, config.heads, config.mlp_ratio, config.dropout)  # noqa: E731
-        self._add_text_encoder(text.vocab_size, text.max_length, mk(config.encoder_depth))
-        self.transformer = Transformer(mk(config.depth), context_dim=config.dim)
-        self.image_emb = TokenEmbedding(spec.vocab_size, config.dim, spec.max_tokens, spec.grid, spec.levels, extra_ids=1)
-        self.image_head = nn.Linear(config.dim, spec.vocab_size, bias=False)
+        self._add_text_conditioned_layers(config, spec, text, config.depth, name="transformer")
         self.apply(init_weights)
 
     def _logits(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -71,8 +57,7 @@ class Muse(TextEncoderMixin, Generator):
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Masked-token loss for flat image ids [B, M] and text ids [B, L]."""
-        if self.training and self.config.cond_drop_prob > 0:
-            text_ids, _ = drop_condition(text_ids, self.null_text(1, text_ids.device)[0], self.config.cond_drop_prob)
+        text_ids, _ = self.drop_captions(text_ids)
         b, m = image_ids.shape
         progress = torch.rand(b, device=image_ids.device)
         count = (mask_schedule(progress, self.config.schedule).to(image_ids.device) * m).ceil().clamp(1, m)
@@ -83,33 +68,27 @@ class Muse(TextEncoderMixin, Generator):
         return {"loss": loss, "masked_fraction": masked.float().mean().detach()}
 
     @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, **sampling: Any) -> Tokens:
-        """Sample image tokens for text ids [B, L] in ``steps`` parallel decoding steps (default
-        ``config.steps``). Options: temperature, top_k, top_p, cfg_scale, seed, steps.
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None) -> Tokens:
+        """Sample image tokens for text ids [B, L] in ``sampling.steps`` parallel decoding steps
+        (default ``config.steps``); also temperature, top_k, top_p, cfg_scale, seed.
 
         Each step samples every masked token; the least confident are re-masked so that the count
         still masked follows the schedule. Temperature 0 is greedy and fully deterministic; above
         0 the keep/re-mask choice also gets Gumbel noise (``choice_temperature``, annealed to 0).
-        With cfg_scale != 1 the conditional and unconditional rows run stacked in one batch.
         """
-        cfg = self.sampling_config(**sampling)
-        steps = min(cfg.steps or self.config.steps, self.image_len)
-        self.eval()
-        b, device = text_ids.shape[0], text_ids.device
-        gen = make_generator(cfg.seed, device)
-        rows = text_ids if cfg.cfg_scale == 1 else torch.cat([text_ids, self.null_text(b, device)])
+        sampling, rows, gen = self.start_sampling(text_ids, sampling)
+        steps = min(sampling.steps or self.config.steps, self.image_len)
+        b = text_ids.shape[0]
         memory = self.encode_text(rows)
-        ids = torch.full((b, self.image_len), self.mask_id, dtype=torch.long, device=device)
+        ids = torch.full((b, self.image_len), self.mask_id, dtype=torch.long, device=text_ids.device)
         for step in range(steps):
             masked = ids == self.mask_id
-            logits = self._logits(ids if rows.shape[0] == b else ids.repeat(2, 1), memory)
-            if rows.shape[0] != b:
-                logits = cfg_combine(logits[:b], logits[b:], cfg.cfg_scale)
-            drawn = sample_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
+            logits = self.guide(self._logits(self.stack_rows(ids, rows), memory), b, sampling.cfg_scale)
+            drawn = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
             confidence = logits.softmax(-1).gather(-1, drawn[..., None])[..., 0]
             drawn = torch.where(masked, drawn, ids)
             count = masked_count(step, steps, self.image_len, int(masked[0].sum()), self.config.schedule)
-            noise = self.config.choice_temperature * (1 - (step + 1) / steps) if cfg.temperature > 0 else 0.0
+            noise = self.config.choice_temperature * (1 - (step + 1) / steps) if sampling.temperature > 0 else 0.0
             ids = drawn.masked_fill(remask_least_confident(confidence, masked, count, noise, gen), self.mask_id)
         return self.unflatten(ids)
 

@@ -11,6 +11,7 @@ applied to logits (autoregressive, masked) or to the predicted noise (diffusion)
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -29,6 +30,17 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         check_sampling(self)
 
+    def for_chunk(self, start: int) -> "SamplingConfig":
+        """The config for the part of a request that starts at prompt ``start``: seed + start.
+
+        The one place seeds are derived: a request split into chunks stays reproducible for a
+        given chunk size, and no two chunks share a seed."""
+        if self.seed is None or start == 0:
+            return self
+        chunk = copy.copy(self)  # already checked: not validated again
+        object.__setattr__(chunk, "seed", self.seed + start)
+        return chunk
+
 
 def check_sampling(cfg: SamplingConfig) -> None:
     """Raise a ValueError naming the parameter for out-of-range values."""
@@ -42,6 +54,8 @@ def check_sampling(cfg: SamplingConfig) -> None:
         raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg.cfg_scale}")
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2^63), got {cfg.seed}")
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:

@@ -1,7 +1,9 @@
-"""The bidirectional prompt encoder shared by the generators that cross-attend to text (Parti, Muse).
+"""What the generators that cross-attend to text share (Parti, Muse): a bidirectional prompt
+encoder, and an image transformer reading it, with image embeddings that have one extra input id
+(Parti's BOS, Muse's [MASK]) and a head over the image vocabulary.
 
-A mixin, so its weights keep their top-level names (``text_emb``, ``text_pos``, ``encoder``) in
-every generator's checkpoint.
+A mixin, so its weights keep their top-level names (``text_emb``, ``text_pos``, ``encoder``,
+``image_emb``, ``image_head``) in every generator's checkpoint.
 """
 
 from __future__ import annotations
@@ -9,10 +11,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trilemma.nn.transformer import Transformer, TransformerConfig
+from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig
 
 
 class TextEncoderMixin:
+    def _add_text_conditioned_layers(self, config, spec, text, image_depth: int, name: str) -> None:
+        """Prompt encoder (``config.encoder_depth`` blocks); the image transformer, attribute
+        ``name`` (``image_depth`` blocks, cross-attending to the prompt); image embeddings with one
+        extra id; the image head. In this order, which fixes the initial weights for a seed."""
+        def blocks(depth: int) -> TransformerConfig:
+            return TransformerConfig(config.dim, depth, config.heads, config.mlp_ratio, config.dropout)
+
+        self._add_text_encoder(text.vocab_size, text.max_length, blocks(config.encoder_depth))
+        setattr(self, name, Transformer(blocks(image_depth), context_dim=config.dim))
+        self.image_emb = TokenEmbedding(spec.vocab_size, config.dim, spec.max_tokens, spec.grid, spec.levels, extra_ids=1)
+        self.image_head = nn.Linear(config.dim, spec.vocab_size, bias=False)
+
     def _add_text_encoder(self, vocab_size: int, max_length: int, cfg: TransformerConfig) -> None:
         self.text_emb = nn.Embedding(vocab_size, cfg.dim)
         self.text_pos = nn.Embedding(max_length, cfg.dim)

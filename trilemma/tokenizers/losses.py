@@ -38,8 +38,12 @@ def lpips_backbone_path(net: str) -> Path:
 
 def load_lpips(net: str = "vgg") -> nn.Module:
     """LPIPS with its ImageNet backbone loaded from disk. Never downloads."""
-    import lpips
     import torchvision
+
+    try:
+        import lpips
+    except ImportError:
+        raise ImportError("LPIPS needs the lpips package; install it with `pip install 'trilemma[lpips]'`") from None
 
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"lpips_net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
@@ -105,8 +109,8 @@ class TokenizerLoss(nn.Module):
         if self.lpips is not None:
             terms["perceptual"] = c.perceptual_weight * self.lpips(recon, images).mean()
         if self.gan_active(step):
-            g_loss = -self.discriminator(recon).mean()
-            weight = torch.tensor(c.gan_weight)
+            g_loss = -self._frozen_discriminator(recon).mean()
+            weight: torch.Tensor | float = c.gan_weight
             if c.adaptive_gan_weight and last_layer is not None and torch.is_grad_enabled():
                 rec = sum(terms.values())
                 rec_grad = torch.autograd.grad(rec, last_layer, retain_graph=True)[0]
@@ -115,7 +119,24 @@ class TokenizerLoss(nn.Module):
             terms["gan"] = weight * g_loss
         return terms
 
-    def discriminator_terms(self, images: torch.Tensor, recon: torch.Tensor) -> dict[str, torch.Tensor]:
-        real = self.discriminator(images.float())
-        fake = self.discriminator(recon.detach().float())
+    def _frozen_discriminator(self, images: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits with its parameters out of the graph: the generator's
+        adversarial term must neither update nor accumulate gradients into the discriminator."""
+        params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return self.discriminator(images)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def discriminator_terms(self, images: torch.Tensor, recon: torch.Tensor,
+                            discriminator: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Hinge loss of ``discriminator`` (default: ours; the training loop passes its prepared,
+        possibly DDP-wrapped copy so that gradients sync) on real images vs detached
+        reconstructions, in one forward pass (GroupNorm is per sample, so batching changes nothing)."""
+        disc = discriminator if discriminator is not None else self.discriminator
+        logits = disc(torch.cat([images.float(), recon.detach().float()]))
+        real, fake = logits.chunk(2)
         return {"disc": 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean())}

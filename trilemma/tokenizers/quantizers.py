@@ -58,23 +58,6 @@ class QuantizerOutput:
     usage: Tensor | None
 
 
-def codebook_stats(counts: Tensor) -> dict[str, float]:
-    """Fraction of codes used and perplexity exp(entropy) of the code distribution.
-
-    Perplexity is the effective number of codes: uniform use of k codes gives k. With no counts
-    at all both are 0.
-    """
-    counts = counts.detach().double().flatten()
-    if (counts < 0).any():
-        raise ValueError("codebook_stats: counts must be non-negative")
-    total = counts.sum()
-    if total == 0:
-        return {"usage": 0.0, "perplexity": 0.0}
-    p = counts[counts > 0] / total
-    entropy = -(p * p.log()).sum()
-    return {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp())}
-
-
 class Quantizer(nn.Module):
     """Base class: ``forward`` checks the input and runs ``_quantize`` in fp32 with autocast off.
 

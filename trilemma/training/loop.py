@@ -1,28 +1,31 @@
 """One training loop for tokenizers and generators, on Hugging Face accelerate.
 
 A ``Task`` says what is trained (``task.model``, an optional ``task.critic`` such as a GAN
-discriminator with its own optimizer), where the data comes from (``task.dataset`` + ``task.collate``)
-and how to score it (``task.loss``, ``task.evaluate``). The loop owns everything else: AdamW with
-warm-up and cosine decay, gradient accumulation and clipping, bf16 autocast, EMA weights, DDP when
-launched with ``accelerate launch`` or ``torchrun``, tqdm progress, metrics CSV (and TensorBoard when
-installed), atomic checkpoints with full training state, exact ``resume``, and a clean stop on a
-non-finite loss that keeps the last good checkpoint.
+discriminator with its own optimizer), where the data comes from (``task.dataset`` +
+``task.collate``) and how to score it (``task.loss``, ``task.critic_loss``, ``task.evaluate``). The
+loop owns everything else: AdamW with warm-up and cosine decay, gradient accumulation and clipping,
+mixed precision (bf16 autocast, or fp16 with loss scaling), EMA weights, DDP when launched with
+``accelerate launch`` or ``torchrun``, tqdm progress, metrics CSV (and TensorBoard when installed),
+atomic checkpoints with full training state, exact ``resume``, and a clean stop on a non-finite
+loss that keeps the last good checkpoint.
 
-Batches are drawn by a generator seeded from (seed, step, rank), so a resumed run sees exactly the
-batches the uninterrupted run would have seen.
+Everything the step touches lives on ``accelerator.device``: the prepared model and critic, the EMA
+copy, every batch (``send_to_device``) and whatever the task holds (``task.to``: loss networks,
+held-out images). Batches are drawn by a generator seeded from (seed, step, micro-batch, rank), so a
+resumed run sees exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +35,9 @@ from tqdm.auto import tqdm
 
 from trilemma import checkpoint
 from trilemma.files import atomic_write_bytes
+from trilemma.training.schedule import warmup_cosine
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -41,29 +47,74 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 2e-4  # peak learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warm-up from 0
+    warmup_steps: int | None = None  # linear warm-up from 0; None = min(100, steps // 10)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     ema_decay: float = 0.999  # 0 disables EMA; decay is warmed up as min(decay, (1+t)/(10+t))
-    mixed_precision: str = "no"  # "no" or "bf16" (autocast; quantizers and losses stay fp32)
+    # "bf16" (autocast), "fp16" (autocast + loss scaling) or "no"; quantizers and losses stay fp32.
+    # None = what `accelerate launch --mixed_precision` / `accelerate config` chose ("no" otherwise).
+    mixed_precision: str | None = None
     log_every: int = 10
-    eval_every: int = 500  # evaluate (and write a picture) every N steps and at the end
-    save_every: int = 500  # checkpoint every N steps and at the end
+    eval_every: int | None = None  # evaluate (and write a picture) every N steps and at the end; None = steps // 4
+    save_every: int | None = None  # checkpoint every N steps and at the end; None = steps // 4
     seed: int = 0
     num_workers: int = 0  # DataLoader workers (0 = load in the training process)
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            _at_least(name, getattr(self, name), 1)
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be in [0, 2^63), got {self.seed}")
+        if self.num_workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.num_workers}")
+        if self.mixed_precision not in (None, *MIXED_PRECISION):
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}")
+        quarter = max(1, self.steps // 4)
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, max(1, self.steps // 10))
+        self.eval_every = quarter if self.eval_every is None else self.eval_every
+        self.save_every = quarter if self.save_every is None else self.save_every
+        for name in ("warmup_steps", "eval_every", "save_every"):
+            _at_least(name, getattr(self, name), 1)
 
-class Task(Protocol):
+
+def _at_least(name: str, value: int, low: int) -> None:
+    flag = {"warmup_steps": "warmup", "num_workers": "workers"}.get(name, name).replace("_", "-")
+    if not isinstance(value, int) or value < low:
+        raise ValueError(f"--{flag} must be an integer >= {low}, got {value!r}")
+
+
+class Task:
+    """What the loop trains. Subclasses set ``model`` and ``dataset`` and define ``loss``."""
+
     model: nn.Module
-    critic: nn.Module | None
     dataset: Dataset
+    critic: nn.Module | None = None  # trained by ``critic_loss`` with its own optimizer
 
-    def collate(self, items: list[Any]) -> Any: ...
-    def loss(self, model: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]: ...
-    def critic_loss(self, batch: Any, step: int) -> dict[str, torch.Tensor] | None: ...
-    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]: ...
-    def checkpoint_extra(self) -> dict[str, Any]: ...
+    def collate(self, items: list[Any]) -> Any:
+        return items
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def critic_loss(self, critic: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor] | None:
+        """The critic's own loss (key ``"disc"``, what its optimizer minimises) for the step just
+        taken, or None to skip it this step."""
+        return None
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        return {}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
+
+    def to(self, device: torch.device) -> None:
+        """Move what the task holds besides model and critic (loss networks, held-out data)."""
 
 
 class TrainingError(RuntimeError):
@@ -72,10 +123,7 @@ class TrainingError(RuntimeError):
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 class StepSampler(Sampler[list[int]]):
@@ -99,23 +147,18 @@ def _mix(*xs: int) -> int:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (with ``model/``) or a checkpoint directory -> the checkpoint directory."""
-    path = Path(path)
-    if (path / checkpoint.CONFIG_FILE).is_file():
-        return path
-    if (path / "model" / checkpoint.CONFIG_FILE).is_file():
-        return path / "model"
-    raise checkpoint.CheckpointError(f"{path}: no checkpoint here (expected {path}/config.json or {path}/model/config.json)")
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _Logger:
@@ -178,62 +221,72 @@ def init_distributed() -> None:
     PartialState(cpu=not torch.cuda.is_available())
 
 
+def _check_resumable(model: nn.Module, ckpt_dir: Path) -> dict[str, Any]:
+    state = checkpoint.load_state(ckpt_dir) if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else None
+    if state is None:
+        raise TrainingError(f"--resume: no checkpoint with training state in {ckpt_dir}; start without --resume")
+    saved = checkpoint.read_config(ckpt_dir)["config"]
+    now = checkpoint.config_to_dict(model.config)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        raise TrainingError(f"--resume: the model config differs from the checkpoint's in {changed}; resume with the same settings")
+    return state
+
+
 def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) training; returns {"step", "metrics", "eval", "checkpoint"}."""
+    """Run (or resume) training; returns {"step", "metrics", "eval", "checkpoint", "replicas"}."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import send_to_device, set_seed
 
     out = Path(out_dir)
-    # Without a GPU, accelerate only goes multi-process (gloo) when told it is on the CPU.
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    main = acc.is_main_process
-    set_seed(cfg.seed, device_specific=False)  # same init on every rank
-    model, critic = task.model, task.critic
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    copt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if critic is not None else None
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
-
-    start = 0
     ckpt_dir = out / "model"
+    state = None
     if resume:
-        state = checkpoint.load_state(ckpt_dir) if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else None
-        if state is None:
-            raise TrainingError(f"--resume: no checkpoint with training state in {ckpt_dir}; start without --resume")
-        saved = checkpoint.read_config(ckpt_dir)["config"]
-        now = checkpoint.config_to_dict(model.config)
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if changed:
-            raise TrainingError(f"--resume: the model config differs from the checkpoint's in {changed}; resume with the same settings")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        if critic is not None:
-            critic.load_state_dict(state["critic"])
-            copt.load_state_dict(state["critic_optimizer"])
-        _set_rng_state(state["rng"][acc.process_index] if acc.process_index < len(state["rng"]) else state["rng"][0])
-        start = int(state["step"])
-        if start >= cfg.steps and main:
-            print(f"{ckpt_dir} is already at step {start} >= --steps {cfg.steps}; nothing to do")
+        state = _check_resumable(task.model, ckpt_dir)
+        if int(state["step"]) >= cfg.steps:  # nothing to do, and nothing is touched
+            print(f"{ckpt_dir} is already at step {state['step']} >= --steps {cfg.steps}; nothing to do")
+            return {"step": int(state["step"]), "metrics": {}, "eval": {}, "checkpoint": ckpt_dir, "replicas": []}
     elif (ckpt_dir / checkpoint.CONFIG_FILE).exists():
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
 
+    # Without a GPU, accelerate only goes multi-process (gloo) when told it is on the CPU.
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    main, device = acc.is_main_process, acc.device
+    set_seed(cfg.seed, device_specific=False)  # same init on every rank
+    model, critic = task.model, task.critic
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if critic is not None:
+        copt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
         model, critic, opt, copt = acc.prepare(model, critic, opt, copt)
     else:
         model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    if hasattr(task, "on_prepared"):
-        task.on_prepared(acc)
+    task.to(device)
+    ema = copy.deepcopy(raw).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+    start = 0
+    loader = DataLoader(
+        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, int(state["step"]) if state else 0, acc.process_index),
+        collate_fn=task.collate, num_workers=cfg.num_workers,
+    )
+    batches = iter(loader)  # draws a seed from the global RNG: before that RNG is restored
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])  # after prepare: state tensors follow the parameters' device
+        if critic is not None:
+            copt.load_state_dict(state["critic_optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        rngs = state["rng"]
+        _set_rng_state(rngs[acc.process_index] if acc.process_index < len(rngs) else rngs[0])
+        start = int(state["step"])
+
     out.mkdir(parents=True, exist_ok=True)
     if main:
         atomic_write_bytes(out / "train_config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
     logger = _Logger(out, start if resume else -1, main)
-    loader = DataLoader(
-        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, start, acc.process_index),
-        collate_fn=task.collate, num_workers=cfg.num_workers,
-    )
-    batches = iter(loader)
     last: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
 
@@ -265,10 +318,9 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         model.train()
         sums: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            batch = next(batches)
+            batch = send_to_device(next(batches), device)
             sync = micro == cfg.grad_accum - 1
-            ctx = acc.no_sync(model) if not sync and acc.num_processes > 1 else _nullcontext()
-            with ctx, acc.autocast():
+            with acc.no_sync(model) if not sync else contextlib.nullcontext(), acc.autocast():
                 losses = task.loss(model, batch, step)
             loss = losses["loss"]
             if not torch.isfinite(loss):
@@ -277,19 +329,13 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if not torch.isfinite(torch.as_tensor(grad_norm)):
+        # With fp16 loss scaling an overflow is expected now and then: the scaler skips that step.
+        if not torch.isfinite(torch.as_tensor(grad_norm)) and acc.mixed_precision != "fp16":
             _stop_non_finite(step, {"grad_norm": torch.as_tensor(grad_norm)}, ckpt_dir)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if critic is not None:
-            closses = task.critic_loss(batch, step)
-            if closses is not None:
-                for group in copt.param_groups:
-                    group["lr"] = lr
-                acc.backward(closses["disc"])
-                copt.step()
-                copt.zero_grad(set_to_none=True)
-                sums.update({k: float(v.detach()) for k, v in closses.items()})
+            sums.update(_critic_step(acc, task, critic, copt, batch, step, lr))
         if ema is not None:
             _update_ema(ema, raw, cfg.ema_decay, step)
         done = step + 1
@@ -312,12 +358,21 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     return {"step": max(start, cfg.steps), "metrics": last, "eval": eval_metrics, "checkpoint": ckpt_dir, "replicas": replicas}
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
+def _critic_step(acc: Any, task: Task, critic: nn.Module, copt: Any, batch: Any, step: int, lr: float) -> dict[str, float]:
+    """One optimizer step of the critic on its own loss alone (synced across processes by DDP).
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    Its gradients are cleared first: whatever reached them before (nothing should: the task's
+    generator-side term runs the critic with frozen parameters) is not the critic's loss."""
+    losses = task.critic_loss(critic, batch, step)
+    if losses is None:
+        return {}
+    for group in copt.param_groups:
+        group["lr"] = lr
+    copt.zero_grad(set_to_none=True)
+    acc.backward(losses["disc"])
+    copt.step()
+    copt.zero_grad(set_to_none=True)
+    return {k: float(v.detach()) for k, v in losses.items()}
 
 
 def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path) -> None:

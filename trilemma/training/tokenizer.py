@@ -1,4 +1,4 @@
-"""Training a tokenizer: the ``Task`` the shared loop in ``train.py`` runs for tokenizers."""
+"""Training a tokenizer: the ``Task`` the shared loop in ``loop.py`` runs for tokenizers."""
 
 from __future__ import annotations
 
@@ -14,37 +14,46 @@ from trilemma.eval import metrics as eval_metrics
 from trilemma.eval.reconstruction import count_codes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
-from trilemma.train import TrainConfig, init_distributed, train
+from trilemma.training.loop import Task, TrainConfig, TrainingError, init_distributed, train
+
+# What `trilemma train tokenizer` uses when a flag is not given.
+DEFAULTS = TrainConfig(steps=2000, batch_size=32, lr=4e-4)
+EVAL_IMAGES = 256  # held-out images scored (and pictured) at each evaluation
 
 
-class TokenizerTask:
+class TokenizerTask(Task):
     """Reconstruction + quantizer (+ perceptual, + adversarial) losses; evaluation on held-out images."""
 
-    def __init__(self, tokenizer: Tokenizer, dataset: Any, loss: LossConfig, eval_images: torch.Tensor):
+    def __init__(self, tokenizer: Tokenizer, dataset: Any, loss: LossConfig, eval_images: torch.Tensor,
+                 extra: dict[str, Any] | None = None):
         self.model = tokenizer
         self.loss_fn = TokenizerLoss(loss)
-        self.critic: nn.Module | None = self.loss_fn.discriminator
+        self.critic = self.loss_fn.discriminator
         self.dataset = dataset
         self.eval_images = eval_images
+        self.extra = extra or {}
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def to(self, device: torch.device) -> None:
+        self.loss_fn.to(device)
+        self.eval_images = self.eval_images.to(device)
 
     def collate(self, items: list[dict[str, Any]]) -> torch.Tensor:
         return collate(items)["image"]
 
     def loss(self, model: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         out = model(images)
-        raw = getattr(model, "module", model)
-        last_layer = getattr(raw, "last_layer", None)
+        last_layer = getattr(getattr(model, "module", model), "last_layer", None)
         terms = self.loss_fn.generator_terms(images, out.recon, step, last_layer)
         terms.update(out.losses)
         self._last = (images, out.recon.detach())
         return {"loss": sum(terms.values()), **terms}
 
-    def critic_loss(self, images: torch.Tensor, step: int) -> dict[str, torch.Tensor] | None:
+    def critic_loss(self, critic: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor] | None:
         if not self.loss_fn.gan_active(step) or self._last is None:
             return None
         real, recon = self._last
-        return self.loss_fn.discriminator_terms(real, recon)
+        return self.loss_fn.discriminator_terms(real, recon, critic)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
@@ -60,33 +69,32 @@ class TokenizerTask:
         metrics = {"psnr": float(eval_metrics.psnr(recon, self.eval_images).mean())}
         if counts is not None:  # usage of each level's codebook, averaged over levels
             metrics["codebook_usage"] = sum(eval_metrics.codebook_usage(counts=c) for c in counts) / len(counts)
-        grid = side_by_side(self.eval_images[:16], recon[:16])
+        grid = side_by_side(self.eval_images[:16].cpu(), recon[:16].cpu())
         save_grid(grid, Path(out_dir) / "samples" / f"recon_{step:06d}.png", nrow=8)
         return metrics
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {}
+        return self.extra
 
 
 def train_tokenizer(
     preset: str, data: str, out: Path, cfg: TrainConfig, loss: LossConfig | None = None,
-    size: int | None = None, resume: bool = False, eval_images: int = 256, overrides: dict[str, Any] | None = None,
+    size: int | None = None, resume: bool = False, eval_images: int = EVAL_IMAGES,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train tokenizer ``preset`` on ``data`` ('shapes' or a folder) into the run directory ``out``.
 
     ``overrides`` replace preset config fields; a dict value (the quantizer) is merged key by key."""
     init_distributed()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    _, base, _ = registry.resolve("tokenizer", preset)
     fields = dict(overrides or {})
-    for key, value in list(fields.items()):
-        if isinstance(value, dict) and isinstance(getattr(base, key, None), dict):
-            fields[key] = {**getattr(base, key), **value}
     if size:
         fields["image_size"] = size
     tokenizer = registry.build("tokenizer", preset, **fields)
     out = Path(out)
     if not tokenizer.trainable:
+        if (out / "model" / checkpoint.CONFIG_FILE).exists():
+            raise TrainingError(f"{out} already holds a run; choose a new --out ({preset} has nothing to learn)")
         checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": preset})
         print(f"{preset} has nothing to learn; saved it to {out / 'model'}")
         return {"checkpoint": out / "model", "step": 0, "eval": {}}
@@ -94,6 +102,5 @@ def train_tokenizer(
     dataset = load_dataset(data, split="train", size=size, seed=cfg.seed)
     val = load_dataset(data, split="val", size=size, seed=cfg.seed)
     held_out = torch.stack([val[i]["image"] for i in range(min(eval_images, len(val)))])
-    task = TokenizerTask(tokenizer, dataset, loss or LossConfig(), held_out)
-    task.checkpoint_extra = lambda: {"preset": preset, "data": data}
+    task = TokenizerTask(tokenizer, dataset, loss or LossConfig(), held_out, extra={"preset": preset, "data": data})
     return train(task, cfg, out, resume=resume)

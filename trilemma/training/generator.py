@@ -1,5 +1,5 @@
 """Training a generator: the dataset is tokenized once (cached beside the run), then the shared loop
-in ``train.py`` optimises ``generator.loss`` on (image tokens, caption ids) pairs."""
+in ``loop.py`` optimises ``generator.loss`` on (image tokens, caption ids) pairs."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from tqdm.auto import tqdm
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer, words
 from trilemma.files import atomic_write_bytes
+from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokens import Tokens
-from trilemma.train import TrainConfig, init_distributed, resolve_checkpoint, train
+from trilemma.training.loop import Task, TrainConfig, TrainingError, init_distributed, train
 
-
+# What `trilemma train generator` uses when a flag is not given.
+DEFAULTS = TrainConfig(steps=3000, batch_size=64, lr=5e-4)
+NUM_IMAGES = 20000  # training images, tokenized once and cached
 VAL_ITEMS = 256  # the last tokenized items are a held-out validation set
 AUTO_TEXT_LENGTH_MAX = 64  # cap on the default text length (the longest caption + eos)
+EVAL_PROMPTS = 8  # held-out captions sampled into a grid at each evaluation
 
 
 class _Indices(Dataset):
@@ -62,22 +66,22 @@ def tokenize_dataset(
     return tokens, captions
 
 
-class GeneratorTask:
+class GeneratorTask(Task):
     """Teacher-forced generator loss on cached tokens; a sample grid for fixed prompts at each eval."""
 
     def __init__(self, generator: Any, tokenizer: Tokenizer, tokens: Tokens, captions: list[str],
-                 text: TextTokenizer, eval_prompts: list[str], tokenizer_dir: Path | None, data: str):
+                 eval_prompts: list[str], extra: dict[str, Any]):
         self.model = generator
-        self.critic = None
         self.tokenizer = tokenizer
         self.tokens = tokens
-        self.text_ids = text.encode(captions)
+        self.text_ids = generator.text.encode(captions)
         self.val = torch.arange(len(captions) - VAL_ITEMS, len(captions))  # held out, never trained on
         self.dataset = _Indices(len(captions) - VAL_ITEMS)
         self.eval_prompts = eval_prompts
-        self.text = text
-        self.tokenizer_dir = tokenizer_dir
-        self.data = data
+        self.extra = extra
+
+    def to(self, device: torch.device) -> None:
+        self.tokenizer.to(device)
 
     def collate(self, idx: list[int]) -> tuple[Tokens, torch.Tensor]:
         index = torch.tensor(idx)
@@ -85,35 +89,54 @@ class GeneratorTask:
 
     def loss(self, model: Any, batch: tuple[Tokens, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         tokens, text_ids = batch
-        raw = getattr(model, "module", model)
-        return model(raw.flat_ids(tokens), text_ids)
-
-    def critic_loss(self, batch: Any, step: int) -> None:
-        return None
+        return model(getattr(model, "module", model).flat_ids(tokens), text_ids)
 
     @torch.no_grad()
     def evaluate(self, model: Any, step: int, out_dir: Path) -> dict[str, float]:
         from trilemma.images import save_grid
 
         model.eval()
-        text_ids = self.text.encode(self.eval_prompts)
-        tokens = model.sample(text_ids, temperature=1.0, top_k=None, seed=step)
-        images = self.tokenizer.decode(tokens).clamp(-1, 1)
+        device = next(model.parameters()).device
+        tokens = model.sample(model.text.encode(self.eval_prompts).to(device), SamplingConfig(seed=step))
+        images = self.tokenizer.decode(tokens).clamp(-1, 1).cpu()
         save_grid(images, Path(out_dir) / "samples" / f"samples_{step:06d}.png", captions=self.eval_prompts)
-        losses = model(model.flat_ids(self.tokens[self.val]), self.text_ids[self.val])
+        val_tokens, val_text = self.tokens[self.val].to(device), self.text_ids[self.val].to(device)
+        losses = model(model.flat_ids(val_tokens), val_text)
         return {f"val_{k}": float(v) for k, v in losses.items()}
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        tok = None
-        if self.tokenizer_dir is not None:
-            tok = {"path": str(Path(self.tokenizer_dir).resolve()), "hash": checkpoint.content_hash(self.tokenizer_dir)}
-        return {"tokenizer": tok, "data": self.data}
+        return self.extra
+
+
+def _text_tokenizer(out: Path, captions: list[str], text_length: int | None, resume: bool) -> TextTokenizer:
+    """The run's vocabulary: the checkpoint's own when resuming, else built from the training
+    captions (longest caption + eos positions unless ``text_length`` says otherwise)."""
+    if resume:
+        text = TextTokenizer.from_dict(checkpoint.read_config(out / "model")["context"]["text"])
+        if text_length is not None and text_length != text.max_length:
+            raise TrainingError(f"--resume: the run's text length is {text.max_length}, not --text-length {text_length}")
+        return text
+    if text_length is None:
+        longest = max(len(words(c)) for c in captions)  # 0 when the data has no captions
+        text_length = min(AUTO_TEXT_LENGTH_MAX, 1 + max(1, longest))
+    return TextTokenizer.build(captions, max_length=text_length)
+
+
+def _check_same_tokenizer(out: Path, tok_dir: Path) -> None:
+    """A resumed run must keep training on the tokenizer it started with (same weights)."""
+    recorded = (checkpoint.read_config(out / "model").get("tokenizer") or {}).get("hash")
+    now = checkpoint.content_hash(tok_dir)
+    if recorded and recorded != now:
+        raise TrainingError(
+            f"--resume: {out} was trained on a tokenizer with weights hash {recorded[:12]}, but {tok_dir} "
+            f"has {now[:12]}; resume with the run's own tokenizer"
+        )
 
 
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
-    num_images: int = 20000, text_length: int | None = None, resume: bool = False, cache_dir: Path | None = None,
-    **overrides: Any,
+    num_images: int = NUM_IMAGES, text_length: int | None = None, resume: bool = False,
+    cache_dir: Path | None = None, **overrides: Any,
 ) -> dict[str, Any]:
     """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``.
 
@@ -123,31 +146,32 @@ def train_generator(
     up to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained."""
     from trilemma.data import load_dataset
 
-    init_distributed()
-    tok_dir = resolve_checkpoint(tokenizer)
-    tok = checkpoint.load(tok_dir, kind="tokenizer")
     out = Path(out)
+    preset = preset or f"{kind}-shapes"
+    model_kind = registry.get_preset("generator", preset).model
+    if model_kind != kind:
+        raise ValueError(f"preset {preset} is a {model_kind} generator, not {kind}")
+    tok_dir = checkpoint.resolve_checkpoint(tokenizer)
+    has_run = (out / "model" / checkpoint.CONFIG_FILE).exists()
+    if has_run and not resume:
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+    if has_run:
+        _check_same_tokenizer(out, tok_dir)
+    init_distributed()
+    tok = checkpoint.load(tok_dir, kind="tokenizer")
     dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
     n = min(num_images + VAL_ITEMS, len(dataset))
     if n <= VAL_ITEMS:
         raise ValueError(f"{data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
     tokens, captions = tokenize_dataset(tok, dataset, n, cache_dir or out / "cache", data_key=repr(dataset))
-    text_path = out / "text.json"
-    if resume and text_path.is_file():
-        text = TextTokenizer.load(text_path)
-    else:
-        if text_length is None:
-            longest = max(len(words(c)) for c in captions)  # 0 when the data has no captions
-            text_length = min(AUTO_TEXT_LENGTH_MAX, 1 + max(1, longest))
-        text = TextTokenizer.build(captions, max_length=text_length)
-        out.mkdir(parents=True, exist_ok=True)
-        text.save(text_path)
-    preset = preset or f"{kind}-shapes"
+    text = _text_tokenizer(out, captions, text_length, resume and has_run)
     torch.manual_seed(cfg.seed)
     generator = registry.build("generator", preset, spec=tok.spec, text=text, **overrides)
-    if generator.registry_name != kind:
-        raise ValueError(f"preset {preset} is a {generator.registry_name} generator, not {kind}")
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
-    prompts = [val[i]["caption"] for i in range(8)]
-    task = GeneratorTask(generator, tok, tokens, captions, text, prompts, tok_dir, data)
+    prompts = [val[i]["caption"] for i in range(min(EVAL_PROMPTS, len(val)))]
+    extra = {"tokenizer": {"path": str(tok_dir.resolve()), "hash": checkpoint.content_hash(tok_dir)}, "data": data}
+    task = GeneratorTask(generator, tok, tokens, captions, prompts, extra)
+    if not has_run:
+        out.mkdir(parents=True, exist_ok=True)
+        text.save(out / "text.json")  # for reading; the checkpoint carries its own copy
     return train(task, cfg, out, resume=resume)

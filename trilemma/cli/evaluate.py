@@ -1,15 +1,13 @@
-"""What ``trilemma eval ...`` does, as plain functions over parsed arguments (the CLI stays a parser).
+"""``trilemma eval reconstruction | generation | tradeoff``.
 
-- ``eval reconstruction``: one tokenizer on the held-out images; prints the metrics, writes
+- ``reconstruction``: one tokenizer on the held-out images; prints the metrics, writes
   ``OUT/reconstruction.json``.
-- ``eval generation``: a generator (and its tokenizer) prompted with held-out captions; FID / KID /
-  precision-recall against the held-out images, each beside its real-vs-real floor, plus prompt
-  adherence (the shapes probe on shapes; on a folder, a contrastive text-image model trained on
-  the folder and cached in ``OUT/contrastive``). Several ``--cfg-scale`` values are evaluated in
-  turn on the same prompts and printed side by side. Writes ``OUT/generation.json`` (one run per
-  guidance scale).
-- ``eval tradeoff``: several tokenizers on the same images; writes the report of
-  ``trilemma.eval.report`` (JSON, Markdown, PNG plots) into ``OUT``.
+- ``generation``: a generator (and its tokenizer) on the protocol of ``trilemma.eval.generation``
+  (held-out prompts, reference and real-vs-real floor, probe or contrastive adherence). Several
+  ``--cfg-scale`` values are evaluated in turn on the same prompts and printed side by side. Writes
+  ``OUT/generation.json`` (one run per guidance scale).
+- ``tradeoff``: several tokenizers on the same images; writes the report of ``trilemma.eval.report``
+  (JSON, Markdown, PNG plots) into ``OUT``.
 
 Everything is seeded by ``--seed`` (data, tokenizer noise, sampling), so a run can be repeated.
 """
@@ -17,13 +15,42 @@ Everything is seeded by ``--seed`` (data, tokenizer noise, sampling), so a run c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 
-from trilemma.eval.report import bits_cell, markdown_table, psnr_cell, write_json, write_report
-from trilemma.eval.tradeoff import discrete_front, load_images, resolve_features, settings, tradeoff
+from trilemma.cli import options
+from trilemma.cli.options import Parser, command, group, positive_int, seed
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    evals = group(sub, "eval", "evaluate tokenizers and generators (metrics, trade-off report)", "eval_command")
+    common = Parser(add_help=False)
+    common.add_argument("--data", default="shapes", help="'shapes' or a directory of images")
+    common.add_argument("--n", type=positive_int, default=1000, help="held-out images to evaluate on")
+    common.add_argument("--features", default="auto", choices=["auto", "domain", "inception", "none"],
+                        help="FID features: auto = domain probe on shapes, Inception on a folder")
+    common.add_argument("--probe-cache", default=None, help="where the shapes probe is cached (default: OUT/probe)")
+    common.add_argument("--batch-size", type=positive_int, default=64)
+    common.add_argument("--seed", type=seed, default=0)
+    common.add_argument("--out", default="runs/eval", help="output directory")
+    options.add_device(common)
+
+    p = command(evals, "reconstruction", "PSNR, SSIM, LPIPS, rFID, usage, bits of one tokenizer", run_reconstruction,
+                parents=[common])
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p = command(evals, "generation", "FID/KID/precision-recall with floors, prompt adherence", run_generation,
+                parents=[common])
+    p.add_argument("--generator", required=True, help="generator checkpoint or run directory")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    options.add_sampling(p, several_scales=True)
+    p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff, parents=[common])
+    p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
+    p.add_argument("--size", type=positive_int, default=None, help="image size (default: the one the tokenizers share)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
 
 
 def _fmt(v, fmt: str = ".4g", unit: str = "") -> str:
@@ -38,8 +65,17 @@ def _fmt(v, fmt: str = ".4g", unit: str = "") -> str:
     return str(v)
 
 
+def _probe_cache(args: argparse.Namespace) -> Path:
+    return Path(args.probe_cache) if args.probe_cache else Path(args.out) / "probe"
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
 def metric_lines(row: dict) -> list[str]:
     """A reconstruction row as aligned ``name  value`` lines."""
+    from trilemma.eval.report import bits_cell, psnr_cell
+
     pairs = [
         ("tokenizer", row["tokenizer"]),
         ("discrete", _fmt(row.get("discrete"))),
@@ -64,18 +100,14 @@ def metric_lines(row: dict) -> list[str]:
     return [f"{k:<{width}}  {v}" for k, v in pairs]
 
 
-def _probe_cache(args: argparse.Namespace) -> Path:
-    return Path(args.probe_cache) if args.probe_cache else Path(args.out) / "probe"
+def run_reconstruction(args: argparse.Namespace) -> dict:
+    from trilemma.eval.report import write_json
+    from trilemma.eval.tradeoff import settings, tradeoff
 
-
-# ----------------------------------------------------------------------------- reconstruction
-
-
-def reconstruction_command(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     (row,) = tradeoff(
-        [args.tokenizer], data=args.data, n=args.n, seed=args.seed, features=args.features,
-        out_dir=args.out, probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips,
+        [args.tokenizer], data=args.data, n=args.n, seed=args.seed, features=args.features, out_dir=args.out,
+        probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips, device=options.device(args),
     )
     print("\n".join(metric_lines(row)))
     path = write_json(
@@ -89,66 +121,29 @@ def reconstruction_command(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- generation
 
 
-def _sampling(args: argparse.Namespace, cfg_scale: float) -> dict:
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    cfg_scale=cfg_scale, seed=args.seed)
-    if args.steps is not None:
-        sampling["steps"] = args.steps
-    return sampling
-
-
-def generation_command(args: argparse.Namespace) -> list[dict]:
-    """The reference is the first ``n`` held-out items; the floor is ``n`` other real images
-    (shapes: the val split; a folder: its training images, as val and test coincide), and the
-    prompts are the floor images' captions. Generated and floor sets then answer the same prompts,
-    so a perfect generator scores the floor: prompts taken from the reference would pair each
-    generated image with its reference twin and push FID below the floor."""
+def run_generation(args: argparse.Namespace) -> list[dict]:
+    from trilemma.eval.generation import benchmark, evaluate_generation
+    from trilemma.eval.report import write_json
+    from trilemma.eval.tradeoff import settings
     from trilemma.pipeline import Pipeline
 
     torch.manual_seed(args.seed)
-    out = Path(args.out)
-    pipe = Pipeline.load(args.generator, args.tokenizer)
     scales = list(dict.fromkeys(args.cfg_scale))  # in the order given, each once
-    samplings = [_sampling(args, scale) for scale in scales]
-    for sampling in samplings:
-        pipe.generator.sampling_config(**sampling)  # reject bad options before any work
+    samplings = [options.sampling(args, seed=args.seed, cfg_scale=scale) for scale in scales]  # checked before any work
+    dev = options.device(args)
+    pipe = Pipeline.load(args.generator, args.tokenizer).to(dev)
     size = pipe.tokenizer.image_size
-    shapes = args.data == "shapes"
-
-    reference, _ = load_images(args.data, args.n, size, seed=args.seed, split="test")
-    floor, items = load_images(args.data, args.n, size, seed=args.seed, split="val" if shapes else "train")
-    prompts = [it["caption"] for it in items]
-    probe = contrastive = None
-    if shapes:
-        from trilemma.eval.probe import load_or_train_probe
-
-        probe = load_or_train_probe(_probe_cache(args), size=size, seed=args.seed)
-        choice = (args.features or "none").lower()
-        features = probe.features if choice in ("auto", "domain") else resolve_features(choice, args.data, size, args.seed)
-    else:
-        from trilemma.data import load_dataset
-        from trilemma.eval.contrastive import train_contrastive
-
-        features = resolve_features(args.features, args.data, size, args.seed, _probe_cache(args))
-        train = load_dataset(args.data, split="train", size=size, seed=args.seed)
-        contrastive = train_contrastive(train, cache_dir=out / "contrastive", seed=args.seed)
-
-    from trilemma.eval.generation import evaluate_generation
-
+    bench = benchmark(args.data, args.n, size, seed=args.seed, features=args.features, cache_dir=args.out,
+                      probe_dir=_probe_cache(args))
+    if bench.features is not None:
+        bench.features.to(dev)
     if len(samplings) > 1:  # a sweep: the real sets' features once, not once per scale
-        from trilemma.eval.features import extract
-
-        reference = extract(features, reference, batch_size=args.batch_size)
-        floor = extract(features, floor, batch_size=args.batch_size)
+        bench = bench.precompute(args.batch_size)
     results = []
     for sampling in samplings:
         if len(samplings) > 1:
-            print(f"cfg_scale {sampling['cfg_scale']:g}")
-        results.append(evaluate_generation(
-            pipe, prompts, reference, floor, features,
-            attributes=[it["attributes"] for it in items] if shapes else None,
-            probe=probe, contrastive=contrastive, sampling=sampling, batch_size=args.batch_size,
-        ))
+            print(f"cfg_scale {sampling.cfg_scale:g}")
+        results.append(evaluate_generation(pipe, bench, sampling, batch_size=args.batch_size))
     if len(results) == 1:
         print("\n".join(generation_lines(results[0])))
     else:
@@ -156,8 +151,8 @@ def generation_command(args: argparse.Namespace) -> list[dict]:
     path = write_json({
         "settings": {**settings(args.data, args.n, args.seed, args.features, size),
                      "generator": str(args.generator), "tokenizer": str(args.tokenizer) if args.tokenizer else None},
-        "runs": [{"sampling": sampling, "metrics": result} for sampling, result in zip(samplings, results)],
-    }, out / "generation.json")
+        "runs": [{"sampling": dataclasses.asdict(s), "metrics": r} for s, r in zip(samplings, results)],
+    }, Path(args.out) / "generation.json")
     print(f"wrote {path}")
     return results
 
@@ -195,14 +190,17 @@ def sweep_lines(results: list[dict], names: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- trade-off
 
 
-def tradeoff_command(args: argparse.Namespace) -> list[dict]:
+def run_tradeoff(args: argparse.Namespace) -> list[dict]:
+    from trilemma.eval.report import markdown_table, write_report
+    from trilemma.eval.tradeoff import discrete_front, settings, tradeoff
+
     torch.manual_seed(args.seed)
     rows = tradeoff(
         args.tokenizers, data=args.data, n=args.n, size=args.size, seed=args.seed, features=args.features,
         out_dir=args.out, probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips,
+        device=options.device(args),
     )
-    files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features,
-                                                          rows[0]["image_size"]))
+    files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"]))
     print(markdown_table(rows, discrete_front(rows, "psnr")))
     print("* on the bits-vs-PSNR Pareto front")
     print("wrote " + ", ".join(str(p) for p in files.values()))

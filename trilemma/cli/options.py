@@ -1,0 +1,216 @@
+"""What several command families share: the parser class, flag groups (training, sampling, device)
+and the conversions from parsed flags to the library's typed configs. Defaults come from those
+configs (``TrainConfig``, ``SamplingConfig``), so each default is written once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import warnings
+from typing import Any, NoReturn
+
+import torch
+
+from trilemma.generators.sampling import SamplingConfig
+from trilemma.training.loop import TrainConfig
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default (when it has help text and a default worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with defaults in --help and a one-line error for a command line that does not parse."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def command(sub: Any, name: str, help: str, func: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that runs ``func(args)``; ``--debug`` is accepted after it too."""
+    p = sub.add_parser(name, help=help, description=help, **kwargs)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    p.set_defaults(func=func)
+    return p
+
+
+def group(sub: Any, name: str, help: str, dest: str) -> Any:
+    """A command with subcommands of its own (``train``, ``eval``, ``data``, ``import``)."""
+    p = sub.add_parser(name, help=help, description=help)
+    return p.add_subparsers(dest=dest, required=True, metavar="WHAT")
+
+
+# ----------------------------------------------------------------------------- value types
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, ... (auto: cuda when available, else cpu)")
+
+
+def device(args: argparse.Namespace) -> torch.device:
+    name = args.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return dev
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def add_training(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    p.add_argument("--data", default="shapes", help="'shapes' or a directory of images")
+    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="images per process and micro-batch")
+    p.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (warm-up, then cosine decay)")
+    p.add_argument("--warmup", type=positive_int, default=None, help="warm-up steps (default: min(100, steps/10))")
+    p.add_argument("--ema", type=float, default=defaults.ema_decay, help="EMA decay of the saved weights (0 = off)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bf16 autocast (quantizers, losses stay fp32)")
+    precision.add_argument("--fp16", action="store_true", help="fp16 autocast with loss scaling (GPUs)")
+    p.add_argument("--eval-every", type=positive_int, default=None, help="evaluate every N steps (default: steps/4)")
+    p.add_argument("--save-every", type=positive_int, default=None, help="checkpoint every N steps (default: steps/4)")
+    p.add_argument("--seed", type=seed, default=defaults.seed)
+    p.add_argument("--workers", type=non_negative_int, default=defaults.num_workers, help="data loader worker processes")
+    p.add_argument("--out", required=True, help="run directory (checkpoint in OUT/model)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --set channels=32 --set quantizer.codebook_size=512 (JSON values)")
+
+
+def training(args: argparse.Namespace) -> TrainConfig:
+    """Without --bf16 / --fp16, mixed precision is what `accelerate launch` / `accelerate config` chose."""
+    return TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        warmup_steps=args.warmup, ema_decay=args.ema,
+        mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
+        eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, num_workers=args.workers,
+    )
+
+
+def overrides(pairs: list[str]) -> dict:
+    """["channels=32", "quantizer.codebook_size=512"] -> {"channels": 32, "quantizer": {"codebook_size": 512}}."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # bare strings need no quotes
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- sampling
+
+_SAMPLING_FLAGS = {"steps": "--sample-steps"}  # SamplingConfig field -> flag, where the two differ
+
+
+def add_sampling(p: argparse.ArgumentParser, several_scales: bool = False) -> None:
+    d = _defaults(SamplingConfig)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keep the k most likely ids")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass")
+    if several_scales:
+        p.add_argument("--cfg-scale", type=float, nargs="+", default=[d.cfg_scale], metavar="SCALE",
+                       help="classifier-free guidance (1 = none); several values are each evaluated, side by side")
+    else:
+        p.add_argument("--cfg-scale", type=float, default=d.cfg_scale, help="classifier-free guidance (1 = none)")
+    p.add_argument("--sample-steps", type=int, default=d.steps,
+                   help="decoding passes of masked / diffusion generators (default: the generator's own)")
+
+
+def _defaults(cls: type) -> argparse.Namespace:
+    """A dataclass's field defaults, without building (and so validating) an instance."""
+    return argparse.Namespace(**{f.name: f.default for f in dataclasses.fields(cls)})
+
+
+def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None = None) -> SamplingConfig:
+    """The one ``SamplingConfig`` of a command, validated here; errors name the flag."""
+    try:
+        return SamplingConfig(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            cfg_scale=args.cfg_scale if cfg_scale is None else cfg_scale, seed=seed, steps=args.sample_steps,
+        )
+    except ValueError as err:
+        field, _, rest = str(err).partition(" ")
+        raise ValueError(f"{_SAMPLING_FLAGS.get(field, '--' + field.replace('_', '-'))} {rest}") from None
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def load_images(paths: list[str], size: int) -> torch.Tensor:
+    """Image files -> [N, 3, size, size] in [-1, 1]; resize notices are printed, one per file."""
+    from trilemma.images import load_image
+
+    images = []
+    for path in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images.append(load_image(path, size=size))
+        for w in caught:
+            print(f"notice: {w.message}")
+    return torch.stack(images)
+
+
+def load_tokenizer(path: str, dev: torch.device | None = None) -> Any:
+    from trilemma import checkpoint
+
+    tok = checkpoint.load(checkpoint.resolve_checkpoint(path), kind="tokenizer")
+    return tok.to(dev) if dev is not None else tok

@@ -1,0 +1,76 @@
+"""``trilemma tokenize``, ``trilemma reconstruct`` and ``trilemma import``: a tokenizer on image files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from trilemma.cli import options
+from trilemma.cli.options import command, group, positive_int
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "tokenize", "encode images to a tokens file", run_tokenize)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    p.add_argument("--out", default="tokens.safetensors")
+    options.add_device(p)
+
+    p = command(sub, "reconstruct", "encode and decode images; write original | reconstruction", run_reconstruct)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    p.add_argument("--out", default="reconstruction.png")
+    options.add_device(p)
+
+    imports = group(sub, "import", "import pretrained weights from another project (local files only)", "import_command")
+    p = command(imports, "diffusers-vq", "a local diffusers VQModel directory (e.g. aMUSEd's VQ-GAN)", run_import)
+    p.add_argument("path")
+    p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--out", required=True)
+
+
+@torch.no_grad()
+def run_tokenize(args: argparse.Namespace) -> None:
+    dev = options.device(args)
+    tok = options.load_tokenizer(args.tokenizer, dev)
+    images = options.load_images(args.images, tok.image_size)
+    tokens = tok.encode(images.to(dev)).to("cpu")
+    tokens.meta.update({"files": [str(p) for p in args.images], "image_size": tok.image_size})
+    tokens.save(args.out, spec=tok.spec)
+    spec = tok.spec
+    per_image = tokens.tokens_per_image().float().mean().item()
+    print(f"{len(images)} images -> {args.out}")
+    print(f"tokens per image: {per_image:g} ({spec.kind}" + (f", grid {spec.grid[0]}x{spec.grid[1]}" if spec.grid else "") + ")")
+    if spec.discrete:
+        print(f"bits per image: {per_image * spec.bits_per_token:g} (log2 {spec.vocab_size} x {spec.levels} per token)")
+        used = torch.unique(tokens.ids).numel()
+        print(f"codebook usage: {used}/{spec.vocab_size} codes ({100 * used / spec.vocab_size:.1f}%) in these images")
+    else:
+        print(f"continuous latents: {spec.latent_dim} floats per token ({per_image * spec.latent_dim:g} per image)")
+
+
+@torch.no_grad()
+def run_reconstruct(args: argparse.Namespace) -> None:
+    from trilemma.eval.metrics import psnr
+    from trilemma.images import save_grid, side_by_side
+
+    dev = options.device(args)
+    tok = options.load_tokenizer(args.tokenizer, dev)
+    images = options.load_images(args.images, tok.image_size)
+    recon = tok.reconstruct(images.to(dev)).float().cpu()
+    save_grid(side_by_side(images, recon), args.out, nrow=min(8, 2 * len(images)))
+    for path, value in zip(args.images, psnr(recon, images).tolist()):
+        print(f"{path}: PSNR {value:.2f} dB")
+    print(f"wrote original | reconstruction pairs to {args.out}")
+
+
+def run_import(args: argparse.Namespace) -> None:
+    from trilemma import checkpoint
+    from trilemma.tokenizers.interop import import_diffusers_vq
+
+    model = import_diffusers_vq(args.path, image_size=args.image_size)
+    checkpoint.save(model, Path(args.out), extra={"imported_from": str(args.path)})
+    spec = model.spec
+    print(f"imported {args.path} -> {args.out}: {spec.grid[0]}x{spec.grid[1]} tokens, {spec.vocab_size} codes")
