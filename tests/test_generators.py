@@ -13,7 +13,7 @@ SPECS = {
     "residual": TokenSpec("discrete", 9, vocab_size=16, grid=(3, 3), levels=3),
     "sequence": TokenSpec("discrete", 12, vocab_size=24),
 }
-GENERATORS = registry.names("generator")
+GENERATORS = [n for n in registry.names("generator") if "discrete" in registry.model_class("generator", n).accepts]
 CAPTIONS = ["a large red circle at the top left", "a small blue square in the center", "a large green cross on the left"]
 
 

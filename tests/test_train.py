@@ -229,14 +229,23 @@ def test_mixed_precision_follows_accelerate_unless_a_flag_says_otherwise(monkeyp
         parse("--bf16", "--fp16")
 
 
-def test_generator_training_resumes_exactly(tmp_path, monkeypatch):
-    """Interrupted (a NaN at step 3) then resumed == uninterrupted, caption dropout included."""
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    train_tokenizer("vq-f4-shapes", "shapes", root / "run", _cfg(2), overrides=TINY, eval_images=8)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["dalle", "parti", "muse"])
+def test_generator_training_resumes_exactly(kind, tokenizer_run, tmp_path, monkeypatch):
+    """Interrupted (a NaN at step 3) then resumed == uninterrupted, caption dropout and masks included."""
     from trilemma.training import generator as generator_training
 
-    tok = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "tok", _cfg(2), overrides=TINY, eval_images=8)
     cfg = _cfg(6, ema_decay=0.9, save_every=3, batch_size=16)
-    kw = dict(preset="dalle-tiny", num_images=64, cache_dir=tmp_path / "cache")
-    straight = generator_training.train_generator("dalle", tok["checkpoint"], "shapes", tmp_path / "s", cfg, **kw)
+    kw = dict(preset=f"{kind}-tiny", num_images=64, cache_dir=tokenizer_run / "cache")
+    train = lambda out, **more: generator_training.train_generator(  # noqa: E731
+        kind, tokenizer_run / "run", "shapes", tmp_path / out, cfg, **kw, **more)
+    straight = train("s")
     real_loss = generator_training.GeneratorTask.loss
 
     def poisoned(self, model, batch, step):
@@ -245,10 +254,28 @@ def test_generator_training_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(generator_training.GeneratorTask, "loss", poisoned)
     with pytest.raises(TrainingError):
-        generator_training.train_generator("dalle", tok["checkpoint"], "shapes", tmp_path / "r", cfg, **kw)
+        train("r")
     monkeypatch.setattr(generator_training.GeneratorTask, "loss", real_loss)
-    resumed = generator_training.train_generator("dalle", tok["checkpoint"], "shapes", tmp_path / "r", cfg, resume=True, **kw)
+    resumed = train("r", resume=True)
     a, b = checkpoint.load_state(straight["checkpoint"]), checkpoint.load_state(resumed["checkpoint"])
     for part in ("model", "ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_outputs_follow_the_umask(tmp_path, tokenizer_run):
+    """Atomic writes end with the mode a plain write would have had (0755 dirs / 0644 files under 022)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        from trilemma.files import atomic_write_bytes
+
+        report = atomic_write_bytes(tmp_path / "report.md", b"# hi\n")
+        model = checkpoint.load(tokenizer_run / "run" / "model")
+        saved = checkpoint.save(model, tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(report.stat().st_mode) == 0o644
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in saved.iterdir())

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trilemma import registry
+from trilemma.files import umask_mode
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -87,8 +88,10 @@ def _write_dir_atomically(directory: Path, write: typing.Callable[[Path], None])
     recover(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700; a plain mkdir follows the umask
         write(tmp)
         for f in tmp.iterdir():
+            os.chmod(f, umask_mode(0o666))  # safetensors writes 0600 whatever the umask
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         if directory.exists():
@@ -161,7 +164,11 @@ def read_config(directory: str | Path, kind: str | None = None) -> dict[str, Any
     if not isinstance(meta, dict) or not {"kind", "name", "config"} <= set(meta):
         raise CheckpointError(f"{cfg_path}: not a trilemma checkpoint config (needs kind, name, config)")
     version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{cfg_path}: format_version must be an integer, got {version!r}")
+    if not isinstance(meta["config"], dict) or not isinstance(meta.get("context", {}), dict):
+        raise CheckpointError(f"{cfg_path}: 'config' and 'context' must be JSON objects")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{cfg_path}: format_version {version} is newer than this trilemma understands "
             f"({FORMAT_VERSION}); upgrade trilemma"
@@ -179,6 +186,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / "model" / CONFIG_FILE).is_file():
         return path / "model"
     raise CheckpointError(f"{path}: no checkpoint here (expected {path}/{CONFIG_FILE} or {path}/model/{CONFIG_FILE})")
+
+
+def recorded_tokenizer(model_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """The tokenizer checkpoint a generator or decoder in ``model_dir`` was trained on: the one it
+    recorded, or ``tokenizer_dir`` when given, which must have the recorded weights (hash)."""
+    model_dir = Path(model_dir)
+    recorded = read_config(model_dir).get("tokenizer") or {}
+    if tokenizer_dir is None:
+        if not recorded.get("path"):
+            raise CheckpointError(f"{model_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")
+        tokenizer_dir = recorded["path"]
+        if not Path(tokenizer_dir).exists():
+            raise CheckpointError(
+                f"{model_dir}: was trained on the tokenizer at {tokenizer_dir}, which is gone; "
+                "pass its new location with --tokenizer"
+            )
+    tok_dir = resolve_checkpoint(tokenizer_dir)
+    if recorded.get("hash") and content_hash(tok_dir) != recorded["hash"]:
+        raise CheckpointError(
+            f"{tok_dir}: is not the tokenizer {model_dir} was trained on (weights hash "
+            f"{content_hash(tok_dir)[:12]} != {recorded['hash'][:12]}, trained with {recorded.get('path')})"
+        )
+    return tok_dir
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -199,10 +229,22 @@ def load(directory: str | Path, kind: str | None = None, **context: Any) -> torc
         cls = registry.model_class(meta["kind"], meta["name"])
     except registry.RegistryError as err:
         raise CheckpointError(f"{directory}: {err}") from None
-    config = config_from_dict(cls.Config, meta["config"])
+    cfg_path = directory / CONFIG_FILE
+    try:
+        config = config_from_dict(cls.Config, meta["config"])
+        registry.check_config(config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: {err}") from None
     if hasattr(cls, "context_from_checkpoint"):
-        context = {**cls.context_from_checkpoint(meta.get("context", {}), directory), **context}
-    model = cls(config, **context)
+        try:
+            context = {**cls.context_from_checkpoint(meta.get("context", {}), directory), **context}
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{cfg_path}: 'context' is missing or malformed ({type(err).__name__}: {err}); "
+                                  "this checkpoint was not written by trilemma's save") from None
+    try:
+        model = cls(config, **context)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as err:
+        raise CheckpointError(f"{cfg_path}: cannot build {meta['name']} from its config ({err})") from None
     weights = load_weights(directory)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))

@@ -1,7 +1,8 @@
-"""Text -> tokens -> images: a tokenizer and a generator trained on its tokens, used together.
+"""Text -> tokens -> images: a tokenizer and a generator trained on its tokens, used together
+(optionally decoding through a token-conditioned decoder instead of the tokenizer's own).
 
-A generator checkpoint records the tokenizer it was trained on (path and weights hash); loading a
-pipeline with any other tokenizer is refused with an error that says which one it needs.
+A generator or decoder checkpoint records the tokenizer it was trained on (path and weights hash);
+loading a pipeline with any other tokenizer is refused with an error that says which one it needs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 import torch
 
 from trilemma import checkpoint
-from trilemma.checkpoint import resolve_checkpoint
 from trilemma.generators.sampling import SamplingConfig
 
 
@@ -24,34 +24,32 @@ def check_compatible(tokenizer_spec: Any, generator_spec: Any) -> None:
         raise ValueError(f"tokenizer and generator do not match ({detail}); use the tokenizer the generator was trained on")
 
 
+def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = None) -> Any:
+    """A tokenizer checkpoint; with ``decoder_dir``, decoding through that token-conditioned decoder
+    (which must have been trained on this tokenizer)."""
+    tok_dir = checkpoint.resolve_checkpoint(tokenizer_dir)
+    tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
+    if decoder_dir is None:
+        return tokenizer
+    from trilemma.decoders.token_diffusion import DecodedBy
+
+    dec_dir = checkpoint.resolve_checkpoint(decoder_dir)
+    checkpoint.recorded_tokenizer(dec_dir, tok_dir)  # the decoder's own tokenizer, or an error
+    return DecodedBy(tokenizer, checkpoint.load(dec_dir, kind="decoder"))
+
+
 class Pipeline:
     def __init__(self, tokenizer: Any, generator: Any):
         check_compatible(tokenizer.spec, generator.spec)
         self.tokenizer, self.generator, self.text = tokenizer, generator, generator.text
 
     @classmethod
-    def load(cls, generator_dir: str | Path, tokenizer_dir: str | Path | None = None) -> "Pipeline":
-        gen_dir = resolve_checkpoint(generator_dir)
-        meta = checkpoint.read_config(gen_dir, kind="generator")
-        recorded = meta.get("tokenizer") or {}
-        if tokenizer_dir is None:
-            if not recorded.get("path"):
-                raise checkpoint.CheckpointError(f"{gen_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")
-            tokenizer_dir = recorded["path"]
-            if not Path(tokenizer_dir).exists():
-                raise checkpoint.CheckpointError(
-                    f"{gen_dir}: was trained on the tokenizer at {tokenizer_dir}, which is gone; "
-                    "pass its new location with --tokenizer"
-                )
-        tok_dir = resolve_checkpoint(tokenizer_dir)
-        if recorded.get("hash") and checkpoint.content_hash(tok_dir) != recorded["hash"]:
-            raise checkpoint.CheckpointError(
-                f"{tok_dir}: is not the tokenizer {gen_dir} was trained on (weights hash "
-                f"{checkpoint.content_hash(tok_dir)[:12]} != {recorded['hash'][:12]}, trained with {recorded.get('path')})"
-            )
-        tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
-        generator = checkpoint.load(gen_dir, kind="generator")
-        return cls(tokenizer, generator)
+    def load(cls, generator_dir: str | Path, tokenizer_dir: str | Path | None = None,
+             decoder_dir: str | Path | None = None) -> "Pipeline":
+        gen_dir = checkpoint.resolve_checkpoint(generator_dir)
+        checkpoint.read_config(gen_dir, kind="generator")
+        tokenizer = load_tokenizer(checkpoint.recorded_tokenizer(gen_dir, tokenizer_dir), decoder_dir)
+        return cls(tokenizer, checkpoint.load(gen_dir, kind="generator"))
 
     def to(self, device: torch.device | str) -> "Pipeline":
         self.tokenizer.to(device)

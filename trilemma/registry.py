@@ -9,10 +9,12 @@ caller injects (a generator gets ``spec=`` and ``text=``). A preset is a named c
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-KINDS = ("tokenizer", "generator", "quantizer", "features")
+KINDS = ("tokenizer", "generator", "decoder", "quantizer", "features")
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,35 @@ def resolve(kind: str, name: str, **cfg: Any) -> tuple[type, Any, dict[str, Any]
     context = {k: v for k, v in cfg.items() if k not in field_names}
     if base is None:
         base = cls.Config()
-    return cls, dataclasses.replace(base, **merge_overrides(base, fields)), context
+    config = dataclasses.replace(base, **merge_overrides(base, fields))
+    check_config(config)
+    return cls, config, context
+
+
+def check_config(config: Any) -> None:
+    """Refuse, naming the field and the value, a config value of the wrong type (``--set
+    channels=abc``, ``"channels": "wide"`` in a config.json) or a negative number (``--set
+    channels=-4``): caught here rather than deep inside a layer's constructor."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, allowed = getattr(config, f.name), _simple_types(hints.get(f.name))
+        if allowed is None:
+            continue  # dicts, tuples, nested configs: their own model checks them
+        if value is None and type(None) in allowed:
+            continue
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, tuple(allowed)):
+            names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+            raise ValueError(f"config field {f.name} must be {names}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"config field {f.name} must be >= 0, got {value!r}")
+
+
+def _simple_types(hint: Any) -> tuple | None:
+    """The accepted types for a hint made of int / float / bool / str (and None), else None."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not args or any(a not in (int, float, bool, str, type(None)) for a in args):
+        return None
+    return tuple(args) + ((int,) if float in args and int not in args else ())
 
 
 def merge_overrides(config: Any, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +183,7 @@ def _ensure_loaded() -> None:
     for module in (
         "trilemma.tokenizers",
         "trilemma.generators",
+        "trilemma.decoders",
         "trilemma.eval.features",
     ):
         try:

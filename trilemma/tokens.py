@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from trilemma.files import umask_mode
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,10 @@ class Tokens:
             meta["prompt.budget"] = json.dumps(self.prompt.budget)
         if spec is not None:
             meta["spec"] = json.dumps(spec.to_dict())
+        if Path(path).is_dir():
+            raise IsADirectoryError(f"{path}: is a directory; give a tokens file path such as tokens.safetensors")
         save_file(tensors, str(path), metadata=meta)
+        os.chmod(path, umask_mode(0o666))  # safetensors writes 0600 whatever the umask
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokens":
@@ -208,6 +214,12 @@ class Tokens:
     def load_spec(path: str | Path) -> TokenSpec | None:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return TokenSpec.from_dict(json.loads(meta["spec"])) if "spec" in meta else None
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such tokens file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            return TokenSpec.from_dict(json.loads(meta["spec"])) if "spec" in meta else None
+        except Exception as err:  # safetensors / json / TokenSpec raise several types
+            raise ValueError(f"{path}: not a readable tokens file ({str(err).splitlines()[0]})") from None

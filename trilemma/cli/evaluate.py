@@ -41,6 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = command(evals, "reconstruction", "PSNR, SSIM, LPIPS, rFID, usage, bits of one tokenizer", run_reconstruction,
                 parents=[common])
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    p.add_argument("--decoder", default=None, help="also score a token-conditioned decoder on the same tokens, side by side")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p = command(evals, "generation", "FID/KID/precision-recall with floors, prompt adherence", run_generation,
                 parents=[common])
@@ -72,8 +73,15 @@ def _probe_cache(args: argparse.Namespace) -> Path:
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def metric_lines(row: dict) -> list[str]:
-    """A reconstruction row as aligned ``name  value`` lines."""
+def metric_lines(*rows: dict) -> list[str]:
+    """Reconstruction rows as aligned ``name  value [value ...]`` lines, one column per row."""
+    columns = [_metric_pairs(row) for row in rows]
+    cells = [[name, *(col[i][1] for col in columns)] for i, (name, _) in enumerate(columns[0])]
+    widths = [max(len(c[k]) for c in cells) for k in range(len(cells[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+
+
+def _metric_pairs(row: dict) -> list[tuple[str, str]]:
     from trilemma.eval.report import bits_cell, psnr_cell
 
     pairs = [
@@ -96,8 +104,7 @@ def metric_lines(row: dict) -> list[str]:
         ("encode", _fmt(row.get("encode_images_per_s"), ",.0f", " images/s")),
         ("decode", _fmt(row.get("decode_images_per_s"), ",.0f", " images/s")),
     ]
-    width = max(len(k) for k, _ in pairs)
-    return [f"{k:<{width}}  {v}" for k, v in pairs]
+    return pairs
 
 
 def run_reconstruction(args: argparse.Namespace) -> dict:
@@ -105,17 +112,17 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
     from trilemma.eval.tradeoff import settings, tradeoff
 
     torch.manual_seed(args.seed)
-    (row,) = tradeoff(
+    rows = tradeoff(
         [args.tokenizer], data=args.data, n=args.n, seed=args.seed, features=args.features, out_dir=args.out,
         probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips, device=options.device(args),
+        decoder=args.decoder,
     )
-    print("\n".join(metric_lines(row)))
-    path = write_json(
-        {"settings": settings(args.data, args.n, args.seed, args.features, row["image_size"]), "metrics": row},
-        Path(args.out) / "reconstruction.json",
-    )
+    print("\n".join(metric_lines(*rows)))
+    settings_ = settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"])
+    path = write_json({"settings": settings_, "metrics": rows[0], **({"decoded_by": rows[1]} if len(rows) > 1 else {})},
+                      Path(args.out) / "reconstruction.json")
     print(f"wrote {path}")
-    return row
+    return rows[0]
 
 
 # ----------------------------------------------------------------------------- generation

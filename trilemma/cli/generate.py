@@ -6,6 +6,7 @@ import argparse
 
 from trilemma.cli import options
 from trilemma.cli.options import command, positive_int, seed
+from trilemma.files import check_writable_file
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +14,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompts", nargs="+")
     p.add_argument("--generator", required=True, help="generator checkpoint or run directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    p.add_argument("--decoder", default=None, help="decode through this token-conditioned decoder (trilemma train decoder)")
     p.add_argument("--n", type=positive_int, default=16, help="images per prompt")
     options.add_sampling(p)
     p.add_argument("--seed", type=seed, default=None, help="sampling seed (default: nondeterministic)")
@@ -26,8 +28,9 @@ def run(args: argparse.Namespace) -> None:
     from trilemma.pipeline import Pipeline
 
     sampling = options.sampling(args, seed=args.seed)  # checked before any work
+    check_writable_file(args.out)
     dev = options.device(args)
-    pipe = Pipeline.load(args.generator, args.tokenizer).to(dev)
+    pipe = Pipeline.load(args.generator, args.tokenizer, args.decoder).to(dev)
     prompts = [p for p in args.prompts for _ in range(args.n)]
     images = pipe(prompts, sampling, batch_size=args.batch_size)
     save_grid(images, args.out, captions=prompts)

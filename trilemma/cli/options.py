@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from trilemma.generators.sampling import SamplingConfig
+from trilemma.generators.sampling import SCHEDULERS, SamplingConfig
 from trilemma.training.loop import TrainConfig
 
 
@@ -173,6 +173,8 @@ def add_sampling(p: argparse.ArgumentParser, several_scales: bool = False) -> No
         p.add_argument("--cfg-scale", type=float, default=d.cfg_scale, help="classifier-free guidance (1 = none)")
     p.add_argument("--sample-steps", type=int, default=d.steps,
                    help="decoding passes of masked / diffusion generators (default: the generator's own)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                   help="diffusion sampler (default: the generator's own)")
 
 
 def _defaults(cls: type) -> argparse.Namespace:
@@ -186,6 +188,7 @@ def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None
         return SamplingConfig(
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             cfg_scale=args.cfg_scale if cfg_scale is None else cfg_scale, seed=seed, steps=args.sample_steps,
+            scheduler=args.scheduler,
         )
     except ValueError as err:
         field, _, rest = str(err).partition(" ")
@@ -209,8 +212,21 @@ def load_images(paths: list[str], size: int) -> torch.Tensor:
     return torch.stack(images)
 
 
-def load_tokenizer(path: str, dev: torch.device | None = None) -> Any:
-    from trilemma import checkpoint
+def add_tokenizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint or run directory (default: the decoder's)")
+    p.add_argument("--decoder", default=None, help="decode through this token-conditioned decoder instead of the "
+                   "tokenizer's own (trilemma train decoder)")
 
-    tok = checkpoint.load(checkpoint.resolve_checkpoint(path), kind="tokenizer")
+
+def load_tokenizer(args: argparse.Namespace, dev: torch.device | None = None) -> Any:
+    """--tokenizer, decoding through --decoder when given (then --tokenizer defaults to the decoder's)."""
+    from trilemma import checkpoint
+    from trilemma.pipeline import load_tokenizer as load
+
+    decoder = getattr(args, "decoder", None)
+    if args.tokenizer is None and decoder is None:
+        raise ValueError("--tokenizer is required (or --decoder, whose tokenizer is recorded)")
+    tok_dir = args.tokenizer if decoder is None else checkpoint.recorded_tokenizer(
+        checkpoint.resolve_checkpoint(decoder), args.tokenizer)
+    tok = load(tok_dir, decoder)
     return tok.to(dev) if dev is not None else tok

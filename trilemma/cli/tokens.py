@@ -9,6 +9,7 @@ import torch
 
 from trilemma.cli import options
 from trilemma.cli.options import command, group, positive_int
+from trilemma.files import check_writable_file
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = command(sub, "reconstruct", "encode and decode images; write original | reconstruction", run_reconstruct)
     p.add_argument("images", nargs="+")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
+    options.add_tokenizer(p)
     p.add_argument("--out", default="reconstruction.png")
     options.add_device(p)
 
@@ -33,8 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 @torch.no_grad()
 def run_tokenize(args: argparse.Namespace) -> None:
+    check_writable_file(args.out)
     dev = options.device(args)
-    tok = options.load_tokenizer(args.tokenizer, dev)
+    tok = options.load_tokenizer(args, dev)
     images = options.load_images(args.images, tok.image_size)
     tokens = tok.encode(images.to(dev)).to("cpu")
     tokens.meta.update({"files": [str(p) for p in args.images], "image_size": tok.image_size})
@@ -56,8 +58,9 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     from trilemma.eval.metrics import psnr
     from trilemma.images import save_grid, side_by_side
 
+    check_writable_file(args.out)
     dev = options.device(args)
-    tok = options.load_tokenizer(args.tokenizer, dev)
+    tok = options.load_tokenizer(args, dev)
     images = options.load_images(args.images, tok.image_size)
     recon = tok.reconstruct(images.to(dev)).float().cpu()
     save_grid(side_by_side(images, recon), args.out, nrow=min(8, 2 * len(images)))
@@ -70,7 +73,10 @@ def run_import(args: argparse.Namespace) -> None:
     from trilemma import checkpoint
     from trilemma.tokenizers.interop import import_diffusers_vq
 
+    out = Path(args.out)
+    if out.exists():  # an import never replaces a run or a file
+        raise FileExistsError(f"--out {out} already exists; choose a new path for the imported tokenizer")
     model = import_diffusers_vq(args.path, image_size=args.image_size)
-    checkpoint.save(model, Path(args.out), extra={"imported_from": str(args.path)})
+    checkpoint.save(model, out, extra={"imported_from": str(args.path)})
     spec = model.spec
     print(f"imported {args.path} -> {args.out}: {spec.grid[0]}x{spec.grid[1]} tokens, {spec.vocab_size} codes")

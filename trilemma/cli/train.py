@@ -7,7 +7,8 @@ from pathlib import Path
 
 from trilemma import registry
 from trilemma.cli import options
-from trilemma.cli.options import command, group, positive_int
+from trilemma.cli.options import command, group, non_negative_int, positive_int
+from trilemma.training import decoder as decoder_training
 from trilemma.training import generator as generator_training
 from trilemma.training import tokenizer as tokenizer_training
 
@@ -20,7 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=positive_int, default=None, help="image size (default: the preset's)")
     p.add_argument("--perceptual", type=float, default=0.0, help="LPIPS weight (needs backbone weights on disk)")
     p.add_argument("--gan", type=float, default=0.0, help="adversarial weight (PatchGAN, hinge)")
-    p.add_argument("--gan-start", type=int, default=None, help="step the GAN switches on (default: steps/2)")
+    p.add_argument("--gan-start", type=non_negative_int, default=None, help="step the GAN switches on (default: steps/2)")
     options.add_training(p, tokenizer_training.DEFAULTS)
 
     p = command(train, "generator", "train a text-to-image generator on a tokenizer's tokens", run_generator)
@@ -34,6 +35,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="text positions, eos included (default: the longest training caption + eos, at most "
                         f"{generator_training.AUTO_TEXT_LENGTH_MAX}); longer prompts are truncated, with a notice")
     options.add_training(p, generator_training.DEFAULTS)
+
+    p = command(train, "decoder", "train a diffusion decoder on a discrete tokenizer's tokens (replaces its decoder)",
+                run_decoder)
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory (discrete)")
+    p.add_argument("--preset", default="token-diffusion-shapes", choices=registry.preset_names("decoder"), metavar="PRESET",
+                   help="one of: " + ", ".join(registry.preset_names("decoder")))
+    options.add_training(p, decoder_training.DEFAULTS)
 
 
 def run_tokenizer(args: argparse.Namespace) -> dict:
@@ -56,4 +64,13 @@ def run_generator(args: argparse.Namespace) -> dict:
         num_images=args.num_images, text_length=args.text_length, resume=args.resume, **options.overrides(args.set),
     )
     print(f"generator checkpoint: {result['checkpoint']} (step {result['step']}), samples in {Path(args.out) / 'samples'}")
+    return result
+
+
+def run_decoder(args: argparse.Namespace) -> dict:
+    result = decoder_training.train_decoder(args.tokenizer, args.data, Path(args.out), options.training(args),
+                                            preset=args.preset, resume=args.resume, overrides=options.overrides(args.set))
+    print(f"decoder checkpoint: {result['checkpoint']} (step {result['step']}); use it with --decoder {args.out}")
+    if result["eval"]:
+        print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
     return result

@@ -189,6 +189,7 @@ def tradeoff(
     progress: bool = True,
     evaluate: Callable[..., dict] | None = None,
     device: str | torch.device = "cpu",
+    decoder: str | Path | None = None,
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
@@ -197,7 +198,8 @@ def tradeoff(
     its path and token layout, and every metric of ``evaluate_reconstruction``; continuous
     tokenizers have ``bits_per_image=None`` and ``floats_per_image`` instead. ``evaluate`` replaces
     ``evaluate_reconstruction`` (same signature), e.g. in tests. Tokenizers and features run on
-    ``device``.
+    ``device``. With a token-conditioned ``decoder``, each tokenizer it was trained on gets a second
+    row decoding the same tokens through it.
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
@@ -206,6 +208,19 @@ def tradeoff(
     dirs = [resolve_checkpoint(d) for d in tokenizer_dirs]
     names = _unique([tokenizer_name(d) for d in dirs], dirs)
     tokenizers = [checkpoint.load(d, kind="tokenizer").to(device) for d in dirs]
+    if decoder is not None:
+        from trilemma.pipeline import load_tokenizer
+
+        dec_dir = resolve_checkpoint(decoder)
+        own = checkpoint.recorded_tokenizer(dec_dir)
+        pairs = [(name, d) for name, d in zip(names, dirs) if d.resolve() == own.resolve()]
+        if not pairs:
+            raise ValueError(f"{dec_dir}: was trained on {own}, which is not among the tokenizers evaluated")
+        decoder_name = checkpoint.read_config(dec_dir, kind="decoder")["name"]
+        for name, d in pairs:
+            names.append(f"{name} + {decoder_name}")
+            dirs.append(dec_dir)
+            tokenizers.append(load_tokenizer(d, dec_dir).to(device))
 
     sizes = {name: tok.image_size for name, tok in zip(names, tokenizers)}
     if size is None:

@@ -4,6 +4,7 @@ classifier-free guidance that do not depend on the family: caption dropout in tr
 conditional and empty-prompt rows stacked in one batch at sampling time, and their combination.
 
     gen = build("generator", name, spec=tok.spec, text=text_tokenizer, **cfg)
+    gen.fit(tokens)                                     (before training: e.g. a latent scale)
     gen.loss(tokens, text_ids) -> dict[str, Tensor]     ("loss" is what is optimised)
     gen.sample(text_ids, sampling: SamplingConfig) -> Tokens
 """
@@ -59,8 +60,16 @@ class Generator(nn.Module):
             flat = flat.reshape(flat.shape[0], -1, self.spec.levels)
         return Tokens(ids=flat)
 
+    def model_input(self, tokens: Tokens) -> torch.Tensor:
+        """What ``forward`` trains on: flat ids here; a diffusion model's normalised latents."""
+        return self.flat_ids(tokens)
+
+    def fit(self, tokens: Tokens) -> None:
+        """Measure what the model needs from its training tokens before training (nothing here;
+        a diffusion model's latent scale)."""
+
     def loss(self, tokens: Tokens, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self(self.flat_ids(tokens), text_ids)
+        return self(self.model_input(tokens), text_ids)
 
     # ------------------------------------------------------------------ classifier-free guidance
 

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 
 
+SCHEDULERS = ("dpm++", "ddim")  # diffusion samplers (diffusers' DPM-Solver++ 2M and DDIM)
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy (argmax)
@@ -26,6 +29,7 @@ class SamplingConfig:
     cfg_scale: float = 1.0  # classifier-free guidance scale (1 = none)
     seed: int | None = None  # None = nondeterministic
     steps: int | None = None  # parallel decoding / denoising steps (masked and diffusion generators)
+    scheduler: str | None = None  # diffusion sampler: "dpm++" or "ddim" (None = the generator's own)
 
     def __post_init__(self) -> None:
         check_sampling(self)
@@ -54,6 +58,8 @@ def check_sampling(cfg: SamplingConfig) -> None:
         raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg.cfg_scale}")
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.scheduler is not None and cfg.scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}")
     if cfg.seed is not None and not 0 <= cfg.seed < 2**63:
         raise ValueError(f"seed must be in [0, 2^63), got {cfg.seed}")
 

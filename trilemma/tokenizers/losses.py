@@ -6,6 +6,7 @@ decoder's last layer. Every term is returned separately so it can be logged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,13 @@ class LossConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     adaptive_gan_weight: bool = True  # VQGAN's gradient-norm ratio at the decoder's last layer
+
+    def __post_init__(self) -> None:
+        for name, flag in (("l1_weight", "l1 weight"), ("l2_weight", "l2 weight"), ("perceptual_weight", "--perceptual"),
+                           ("gan_weight", "--gan"), ("gan_start", "--gan-start")):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{flag} must be >= 0, got {value}")
 
 
 def lpips_backbone_path(net: str) -> Path:

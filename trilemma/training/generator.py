@@ -18,7 +18,7 @@ from trilemma.files import atomic_write_bytes
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokens import Tokens
-from trilemma.training.loop import Task, TrainConfig, TrainingError, init_distributed, train
+from trilemma.training.loop import Task, TrainConfig, TrainingError, check_run_dir, init_distributed, train
 
 # What `trilemma train generator` uses when a flag is not given.
 DEFAULTS = TrainConfig(steps=3000, batch_size=64, lr=5e-4)
@@ -89,7 +89,7 @@ class GeneratorTask(Task):
 
     def loss(self, model: Any, batch: tuple[Tokens, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         tokens, text_ids = batch
-        return model(getattr(model, "module", model).flat_ids(tokens), text_ids)
+        return model(getattr(model, "module", model).model_input(tokens), text_ids)
 
     @torch.no_grad()
     def evaluate(self, model: Any, step: int, out_dir: Path) -> dict[str, float]:
@@ -101,21 +101,24 @@ class GeneratorTask(Task):
         images = self.tokenizer.decode(tokens).clamp(-1, 1).cpu()
         save_grid(images, Path(out_dir) / "samples" / f"samples_{step:06d}.png", captions=self.eval_prompts)
         val_tokens, val_text = self.tokens[self.val].to(device), self.text_ids[self.val].to(device)
-        losses = model(model.flat_ids(val_tokens), val_text)
+        losses = model(model.model_input(val_tokens), val_text)
         return {f"val_{k}": float(v) for k, v in losses.items()}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return self.extra
 
 
-def _text_tokenizer(out: Path, captions: list[str], text_length: int | None, resume: bool) -> TextTokenizer:
-    """The run's vocabulary: the checkpoint's own when resuming, else built from the training
-    captions (longest caption + eos positions unless ``text_length`` says otherwise)."""
-    if resume:
-        text = TextTokenizer.from_dict(checkpoint.read_config(out / "model")["context"]["text"])
-        if text_length is not None and text_length != text.max_length:
-            raise TrainingError(f"--resume: the run's text length is {text.max_length}, not --text-length {text_length}")
-        return text
+def _saved_text(out: Path, text_length: int | None) -> TextTokenizer:
+    """A resumed run's vocabulary: its checkpoint's own (``--text-length`` may only repeat it)."""
+    text = TextTokenizer.from_dict(checkpoint.read_config(out / "model")["context"]["text"])
+    if text_length is not None and text_length != text.max_length:
+        raise TrainingError(f"--resume: the run's text length is {text.max_length}, not --text-length {text_length}")
+    return text
+
+
+def _built_text(captions: list[str], text_length: int | None) -> TextTokenizer:
+    """A new run's vocabulary from its training captions; positions: ``text_length``, or the
+    longest caption + eos (at most ``AUTO_TEXT_LENGTH_MAX``)."""
     if text_length is None:
         longest = max(len(words(c)) for c in captions)  # 0 when the data has no captions
         text_length = min(AUTO_TEXT_LENGTH_MAX, 1 + max(1, longest))
@@ -152,11 +155,10 @@ def train_generator(
     if model_kind != kind:
         raise ValueError(f"preset {preset} is a {model_kind} generator, not {kind}")
     tok_dir = checkpoint.resolve_checkpoint(tokenizer)
-    has_run = (out / "model" / checkpoint.CONFIG_FILE).exists()
-    if has_run and not resume:
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
-    if has_run:
+    has_run = check_run_dir(out, resume)
+    if has_run:  # checked before any work
         _check_same_tokenizer(out, tok_dir)
+        text = _saved_text(out, text_length)
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")
     dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
@@ -164,9 +166,11 @@ def train_generator(
     if n <= VAL_ITEMS:
         raise ValueError(f"{data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
     tokens, captions = tokenize_dataset(tok, dataset, n, cache_dir or out / "cache", data_key=repr(dataset))
-    text = _text_tokenizer(out, captions, text_length, resume and has_run)
+    if not has_run:
+        text = _built_text(captions, text_length)
     torch.manual_seed(cfg.seed)
     generator = registry.build("generator", preset, spec=tok.spec, text=text, **overrides)
+    generator.fit(tokens[: len(captions) - VAL_ITEMS])  # a resumed run loads what this measured
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
     prompts = [val[i]["caption"] for i in range(min(EVAL_PROMPTS, len(val)))]
     extra = {"tokenizer": {"path": str(tok_dir.resolve()), "hash": checkpoint.content_hash(tok_dir)}, "data": data}

@@ -221,6 +221,16 @@ def init_distributed() -> None:
     PartialState(cpu=not torch.cuda.is_available())
 
 
+def check_run_dir(out: Path, resume: bool) -> bool:
+    """Whether ``out`` holds a run; refuses a file, and a run that ``resume`` does not ask to continue."""
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out}: is a file; a run is a directory")
+    has_run = (out / "model" / checkpoint.CONFIG_FILE).exists()
+    if has_run and not resume:
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+    return has_run
+
+
 def _check_resumable(model: nn.Module, ckpt_dir: Path) -> dict[str, Any]:
     state = checkpoint.load_state(ckpt_dir) if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else None
     if state is None:
@@ -241,13 +251,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     out = Path(out_dir)
     ckpt_dir = out / "model"
     state = None
+    check_run_dir(out, resume)
     if resume:
         state = _check_resumable(task.model, ckpt_dir)
         if int(state["step"]) >= cfg.steps:  # nothing to do, and nothing is touched
             print(f"{ckpt_dir} is already at step {state['step']} >= --steps {cfg.steps}; nothing to do")
             return {"step": int(state["step"]), "metrics": {}, "eval": {}, "checkpoint": ckpt_dir, "replicas": []}
-    elif (ckpt_dir / checkpoint.CONFIG_FILE).exists():
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
 
     # Without a GPU, accelerate only goes multi-process (gloo) when told it is on the CPU.
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())

@@ -14,7 +14,7 @@ from trilemma.eval import metrics as eval_metrics
 from trilemma.eval.reconstruction import count_codes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
-from trilemma.training.loop import Task, TrainConfig, TrainingError, init_distributed, train
+from trilemma.training.loop import Task, TrainConfig, TrainingError, check_run_dir, init_distributed, train
 
 # What `trilemma train tokenizer` uses when a flag is not given.
 DEFAULTS = TrainConfig(steps=2000, batch_size=32, lr=4e-4)
@@ -93,7 +93,7 @@ def train_tokenizer(
     tokenizer = registry.build("tokenizer", preset, **fields)
     out = Path(out)
     if not tokenizer.trainable:
-        if (out / "model" / checkpoint.CONFIG_FILE).exists():
+        if check_run_dir(out, resume=True):  # a file is refused there; a run here
             raise TrainingError(f"{out} already holds a run; choose a new --out ({preset} has nothing to learn)")
         checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": preset})
         print(f"{preset} has nothing to learn; saved it to {out / 'model'}")

@@ -1,0 +1,75 @@
+"""The diffusion generator on shapes: prompt adherence, domain FID (beside the real-vs-real floor)
+and seconds per image against the number of denoising steps, for DDIM and DPM-Solver++; and the
+token-conditioned decoder against its tokenizer's own decoder on the same tokens.
+
+    .venv/bin/python bench/bench_diffusion.py --generator runs/diffusion [--decoder runs/decoder] \
+        [--n 500] [--steps 5 10 20 50] [--cfg-scale 3]
+
+Both runs are trained beforehand (README / the issue's closing note give the commands); the shapes
+probe is cached in runs/bench-probe. Writes bench/results/diffusion.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import report  # noqa: E402
+
+from trilemma.eval.generation import benchmark, evaluate_generation  # noqa: E402
+from trilemma.generators.sampling import SCHEDULERS, SamplingConfig  # noqa: E402
+from trilemma.pipeline import Pipeline  # noqa: E402
+
+ATTRIBUTES = ("shape_acc", "color_acc", "size_acc", "position_acc")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--generator", required=True, help="a diffusion generator run")
+    ap.add_argument("--decoder", default=None, help="a token-conditioned decoder run (trilemma train decoder)")
+    ap.add_argument("--n", type=int, default=500, help="prompts (and real images) per evaluation")
+    ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
+    ap.add_argument("--cfg-scale", type=float, default=3.0)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    pipe = Pipeline.load(args.generator)
+    bench = benchmark("shapes", args.n, pipe.tokenizer.image_size, cache_dir="runs", probe_dir="runs/bench-probe")
+    rows = []
+    for scheduler in SCHEDULERS:
+        for steps in args.steps:
+            sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=0, steps=steps, scheduler=scheduler)
+            out = evaluate_generation(pipe, bench, sampling, progress=False)
+            row = {"scheduler": scheduler, "steps": steps, **{k: out[f"adherence_{k}"] for k in ATTRIBUTES},
+                   "fid": out["fid"], "fid_floor": out["fid_floor"], "s_per_image": 1 / out["samples_per_s"]}
+            rows.append(row)
+            print(row, flush=True)
+    extra = {"generator": args.generator, "n": args.n, "cfg_scale": args.cfg_scale}
+    if args.decoder:
+        extra["decoder"] = decode_table(args.decoder, bench)
+    report("diffusion", rows, ["scheduler", "steps", *ATTRIBUTES, "fid", "fid_floor", "s_per_image"], extra)
+
+
+def decode_table(decoder: str, bench) -> list[dict]:
+    """PSNR, SSIM and domain rFID of the tokenizer's own decoder and of the diffusion decoder, on the
+    same tokens of the reference images."""
+    from trilemma import checkpoint
+    from trilemma.eval.reconstruction import evaluate_reconstruction
+    from trilemma.pipeline import load_tokenizer
+
+    tok_dir = checkpoint.recorded_tokenizer(checkpoint.resolve_checkpoint(decoder))
+    rows = []
+    for name, tok in (("own decoder", load_tokenizer(tok_dir)), ("diffusion decoder", load_tokenizer(tok_dir, decoder))):
+        m = evaluate_reconstruction(tok, bench.reference, features=bench.features, lpips=False, progress=False)
+        rows.append({"decoder": name, "psnr": m["psnr"], "ssim": m["ssim"], "rfid": m["rfid"],
+                     "decode_images_per_s": m["decode_images_per_s"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

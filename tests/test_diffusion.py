@@ -1,0 +1,101 @@
+"""The diffusion generator: diffusers' UNet and schedulers on continuous latents, our prompt encoder."""
+
+import pytest
+import torch
+
+from trilemma import checkpoint, registry
+from trilemma.data.text import TextTokenizer
+from trilemma.generators.diffusion import make_scheduler
+from trilemma.generators.sampling import SamplingConfig
+from trilemma.tokens import Tokens, TokenSpec
+
+SPEC = TokenSpec("continuous", 16, latent_dim=4, grid=(4, 4))
+CAPTIONS = ["a large red circle at the top left", "a small blue square in the center"]
+
+
+def tiny(**cfg):
+    text = TextTokenizer.build(CAPTIONS, max_length=10)
+    torch.manual_seed(0)
+    return registry.build("generator", "diffusion-tiny", spec=SPEC, text=text, **cfg), text
+
+
+def latents(b=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Tokens(latents=torch.randn(b, 16, 4, generator=g) * 3 + 0.5)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_noising_then_a_step_with_the_true_target_recovers_x0(prediction):
+    gen, _ = tiny(prediction=prediction)
+    x0 = torch.randn(2, 4, 4, 4)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([700, 700])
+    xt = gen.noise_schedule.add_noise(x0, noise, t)
+    target = noise if prediction == "epsilon" else gen.noise_schedule.get_velocity(x0, noise, t)
+    sampler = make_scheduler("ddim", gen.config)
+    sampler.set_timesteps(1000)  # every training timestep, so 700 is one of them
+    out = sampler.step(target, 700, xt)
+    assert torch.allclose(out.pred_original_sample, x0, atol=1e-4)
+
+
+def test_guidance_scale_one_is_the_conditional_model_and_sampling_is_seeded():
+    gen, text = tiny()
+    ids = text.encode(CAPTIONS)
+    a = gen.sample(ids, SamplingConfig(cfg_scale=1.0, seed=3))
+    calls = []
+    gen.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    b = gen.sample(ids, SamplingConfig(cfg_scale=1.0, seed=3))
+    assert torch.equal(a.latents, b.latents) and set(calls) == {2}  # conditional rows only
+    guided = gen.sample(ids, SamplingConfig(cfg_scale=3.0, seed=3))
+    assert calls[-1] == 4 and not torch.allclose(guided.latents, a.latents)  # [cond; empty] stacked
+    for sampler in ("ddim", "dpm++"):
+        out = gen.sample(ids, SamplingConfig(seed=0, steps=3, scheduler=sampler))
+        assert out.latents.shape == (2, 16, 4) and torch.isfinite(out.latents).all()
+
+
+def test_a_tiny_model_overfits_one_batch():
+    gen, text = tiny(cond_drop_prob=0.0)
+    tokens, ids = latents(), text.encode(CAPTIONS)
+    gen.fit(tokens)
+
+    def fixed_loss():  # the same noise and timesteps every time: a deterministic yardstick
+        gen.eval()
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return sum(gen.loss(tokens, ids)["loss"].item() for _ in range(8))
+
+    before = fixed_loss()
+    opt = torch.optim.AdamW(gen.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(200):
+        gen.train()
+        loss = gen.loss(tokens, ids)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert fixed_loss() < 0.5 * before
+
+
+def test_the_latent_scale_is_measured_and_saved(tmp_path):
+    gen, _ = tiny()
+    tokens = latents(b=64)
+    gen.fit(tokens)
+    x = gen.model_input(tokens)
+    assert x.mean().abs() < 0.05 and (x.std() - 1).abs() < 0.05  # normalised
+    assert gen.latent_scale.item() == pytest.approx(1 / 3, rel=0.1)
+    loaded = checkpoint.load(checkpoint.save(gen, tmp_path / "g"), kind="generator")
+    assert torch.equal(loaded.latent_scale, gen.latent_scale) and torch.equal(loaded.latent_mean, gen.latent_mean)
+    back = gen._to_tokens(x)  # normalisation inverts exactly
+    assert torch.allclose(back.latents, tokens.latents, atol=1e-5)
+
+
+def test_a_discrete_tokenizer_is_refused_with_advice():
+    with pytest.raises(ValueError, match="continuous") as err:
+        registry.build("generator", "diffusion-tiny", spec=TokenSpec("discrete", 16, vocab_size=32, grid=(4, 4)),
+                       text=TextTokenizer.build(CAPTIONS))
+    assert "ae-f4-shapes" in str(err.value)
+
+
+def test_bad_sampler_names_the_option():
+    with pytest.raises(ValueError, match="scheduler"):
+        SamplingConfig(scheduler="euler")

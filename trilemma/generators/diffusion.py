@@ -1,0 +1,175 @@
+"""Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+Models") on a tokenizer's continuous latents, conditioned on our prompt encoder through
+cross-attention; the decoder that DALL-E 2 and 3 put after their token models.
+
+The networks and the noise schedules are diffusers': a ``UNet2DConditionModel`` denoiser, DDPM
+noise for training (epsilon or v-prediction, Salimans & Ho 2022), and DDIM (Song et al. 2021) or
+DPM-Solver++ (Lu et al. 2022) for sampling. The denoising loop is ``denoise`` below. Latents are
+normalised by a mean and scale measured on the training set (``fit``), stored in the checkpoint as
+buffers. Classifier-free guidance follows the other generators: the model output of the
+conditional and empty-prompt rows, stacked in one batch, is combined by ``Generator.guide``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from trilemma import registry
+from trilemma.generators.base import Generator
+from trilemma.generators.sampling import SCHEDULERS, SamplingConfig
+from trilemma.generators.text_encoder import TextEncoderMixin
+from trilemma.nn.transformer import TransformerConfig, init_weights
+from trilemma.tokens import Tokens
+
+PREDICTIONS = ("epsilon", "v_prediction")
+
+
+@dataclass
+class DiffusionConfig:
+    channels: tuple[int, ...] = (64, 128)  # UNet widths, one level each (the first at the latent grid)
+    layers_per_block: int = 1  # resnet (+ cross-attention) layers per UNet level
+    heads: int = 4  # attention heads in the UNet's transformer blocks
+    text_dim: int = 128  # prompt encoder width = the UNet's cross-attention dim
+    text_depth: int = 2  # prompt encoder blocks (bidirectional)
+    text_heads: int = 4
+    prediction: str = "epsilon"  # what the UNet predicts: "epsilon" or "v_prediction"
+    train_timesteps: int = 1000  # DDPM noise levels
+    beta_schedule: str = "squaredcos_cap_v2"  # the cosine schedule (Nichol & Dhariwal 2021)
+    scheduler: str = "dpm++"  # default sampler: "dpm++" (DPM-Solver++ 2M) or "ddim"
+    steps: int = 20  # default denoising steps (sampling option ``steps`` overrides)
+    cond_drop_prob: float = 0.1  # rows trained on the empty prompt, for classifier-free guidance
+
+
+def make_scheduler(name: str, config: Any) -> Any:
+    """A diffusers scheduler over ``config``'s noise schedule (``train_timesteps``, ``beta_schedule``,
+    ``prediction``): "ddpm" (training), "ddim" or "dpm++" (sampling)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    common = dict(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule,
+                  prediction_type=config.prediction)
+    if name == "ddpm":
+        return DDPMScheduler(**common)
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def denoise(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: Any, noise: torch.Tensor,
+            steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The sampling loop: from pure ``noise`` (scaled by the scheduler's initial sigma) through
+    ``steps`` scheduler steps, each asking ``model(x_t, t)`` for its prediction (epsilon or v, as
+    the scheduler was configured). Returns x_0."""
+    scheduler.set_timesteps(steps, device=noise.device)
+    x = noise * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        prediction = model(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(prediction, t, x, generator=generator).prev_sample
+    return x
+
+
+@registry.register("generator", "diffusion")
+class Diffusion(TextEncoderMixin, Generator):
+    Config = DiffusionConfig
+    accepts = ("continuous",)
+
+    def __init__(self, config: DiffusionConfig, spec, text):
+        super().__init__(spec, text)
+        from diffusers import UNet2DConditionModel
+
+        if config.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {config.prediction!r}")
+        make_scheduler(config.scheduler, config)  # an unknown sampler fails here, not after training
+        if spec.grid is None:
+            raise ValueError("diffusion needs tokens laid on a grid (a convolutional tokenizer such as ae-f4-shapes)")
+        self.config = config
+        self._add_text_encoder(text.vocab_size, text.max_length,
+                               TransformerConfig(config.text_dim, config.text_depth, config.text_heads))
+        self.apply(init_weights)  # the prompt encoder; the UNet keeps diffusers' initialisation
+        levels = len(config.channels)
+        self.unet = UNet2DConditionModel(
+            sample_size=spec.grid, in_channels=spec.latent_dim, out_channels=spec.latent_dim,
+            block_out_channels=tuple(config.channels), layers_per_block=config.layers_per_block,
+            down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
+            cross_attention_dim=config.text_dim, attention_head_dim=config.heads,
+            norm_num_groups=min(32, *(c // 4 for c in config.channels)),
+        )
+        self.noise_schedule = make_scheduler("ddpm", config)
+        # Latent normalisation, measured on the training set by ``fit``; saved with the weights.
+        self.register_buffer("latent_mean", torch.zeros(spec.latent_dim))
+        self.register_buffer("latent_scale", torch.ones(()))
+
+    # ------------------------------------------------------------------ latents
+
+    @torch.no_grad()
+    def fit(self, tokens: Tokens) -> None:
+        """Measure the training latents' per-channel mean and overall 1 / std."""
+        latents = self._latents(tokens).float()
+        mean = latents.mean(dim=(0, 2, 3))
+        std = (latents - mean[None, :, None, None]).std()
+        self.latent_mean.copy_(mean)
+        self.latent_scale.copy_(1.0 / std.clamp_min(1e-6))
+
+    def _latents(self, tokens: Tokens) -> torch.Tensor:
+        if tokens.latents is None:
+            raise ValueError("diffusion needs continuous latents; these tokens carry only ids")
+        h, w = self.spec.grid
+        return rearrange(tokens.latents, "b (h w) c -> b c h w", h=h, w=w)
+
+    def model_input(self, tokens: Tokens) -> torch.Tensor:
+        """Tokens -> normalised latents [B, C, h, w], what ``forward`` trains on."""
+        x = self._latents(tokens).float()
+        return (x - self.latent_mean[None, :, None, None]) * self.latent_scale
+
+    def _to_tokens(self, x: torch.Tensor) -> Tokens:
+        x = x / self.latent_scale + self.latent_mean[None, :, None, None]
+        return Tokens(latents=rearrange(x, "b c h w -> b (h w) c"))
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, x0: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """DDPM loss for normalised latents [B, C, h, w] (``model_input``) and text ids [B, L]."""
+        memory = self.encode_text(self.drop_captions(text_ids)[0])
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.config.train_timesteps, (x0.shape[0],), device=x0.device)
+        xt = self.noise_schedule.add_noise(x0, noise, t)
+        target = noise if self.config.prediction == "epsilon" else self.noise_schedule.get_velocity(x0, noise, t)
+        prediction = self.unet(xt, t, encoder_hidden_states=memory).sample
+        return {"loss": F.mse_loss(prediction.float(), target.float())}
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None) -> Tokens:
+        """Latent tokens for text ids [B, L] in ``sampling.steps`` denoising steps (default
+        ``config.steps``) of ``sampling.scheduler`` (default ``config.scheduler``); also cfg_scale
+        and seed (temperature, top_k and top_p do not apply to diffusion)."""
+        sampling, rows, gen = self.start_sampling(text_ids, sampling)
+        b, (h, w) = text_ids.shape[0], self.spec.grid
+        memory = self.encode_text(rows)
+        scheduler = make_scheduler(sampling.scheduler or self.config.scheduler, self.config)
+
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = self.unet(self.stack_rows(x, rows), t, encoder_hidden_states=memory).sample.float()
+            return self.guide(out, b, sampling.cfg_scale)
+
+        noise = torch.randn((b, self.spec.latent_dim, h, w), generator=gen, device=text_ids.device)
+        return self._to_tokens(denoise(model, scheduler, noise, sampling.steps or self.config.steps, gen))
+
+
+def _preset(name: str, description: str, **fields: Any) -> None:
+    registry.register_preset("generator", name, "diffusion", description, **fields)
+
+
+_preset("diffusion-shapes", "CPU: UNet 64-128 with cross-attention on 8x8 latents, 20 DPM-Solver++ steps")
+_preset("diffusion-tiny", "test size: UNet 16-32, 1-block prompt encoder", channels=(16, 32), heads=2, text_dim=32,
+        text_depth=1, text_heads=2, steps=4)
+_preset("diffusion-base", "GPU: UNet 256-512-768 x 2 layers on 32x32x4 latents (ae-f8-256), v-prediction",
+        channels=(256, 512, 768), layers_per_block=2, heads=8, text_dim=512, text_depth=6, text_heads=8,
+        prediction="v_prediction")
