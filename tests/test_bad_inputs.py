@@ -126,6 +126,15 @@ CASES = [
     ("generate hi --generator {root}/gen --out {root}/a_dir", 1, ["a_dir", "directory"]),
     ("generate hi --generator {root}/gen --device banana", 1, ["--device", "banana"]),
     ("generate hi --generator {root}/broken/no_context", 1, ["context"]),
+    ("generate hi --generator {root}/gen --scheduler euler", 2, ["--scheduler", "euler"]),
+    ("generate hi --generator {root}/gen --budget 0", 2, ["--budget"]),
+    ("generate hi --generator {root}/gen --budget 3", 1, ["budget", "1D"]),
+    ("generate hi --generator {root}/gen --decoder {root}/gen", 1, ["generator checkpoint", "expected a decoder"]),
+    ("train generator --kind diffusion --tokenizer {root}/tok --out {new}", 1, ["continuous", "ae-f4-shapes"]),
+    ("train decoder --tokenizer {root}/missing --out {new}", 1, ["missing"]),
+    ("train decoder --tokenizer {root}/tok --preset nope --out {new}", 2, ["--preset", "nope"]),
+    ("train decoder --tokenizer {root}/tok --steps 0 --out {new}", 2, ["--steps"]),
+    ("train decoder --tokenizer {root}/tok --out {root}/gen", 1, ["already holds a run"]),
     # tokenize / reconstruct
     ("tokenize {root}/missing.png --tokenizer {root}/tok --out {new}.safetensors", 1, ["missing.png"]),
     ("tokenize {root}/fake.png --tokenizer {root}/tok --out {new}.safetensors", 1, ["fake.png"]),
@@ -134,6 +143,14 @@ CASES = [
     ("tokenize {root}/red.png --tokenizer {root}/gen --out {new}.safetensors", 1, ["generator", "tokenizer"]),
     ("tokenize {root}/red.png --tokenizer {root}/broken/version_string --out {new}.safetensors", 1, ["format_version"]),
     ("tokenize {root}/red.png --tokenizer {root}/broken/wide --out {new}.safetensors", 1, ["channels", "wide"]),
+    ("tokenize {root}/red.png --tokenizer {root}/tok --budget 4 --out {new}.safetensors", 1, ["takes no prompt"]),
+    ("tokenize {root}/red.png --tokenizer {root}/tok --box 0.5,0.1,0.2,0.4 --out {new}.safetensors", 1, ["takes no prompt"]),
+    ("tokenize {root}/red.png --tokenizer {root}/tok --box 1,2 --out {new}.safetensors", 1, ["--box", "x0,y0,x1,y1"]),
+    ("tokenize {root}/red.png --tokenizer {root}/tok --budget many --out {new}.safetensors", 1, ["--budget", "many"]),
+    ("tokenize {root}/red.png --tokenizer {root}/tok --budget auto --out {new}.safetensors", 1, ["--target-psnr"]),
+    ("reconstruct {root}/red.png --tokenizer {root}/tok --budgets 0 --out {new}.png", 2, ["--budgets"]),
+    ("reconstruct {root}/red.png --decoder {root}/tok --out {new}.png", 1, ["tokenizer checkpoint", "expected a decoder"]),
+    ("reconstruct {root}/red.png --out {new}.png", 1, ["--tokenizer"]),
     ("reconstruct {root}/missing.png --tokenizer {root}/tok --out {new}.png", 1, ["missing.png"]),
     ("reconstruct {root}/red.png --tokenizer {root}/tok --out {root}/a_dir", 1, ["a_dir", "directory"]),
     ("reconstruct {root}/notes.txt --tokenizer {root}/tok --out {new}.png", 1, ["notes.txt"]),
@@ -167,6 +184,7 @@ def test_the_sweep_is_wide():
     assert len(CASES) >= 60
     families = {case[0].split()[0] for case in CASES}
     assert {"train", "generate", "tokenize", "reconstruct", "eval", "data", "import", "list"} <= families
+    assert {"tokenizer", "generator", "decoder"} <= {c[0].split()[1] for c in CASES if c[0].startswith("train ")}
 
 
 @pytest.mark.parametrize("line,code,words", CASES, ids=[c[0][:70] for c in CASES])

@@ -114,6 +114,13 @@ def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_v
     _assert_png(out)
     assert len(checks) == 1 and checks[0].cfg_scale == 2.5
     assert scales and set(scales) == {2.5}
+    each = tmp_path / "each"
+    assert main([*args, "--out-dir", str(each)]) == 0
+    records = [json.loads(p.read_text()) for p in sorted(each.glob("*.json"))]
+    assert len(records) == 3 and len(list(each.glob("*.png"))) == 3
+    assert [r["seed"] for r in records] == [1, 1, 3]  # chunks of 2 prompts: seed + chunk start
+    assert records[0]["prompt"] == "a red circle" and records[0]["sampling"]["cfg_scale"] == 2.5
+    assert main([*args, "--out-dir", str(each)]) == 1  # never over earlier images
 
 
 def test_data_preview_writes_a_png(tmp_path, capsys):

@@ -188,11 +188,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint here (expected {path}/{CONFIG_FILE} or {path}/model/{CONFIG_FILE})")
 
 
-def recorded_tokenizer(model_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-    """The tokenizer checkpoint a generator or decoder in ``model_dir`` was trained on: the one it
-    recorded, or ``tokenizer_dir`` when given, which must have the recorded weights (hash)."""
+def recorded_tokenizer(model_dir: str | Path, tokenizer_dir: str | Path | None = None, kind: str | None = None) -> Path:
+    """The tokenizer checkpoint a generator or decoder (``kind``) in ``model_dir`` was trained on:
+    the one it recorded, or ``tokenizer_dir`` when given, which must have the recorded weights (hash)."""
     model_dir = Path(model_dir)
-    recorded = read_config(model_dir).get("tokenizer") or {}
+    recorded = read_config(model_dir, kind).get("tokenizer") or {}
     if tokenizer_dir is None:
         if not recorded.get("path"):
             raise CheckpointError(f"{model_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")

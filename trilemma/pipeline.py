@@ -34,7 +34,7 @@ def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = N
     from trilemma.decoders.token_diffusion import DecodedBy
 
     dec_dir = checkpoint.resolve_checkpoint(decoder_dir)
-    checkpoint.recorded_tokenizer(dec_dir, tok_dir)  # the decoder's own tokenizer, or an error
+    checkpoint.recorded_tokenizer(dec_dir, tok_dir, kind="decoder")  # the decoder's own tokenizer, or an error
     return DecodedBy(tokenizer, checkpoint.load(dec_dir, kind="decoder"))
 
 
@@ -47,8 +47,7 @@ class Pipeline:
     def load(cls, generator_dir: str | Path, tokenizer_dir: str | Path | None = None,
              decoder_dir: str | Path | None = None) -> "Pipeline":
         gen_dir = checkpoint.resolve_checkpoint(generator_dir)
-        checkpoint.read_config(gen_dir, kind="generator")
-        tokenizer = load_tokenizer(checkpoint.recorded_tokenizer(gen_dir, tokenizer_dir), decoder_dir)
+        tokenizer = load_tokenizer(checkpoint.recorded_tokenizer(gen_dir, tokenizer_dir, kind="generator"), decoder_dir)
         return cls(tokenizer, checkpoint.load(gen_dir, kind="generator"))
 
     def to(self, device: torch.device | str) -> "Pipeline":

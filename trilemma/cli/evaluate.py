@@ -119,8 +119,10 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
     )
     print("\n".join(metric_lines(*rows)))
     settings_ = settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"])
-    path = write_json({"settings": settings_, "metrics": rows[0], **({"decoded_by": rows[1]} if len(rows) > 1 else {})},
-                      Path(args.out) / "reconstruction.json")
+    # "metrics": the tokenizer (at its full budget when promptable); "rows": every row printed
+    # (a promptable tokenizer's budgets, the --decoder's reconstruction).
+    full = max(rows, key=lambda r: (r.get("curve") is None, r.get("budget") or 0, -rows.index(r)))
+    path = write_json({"settings": settings_, "metrics": full, "rows": rows}, Path(args.out) / "reconstruction.json")
     print(f"wrote {path}")
     return rows[0]
 

@@ -175,6 +175,8 @@ def add_sampling(p: argparse.ArgumentParser, several_scales: bool = False) -> No
                    help="decoding passes of masked / diffusion generators (default: the generator's own)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
                    help="diffusion sampler (default: the generator's own)")
+    p.add_argument("--budget", type=positive_int, default=d.budget, metavar="K",
+                   help="autoregressive generators on a promptable tokenizer: decode the first K generated tokens")
 
 
 def _defaults(cls: type) -> argparse.Namespace:
@@ -188,7 +190,7 @@ def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None
         return SamplingConfig(
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             cfg_scale=args.cfg_scale if cfg_scale is None else cfg_scale, seed=seed, steps=args.sample_steps,
-            scheduler=args.scheduler,
+            scheduler=args.scheduler, budget=args.budget,
         )
     except ValueError as err:
         field, _, rest = str(err).partition(" ")
@@ -212,6 +214,49 @@ def load_images(paths: list[str], size: int) -> torch.Tensor:
     return torch.stack(images)
 
 
+def add_prompt(p: argparse.ArgumentParser, several_budgets: bool = False) -> None:
+    """Prompts for a promptable tokenizer: how many tokens, and where to spend them."""
+    p.add_argument("--budget", default=None, metavar="K|auto",
+                   help="tokens per image (promptable tokenizers), or 'auto' with --target-psnr (default: all)")
+    p.add_argument("--target-psnr", type=float, default=None, metavar="DB",
+                   help="with --budget auto: per image, the fewest tokens whose reconstruction reaches this PSNR")
+    if several_budgets:
+        p.add_argument("--budgets", type=positive_int, nargs="+", default=None, metavar="K",
+                       help="reconstruct at each budget: one row per budget")
+    p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1", help="spend the tokens on this region (coordinates in [0, 1])")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y", help="a point in the region of interest (repeatable)")
+
+
+def prompt(args: argparse.Namespace, budget: int | None = None) -> Any:
+    """The Prompt of --budget / --box / --point (None when none is given); errors name the flag."""
+    from trilemma.tokens import Prompt
+
+    if args.budget not in (None, "auto") and budget is None:
+        try:
+            budget = int(args.budget)
+        except ValueError:
+            raise ValueError(f"--budget must be an integer or 'auto', got {args.budget!r}") from None
+    if args.budget == "auto" and args.target_psnr is None:
+        raise ValueError("--budget auto needs --target-psnr DB")
+    if args.target_psnr is not None and args.budget != "auto":
+        raise ValueError("--target-psnr goes with --budget auto")
+    boxes = torch.tensor([[_floats(args.box, 4, "--box", "x0,y0,x1,y1")]]) if args.box else None
+    points = torch.tensor([[_floats(p, 2, "--point", "x,y") for p in args.point]]) if args.point else None
+    if budget is None and boxes is None and points is None:
+        return None
+    return Prompt(budget=budget, boxes=boxes, points=points)
+
+
+def _floats(text: str, n: int, flag: str, form: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise ValueError(f"{flag} expects {form} (numbers in [0, 1]), got {text!r}")
+    return values
+
+
 def add_tokenizer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint or run directory (default: the decoder's)")
     p.add_argument("--decoder", default=None, help="decode through this token-conditioned decoder instead of the "
@@ -227,6 +272,6 @@ def load_tokenizer(args: argparse.Namespace, dev: torch.device | None = None) ->
     if args.tokenizer is None and decoder is None:
         raise ValueError("--tokenizer is required (or --decoder, whose tokenizer is recorded)")
     tok_dir = args.tokenizer if decoder is None else checkpoint.recorded_tokenizer(
-        checkpoint.resolve_checkpoint(decoder), args.tokenizer)
+        checkpoint.resolve_checkpoint(decoder), args.tokenizer, kind="decoder")
     tok = load(tok_dir, decoder)
     return tok.to(dev) if dev is not None else tok

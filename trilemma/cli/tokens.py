@@ -17,12 +17,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
     p.add_argument("--out", default="tokens.safetensors")
+    options.add_prompt(p)
     options.add_device(p)
 
     p = command(sub, "reconstruct", "encode and decode images; write original | reconstruction", run_reconstruct)
     p.add_argument("images", nargs="+")
     options.add_tokenizer(p)
     p.add_argument("--out", default="reconstruction.png")
+    options.add_prompt(p, several_budgets=True)
     options.add_device(p)
 
     imports = group(sub, "import", "import pretrained weights from another project (local files only)", "import_command")
@@ -35,16 +37,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 @torch.no_grad()
 def run_tokenize(args: argparse.Namespace) -> None:
     check_writable_file(args.out)
+    options.prompt(args)  # a bad prompt is refused before any work
     dev = options.device(args)
     tok = options.load_tokenizer(args, dev)
     images = options.load_images(args.images, tok.image_size)
-    tokens = tok.encode(images.to(dev)).to("cpu")
+    tokens = _encode(tok, images.to(dev), args).to("cpu")
     tokens.meta.update({"files": [str(p) for p in args.images], "image_size": tok.image_size})
     tokens.save(args.out, spec=tok.spec)
     spec = tok.spec
     per_image = tokens.tokens_per_image().float().mean().item()
     print(f"{len(images)} images -> {args.out}")
     print(f"tokens per image: {per_image:g} ({spec.kind}" + (f", grid {spec.grid[0]}x{spec.grid[1]}" if spec.grid else "") + ")")
+    if tokens.mask is not None:
+        print("tokens per image, each: " + " ".join(str(int(k)) for k in tokens.tokens_per_image()))
     if spec.discrete:
         print(f"bits per image: {per_image * spec.bits_per_token:g} (log2 {spec.vocab_size} x {spec.levels} per token)")
         used = torch.unique(tokens.ids).numel()
@@ -56,17 +61,37 @@ def run_tokenize(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def run_reconstruct(args: argparse.Namespace) -> None:
     from trilemma.eval.metrics import psnr
-    from trilemma.images import save_grid, side_by_side
+    from trilemma.images import save_grid
 
     check_writable_file(args.out)
+    options.prompt(args)  # a bad prompt is refused before any work
     dev = options.device(args)
     tok = options.load_tokenizer(args, dev)
     images = options.load_images(args.images, tok.image_size)
-    recon = tok.reconstruct(images.to(dev)).float().cpu()
-    save_grid(side_by_side(images, recon), args.out, nrow=min(8, 2 * len(images)))
-    for path, value in zip(args.images, psnr(recon, images).tolist()):
-        print(f"{path}: PSNR {value:.2f} dB")
-    print(f"wrote original | reconstruction pairs to {args.out}")
+    if args.budgets:
+        if args.budget is not None:
+            raise ValueError("give --budget or --budgets, not both")
+        rows = {f"k={k}": tok.decode(tok.encode(images.to(dev), options.prompt(args, budget=k))).clamp(-1, 1).float().cpu()
+                for k in args.budgets}
+    else:
+        rows = {"reconstruction": tok.decode(_encode(tok, images.to(dev), args)).clamp(-1, 1).float().cpu()}
+    columns = [images, *rows.values()]
+    grid = torch.stack(columns, 1).flatten(0, 1)  # per image: original, then each reconstruction
+    names = ["original", *rows]
+    save_grid(grid, args.out, nrow=len(columns), captions=names * len(images))
+    for i, path in enumerate(args.images):
+        print(f"{path}: " + ", ".join(f"{name} PSNR {psnr(r[i:i + 1], images[i:i + 1]).item():.2f} dB" for name, r in rows.items()))
+    print(f"wrote {' | '.join(names)} for each image to {args.out}")
+
+
+def _encode(tok, images: torch.Tensor, args: argparse.Namespace):
+    """--budget auto: the fewest tokens reaching --target-psnr per image; else the prompt's budget."""
+    prompt = options.prompt(args)
+    if args.budget == "auto":
+        if not getattr(tok, "promptable", False):
+            raise ValueError("--budget auto needs a promptable tokenizer (e.g. promptable-shapes)")
+        return tok.encode_to_quality(images, args.target_psnr, prompt)
+    return tok.encode(images, prompt)
 
 
 def run_import(args: argparse.Namespace) -> None:

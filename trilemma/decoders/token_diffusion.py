@@ -37,6 +37,7 @@ class TokenDiffusionConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     scheduler: str = "dpm++"  # default sampler: "dpm++" or "ddim"
     steps: int = 20  # default denoising steps
+    clip_x0: float = 1.0  # bound on the x_0 a prediction implies: pixels live in [-1, 1] (0 = off)
 
 
 @registry.register("decoder", "token-diffusion")
@@ -107,7 +108,7 @@ class TokenDiffusionDecoder(nn.Module):
         noise = torch.randn((cond.shape[0], 3, self.image_size, self.image_size), generator=gen, device=cond.device)
         scheduler = make_scheduler(sampling.scheduler or self.config.scheduler, self.config)
         x = denoise(lambda x, t: self.unet(torch.cat([x, cond], 1), t).sample.float(), scheduler, noise,
-                    sampling.steps or self.config.steps, gen)
+                    sampling.steps or self.config.steps, gen, self.config.clip_x0)
         return x.clamp(-1, 1)
 
 

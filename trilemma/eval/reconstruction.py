@@ -78,8 +78,10 @@ def evaluate_reconstruction(
     batch_size: int = 64,
     lpips: bool = True,
     progress: bool = True,
+    prompt=None,
 ) -> dict:
     """Encode and decode ``images`` [N, 3, H, W] in [-1, 1] and measure everything (``KEYS``).
+    ``prompt`` (a promptable tokenizer's budget, e.g. ``Prompt(budget=8)``) goes to every encode.
 
     - ``psnr``, ``ssim``: means over images (``psnr`` is inf when every image is exact);
     - ``lpips``: mean LPIPS-VGG, None when disabled or when its backbone file is missing (a
@@ -114,7 +116,7 @@ def evaluate_reconstruction(
                 x = batch.to(device=device, dtype=torch.float32)
                 _sync(device)
                 t0 = time.perf_counter()
-                tokens = tokenizer.encode(x)
+                tokens = tokenizer.encode(x, prompt) if prompt is not None else tokenizer.encode(x)
                 _sync(device)
                 t1 = time.perf_counter()
                 recon = tokenizer.decode(tokens)

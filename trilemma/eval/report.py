@@ -201,10 +201,28 @@ def plot_metric_vs_bits(rows: Sequence[dict], metric: str, path: str | Path, tit
                 transform=ax.get_xaxis_transform(), fontsize=7, color="0.45", rotation=90,
                 va="bottom" if higher else "top", ha="right")
 
+    # A promptable tokenizer is one curve across its budgets: one colour, a line, one label.
+    first_of = {}
+    for i, r in enumerate(rows):
+        first_of.setdefault(r.get("curve") or i, i)
+    color_of = lambda i: COLORS[first_of[rows[i].get("curve") or i] % len(COLORS)]  # noqa: E731
+    curves: dict[str, list[tuple[float, float, int]]] = {}
+    for i, x, _ in pts:
+        if rows[i].get("curve"):
+            curves.setdefault(rows[i]["curve"], []).append((x, ys[i], i))
+    for line in curves.values():
+        line.sort()
+        ax.plot([x for x, _, _ in line], [y for _, y, _ in line], color=color_of(line[0][2]), linewidth=1.5, zorder=2)
     labels = []
     for i, x, y in pts:
-        row, color = rows[i], COLORS[i % len(COLORS)]
-        ax.scatter([x], [ys[i]], s=80, marker="^" if math.isinf(y) else "o", zorder=3, **_marker_style(row, color))
+        row, color = rows[i], color_of(i)
+        ax.scatter([x], [ys[i]], s=40 if row.get("curve") else 80, marker="^" if math.isinf(y) else "o", zorder=3,
+                   **_marker_style(row, color))
+        if row.get("curve"):
+            if row["budget"] == max(r["budget"] for r in rows if r.get("curve") == row["curve"]):
+                labels.append((f"{row['curve']}\n(budgets {', '.join(str(r['budget']) for r in rows if r.get('curve') == row['curve'])})",
+                               (x, ys[i]), color))
+            continue
         text = row["tokenizer"]
         if not row.get("discrete"):
             text += f"\n({row.get('floats_per_image') or 0:,.0f} floats x {FLOAT_BITS} bit)"

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from trilemma import checkpoint
 from trilemma.checkpoint import resolve_checkpoint
+from trilemma.tokens import Prompt
 
 FEATURE_CHOICES = ("auto", "domain", "inception", "none")
 FLOAT_BITS = 32  # storage of one float32 latent value: where continuous tokenizers are plotted
@@ -190,6 +191,7 @@ def tradeoff(
     evaluate: Callable[..., dict] | None = None,
     device: str | torch.device = "cpu",
     decoder: str | Path | None = None,
+    budgets: bool = True,
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
@@ -199,7 +201,8 @@ def tradeoff(
     tokenizers have ``bits_per_image=None`` and ``floats_per_image`` instead. ``evaluate`` replaces
     ``evaluate_reconstruction`` (same signature), e.g. in tests. Tokenizers and features run on
     ``device``. With a token-conditioned ``decoder``, each tokenizer it was trained on gets a second
-    row decoding the same tokens through it.
+    row decoding the same tokens through it. A promptable tokenizer gets one row per budget of
+    ``budget_sweep`` (``budget`` and ``curve`` set, so reports draw it as a line) when ``budgets``.
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
@@ -212,11 +215,11 @@ def tradeoff(
         from trilemma.pipeline import load_tokenizer
 
         dec_dir = resolve_checkpoint(decoder)
-        own = checkpoint.recorded_tokenizer(dec_dir)
+        own = checkpoint.recorded_tokenizer(dec_dir, kind="decoder")
         pairs = [(name, d) for name, d in zip(names, dirs) if d.resolve() == own.resolve()]
         if not pairs:
             raise ValueError(f"{dec_dir}: was trained on {own}, which is not among the tokenizers evaluated")
-        decoder_name = checkpoint.read_config(dec_dir, kind="decoder")["name"]
+        decoder_name = checkpoint.read_config(dec_dir)["name"]
         for name, d in pairs:
             names.append(f"{name} + {decoder_name}")
             dirs.append(dec_dir)
@@ -243,10 +246,22 @@ def tradeoff(
     for i, (name, directory, tok) in enumerate(zip(names, dirs, tokenizers)):
         if progress and len(names) > 1:
             print(f"[{i + 1}/{len(names)}] {name}")
-        torch.manual_seed(seed)  # stochastic tokenizers (sampled latents) see the same noise
-        metrics = evaluate(tok, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress)
-        rows.append(make_row(name, directory, tok, metrics))
+        for k in budget_sweep(tok) if budgets else [None]:
+            torch.manual_seed(seed)  # stochastic tokenizers (sampled latents) see the same noise
+            kw = {} if k is None else {"prompt": Prompt(budget=k)}
+            metrics = evaluate(tok, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress, **kw)
+            rows.append(make_row(name if k is None else f"{name} k={k}", directory, tok, metrics))
+            if k is not None:
+                rows[-1].update(budget=k, curve=name)
     return rows
+
+
+def budget_sweep(tok) -> list[int | None]:
+    """The budgets a tokenizer is evaluated at: 1, 2, 4, ... and K for a promptable one, else its one setting."""
+    if not getattr(tok, "promptable", False):
+        return [None]
+    k_max = tok.spec.max_tokens
+    return sorted({2**i for i in range(k_max.bit_length()) if 2**i <= k_max} | {k_max})
 
 
 # ----------------------------------------------------------------------------- trilemma geometry

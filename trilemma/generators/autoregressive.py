@@ -80,13 +80,14 @@ class Dalle(Generator):
         sampling, rows, gen = self.start_sampling(text_ids, sampling)
         b = text_ids.shape[0]
         prefix = self._embed_text(rows)
-        out = torch.empty(b, self.image_len, dtype=torch.long, device=text_ids.device)
+        length = self.sample_length(sampling)
+        out = torch.empty(b, length, dtype=torch.long, device=text_ids.device)
         cache = self.transformer.new_cache() if use_cache else None
         h = self.transformer(prefix, causal=True, cache=cache, max_len=prefix.shape[1] + self.image_len)
-        for j in range(self.image_len):
+        for j in range(length):
             logits = self.guide(self.image_head(h[:, -1]).float(), b, sampling.cfg_scale)
             out[:, j] = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
-            if j == self.image_len - 1:
+            if j == length - 1:
                 break
             if use_cache:
                 h = self.transformer(self.image_emb(self.stack_rows(out[:, j : j + 1], rows), start=j), causal=True, cache=cache)

@@ -28,14 +28,19 @@ class Generator(nn.Module):
 
     def __init__(self, spec: TokenSpec, text: TextTokenizer):
         super().__init__()
-        if spec.kind not in self.accepts:
-            raise ValueError(
-                f"{self.registry_name} models {' or '.join(self.accepts)} tokens, but this tokenizer makes "
-                f"{spec.kind} tokens; pick a {' or '.join(self.accepts)} tokenizer (e.g. "
-                + ("vq-f4-shapes)" if "discrete" in self.accepts else "ae-f4-shapes)")
-            )
+        self.check_spec(spec)
         self.spec, self.text = spec, text
         self.image_len = spec.max_tokens * spec.levels  # flat ids per image (position-major)
+
+    @classmethod
+    def check_spec(cls, spec: TokenSpec) -> None:
+        """Refuse, with advice, tokens this generator cannot model (before any work is spent)."""
+        if spec.kind not in cls.accepts:
+            raise ValueError(
+                f"{cls.registry_name} models {' or '.join(cls.accepts)} tokens, but this tokenizer makes "
+                f"{spec.kind} tokens; pick a {' or '.join(cls.accepts)} tokenizer (e.g. "
+                + ("vq-f4-shapes)" if "discrete" in cls.accepts else "ae-f4-shapes)")
+            )
 
     def checkpoint_context(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "text": self.text.to_dict()}
@@ -95,6 +100,16 @@ class Generator(nn.Module):
         b, device = text_ids.shape[0], text_ids.device
         rows = text_ids if sampling.cfg_scale == 1 else torch.cat([text_ids, self.null_text(b, device)])
         return sampling, rows, make_generator(sampling.seed, device)
+
+    def sample_length(self, sampling: SamplingConfig) -> int:
+        """Flat ids to draw: all of them, or the first ``sampling.budget`` tokens of an ordered 1D
+        sequence (a promptable tokenizer decodes any prefix), for generators that draw in order."""
+        if sampling.budget is None:
+            return self.image_len
+        if self.spec.grid is not None or not 1 <= sampling.budget <= self.spec.max_tokens:
+            raise ValueError(f"budget needs ordered 1D tokens (a promptable tokenizer) and 1 <= budget <= "
+                             f"{self.spec.max_tokens}; got {sampling.budget} for {'grid' if self.spec.grid else '1D'} tokens")
+        return sampling.budget * self.spec.levels
 
     @staticmethod
     def stack_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

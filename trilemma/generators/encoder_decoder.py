@@ -61,9 +61,10 @@ class Parti(TextEncoderMixin, Generator):
         b = text_ids.shape[0]
         memory = self.encode_text(rows)
         seq = torch.full((rows.shape[0], 1), self.bos, dtype=torch.long, device=text_ids.device)
-        out = torch.empty(b, self.image_len, dtype=torch.long, device=text_ids.device)
+        length = self.sample_length(sampling)
+        out = torch.empty(b, length, dtype=torch.long, device=text_ids.device)
         cache = self.decoder.new_cache() if use_cache else None
-        for j in range(self.image_len):
+        for j in range(length):
             if use_cache:
                 h = self.decoder(self.image_emb(seq[:, -1:], start=j), context=memory, causal=True, cache=cache, max_len=self.image_len)
             else:

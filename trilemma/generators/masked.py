@@ -77,6 +77,9 @@ class Muse(TextEncoderMixin, Generator):
         0 the keep/re-mask choice also gets Gumbel noise (``choice_temperature``, annealed to 0).
         """
         sampling, rows, gen = self.start_sampling(text_ids, sampling)
+        if sampling.budget is not None:
+            raise ValueError(f"budget: only autoregressive generators (dalle, parti) stop early; {self.registry_name} "
+                             "draws every token at once")
         steps = min(sampling.steps or self.config.steps, self.image_len)
         b = text_ids.shape[0]
         memory = self.encode_text(rows)

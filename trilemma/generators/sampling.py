@@ -30,6 +30,7 @@ class SamplingConfig:
     seed: int | None = None  # None = nondeterministic
     steps: int | None = None  # parallel decoding / denoising steps (masked and diffusion generators)
     scheduler: str | None = None  # diffusion sampler: "dpm++" or "ddim" (None = the generator's own)
+    budget: int | None = None  # autoregressive on ordered 1D tokens: stop after this many tokens
 
     def __post_init__(self) -> None:
         check_sampling(self)
@@ -58,6 +59,8 @@ def check_sampling(cfg: SamplingConfig) -> None:
         raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg.cfg_scale}")
     if cfg.steps is not None and cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.budget is not None and cfg.budget < 1:
+        raise ValueError(f"budget must be >= 1, got {cfg.budget}")
     if cfg.scheduler is not None and cfg.scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}")
     if cfg.seed is not None and not 0 <= cfg.seed < 2**63:

@@ -38,8 +38,15 @@ class Tokenizer(nn.Module):
     def image_size(self) -> int:
         return int(self.config.image_size)
 
-    def check_images(self, images: torch.Tensor) -> None:
-        """Raise a clear error for input the tokenizer cannot take."""
+    promptable: bool = False  # takes Prompt(budget, boxes, points) (tokenizers/promptable.py)
+
+    def check_images(self, images: torch.Tensor, prompt: Prompt | None = None) -> None:
+        """Raise a clear error for input the tokenizer cannot take (images, or a prompt it ignores)."""
+        if prompt is not None and not self.promptable and any(v is not None for v in prompt._fields().values()):
+            raise ValueError(
+                f"the {getattr(self, 'registry_name', type(self).__name__)} tokenizer takes no prompt (budget, boxes, "
+                "points); use a promptable tokenizer (e.g. promptable-shapes)"
+            )
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {list(images.shape)}")
         size = self.image_size

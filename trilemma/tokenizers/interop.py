@@ -147,6 +147,7 @@ class DiffusersVQ(Tokenizer):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, prompt: Prompt | None = None) -> Tokens:
+        self.check_images(images, prompt)
         return Tokens(ids=self._ids(images))
 
     @torch.no_grad()

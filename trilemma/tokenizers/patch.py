@@ -62,7 +62,7 @@ class PatchTokenizer(Tokenizer):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, prompt: Prompt | None = None) -> Tokens:
-        self.check_images(images)
+        self.check_images(images, prompt)
         patches = self._patches(images)
         if self.config.bits is None:
             return Tokens(latents=patches)
@@ -81,7 +81,7 @@ class PatchTokenizer(Tokenizer):
         return self._images(tokens.ids.float() * (2 / self.max_value) - 1)
 
     def forward(self, images: torch.Tensor, prompt: Prompt | None = None) -> TokenizerOutput:
-        tokens = self.encode(images)
+        tokens = self.encode(images, prompt)
         usage = None
         if tokens.ids is not None:
             usage = torch.bincount(tokens.ids.flatten(), minlength=2**self.config.bits).float()

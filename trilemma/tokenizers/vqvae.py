@@ -117,14 +117,14 @@ class VQVAE(Tokenizer):
         return Tokens(latents=rearrange(q_out.quantized, "b d h w -> b (h w) d"))
 
     def forward(self, images: torch.Tensor, prompt: Prompt | None = None) -> TokenizerOutput:
-        self.check_images(images)
+        self.check_images(images, prompt)
         q_out = self.quantizer(self.encoder(images))
         recon = self.decoder(q_out.quantized)
         return TokenizerOutput(recon, self._tokens(q_out), dict(q_out.losses), q_out.usage)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, prompt: Prompt | None = None) -> Tokens:
-        self.check_images(images)
+        self.check_images(images, prompt)
         return self._tokens(self.quantizer(self.encoder(images)))
 
     @torch.no_grad()

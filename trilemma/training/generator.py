@@ -161,6 +161,7 @@ def train_generator(
         text = _saved_text(out, text_length)
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")
+    registry.model_class("generator", kind).check_spec(tok.spec)  # before minutes of tokenizing
     dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
     n = min(num_images + VAL_ITEMS, len(dataset))
     if n <= VAL_ITEMS:

@@ -1,0 +1,105 @@
+"""The promptable tokenizer: budgets give exactly k ordered tokens, every prefix decodes, prompts
+travel with the tokens (also through a file), bad prompts are one clear error, and --budget auto
+picks the fewest tokens that reach the target."""
+
+import pytest
+import torch
+from PIL import Image
+
+from trilemma import checkpoint, registry
+from trilemma.cli import main
+from trilemma.tokens import Prompt, Tokens
+
+BOX = torch.tensor([[[0.1, 0.2, 0.5, 0.6]]])
+
+
+@pytest.fixture
+def tok():
+    torch.manual_seed(0)
+    return registry.build("tokenizer", "promptable-tiny").eval()
+
+
+def test_a_budget_gives_exactly_k_ids_in_the_vocabulary_and_every_prefix_decodes(tok, images):
+    k_max, vocab = tok.spec.max_tokens, tok.spec.vocab_size
+    full = tok.encode(images)
+    assert full.ids.shape == (4, k_max) and full.prompt.budget == k_max
+    for k in range(1, k_max + 1):
+        tokens = tok.encode(images, Prompt(budget=k))
+        assert tokens.ids.shape == (4, k) and 0 <= tokens.ids.min() and tokens.ids.max() < vocab
+        assert torch.equal(tokens.ids, full.ids[:, :k])  # ordered: a budget is a prefix
+        recon = tok.decode(tokens)
+        assert recon.shape == images.shape and torch.isfinite(recon).all()
+
+
+def test_the_prompt_steers_the_tokens_and_survives_a_file_round_trip(tok, images, tmp_path):
+    prompt = Prompt(budget=3, boxes=BOX, points=torch.tensor([[[0.3, 0.4]]]))
+    tokens = tok.encode(images, prompt)
+    unprompted = Tokens(ids=tokens.ids, prompt=Prompt(budget=3))
+    assert not torch.allclose(tok.decode(tokens), tok.decode(unprompted))  # the decoder reads the prompt
+    tokens.save(tmp_path / "t.safetensors", spec=tok.spec)
+    loaded = Tokens.load(tmp_path / "t.safetensors")
+    assert loaded.prompt.budget == 3 and torch.equal(loaded.prompt.boxes, BOX)
+    assert torch.equal(tok.decode(loaded), tok.decode(tokens))  # decode needs no second argument
+
+
+@pytest.mark.parametrize("prompt,match", [
+    (Prompt(budget=0), "budget"), (Prompt(budget=99), "budget"),
+    (Prompt(boxes=torch.tensor([[[0.1, 0.1, 1.5, 0.5]]])), r"\[0, 1\]"),
+    (Prompt(boxes=torch.tensor([[[0.6, 0.1, 0.2, 0.5]]])), "x0 <= x1"),
+    (Prompt(points=torch.tensor([[[0.1, 0.2, 0.3]]])), "points must be"),
+])
+def test_bad_prompts_are_clear_errors(tok, images, prompt, match):
+    with pytest.raises(ValueError, match=match):
+        tok.encode(images, prompt)
+
+
+def test_a_prompt_to_a_tokenizer_that_takes_none_is_refused(tiny_vq, images):
+    with pytest.raises(ValueError, match="takes no prompt"):
+        tiny_vq.encode(images, Prompt(budget=4))
+
+
+def test_auto_budget_is_the_smallest_k_reaching_the_target(tok, images):
+    target = 5.0
+    tokens = tok.encode_to_quality(images, target)
+    chosen = tokens.tokens_per_image()
+    full = tok.encode(images)
+    for i, k in enumerate(chosen.tolist()):
+        def psnr_at(j):
+            recon = tok.decode(Tokens(ids=full.ids[i : i + 1, :j], prompt=full.prompt.index(slice(i, i + 1)))).clamp(-1, 1)
+            return (10 * torch.log10(4 / (recon - images[i : i + 1]).pow(2).mean())).item()
+        reached = [j for j in range(1, tok.spec.max_tokens + 1) if psnr_at(j) >= target]
+        assert k == (reached[0] if reached else tok.spec.max_tokens)
+    assert tok.decode(tokens).shape == images.shape  # per-image budgets decode in one call
+    boxed = tok.encode_to_quality(images, target, Prompt(boxes=BOX))  # one box for every image
+    assert boxed.prompt.boxes.shape == (4, 1, 4) and tok.decode(boxed).shape == images.shape
+
+
+def test_training_learns_and_the_cli_takes_budgets_boxes_and_points(tmp_path, capsys):
+    from trilemma.training.loop import TrainConfig
+    from trilemma.training.tokenizer import train_tokenizer
+
+    cfg = TrainConfig(steps=30, batch_size=16, lr=2e-3, eval_every=30, save_every=30, warmup_steps=3)
+    first = train_tokenizer("promptable-tiny", "shapes", tmp_path / "a", TrainConfig(steps=1, batch_size=16, lr=2e-3,
+                            eval_every=1, save_every=1, warmup_steps=1), eval_images=32)
+    result = train_tokenizer("promptable-tiny", "shapes", tmp_path / "b", cfg, eval_images=32)
+    assert result["eval"]["psnr"] > first["eval"]["psnr"] + 1.0
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "red.png")
+    run, png = str(tmp_path / "b"), str(tmp_path / "red.png")
+    assert main(["tokenize", png, "--tokenizer", run, "--budget", "3", "--box", "0.1,0.1,0.5,0.5", "--point", "0.3,0.4",
+                 "--out", str(tmp_path / "t.safetensors")]) == 0
+    loaded = Tokens.load(tmp_path / "t.safetensors")
+    assert loaded.ids.shape == (1, 3) and torch.allclose(loaded.prompt.boxes, torch.tensor([[[0.1, 0.1, 0.5, 0.5]]]))
+    assert main(["reconstruct", png, "--tokenizer", run, "--budgets", "1", "2", "4", "8", "--out", str(tmp_path / "r.png")]) == 0
+    out = capsys.readouterr().out
+    assert "k=1 PSNR" in out and "k=8 PSNR" in out
+    assert main(["tokenize", png, "--tokenizer", run, "--budget", "auto", "--target-psnr", "10",
+                 "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert "tokens per image, each" in capsys.readouterr().out
+    for bad, words in ((["--budget", "0"], "budget"), (["--box", "0.5,0.1,0.2,0.4"], "x0 <= x1"),
+                       (["--box", "1,2"], "--box"), (["--budget", "auto"], "--target-psnr")):
+        assert main(["tokenize", png, "--tokenizer", run, *bad, "--out", str(tmp_path / "x.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    vq = checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq")
+    assert main(["tokenize", png, "--tokenizer", str(vq), "--budget", "3", "--out", str(tmp_path / "y.safetensors")]) == 1
+    assert "takes no prompt" in capsys.readouterr().err

@@ -1,0 +1,280 @@
+"""The sparse promptable tokenizer: tokens on demand, a token budget, and box / point prompts.
+
+A 1D tokenizer with K ordered tokens (TiTok, Yu et al. 2024, "An Image is Worth 32 Tokens for
+Reconstruction and Generation"), ordered coarse to fine by tail ("nested") dropout as in FlexTok
+(Bachmann et al. 2025) and One-D-Piece (Miwa et al. 2025): in training the decoder sees a random
+prefix of k tokens, so any prefix decodes to a whole image. What none of them take is a region:
+like Segment Anything (Kirillov et al. 2023), a prompt encoder turns box corners and points into
+Fourier features of their coordinates plus learned type embeddings ("no prompt" is a learned
+embedding too, not a special case), and both the K latent queries (which read the image patches
+through self-attention) and the decoder see those prompt tokens. Training samples budgets and
+random prompts and weights the reconstruction toward the prompted region, so a prompted encoder
+learns to spend its first tokens there.
+
+    tok.encode(images, Prompt(budget=8, boxes=[[[.1, .1, .5, .5]]]))  -> Tokens(ids [B, 8], prompt)
+    tok.decode(tokens)                                                  -> images (prompt from tokens)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from trilemma import registry
+from trilemma.nn.transformer import Transformer, TransformerConfig, init_weights
+from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
+from trilemma.tokens import Prompt, Tokens, TokenSpec
+
+# Prompt slot types: two box corners, a foreground / background point, an unused slot.
+CORNER_0, CORNER_1, POINT_FG, POINT_BG, EMPTY = range(5)
+
+
+@dataclass
+class PromptableConfig:
+    image_size: int = 32
+    patch: int = 4  # pixels per patch side: (image_size / patch)^2 patches
+    dim: int = 128  # transformer width
+    encoder_depth: int = 4
+    decoder_depth: int = 4
+    heads: int = 4
+    num_tokens: int = 32  # K: the full budget
+    quantizer: dict[str, Any] = field(default_factory=lambda: {"name": "fsq", "levels": [8, 5, 5, 5]})
+    fourier_bands: int = 16  # random Fourier features per coordinate pair (SAM)
+    max_boxes: int = 1
+    max_points: int = 4
+    prompt_prob: float = 0.5  # training: share of images given a random box or points
+    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
+    tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
+
+
+def check_prompt(prompt: Prompt | None, batch: int, max_tokens: int, max_boxes: int, max_points: int) -> None:
+    """Refuse, in one line naming the problem, a prompt this tokenizer cannot take."""
+    if prompt is None:
+        return
+    if prompt.budget is not None and not (isinstance(prompt.budget, int) and 1 <= prompt.budget <= max_tokens):
+        raise ValueError(f"budget must be an integer in [1, {max_tokens}], got {prompt.budget!r}")
+    for name, t, width, most in (("boxes", prompt.boxes, 4, max_boxes), ("points", prompt.points, 2, max_points)):
+        if t is None:
+            continue
+        if t.ndim != 3 or t.shape[0] not in (1, batch) or t.shape[2] != width:
+            raise ValueError(f"{name} must be [B, P, {width}] (or [1, P, {width}] for every image), got {tuple(t.shape)}")
+        if t.shape[1] > most:
+            raise ValueError(f"at most {most} {name} per image, got {t.shape[1]}")
+        if not torch.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+            raise ValueError(f"{name} coordinates must be normalised to [0, 1], got {t.flatten().tolist()[:8]}")
+    if prompt.boxes is not None and ((prompt.boxes[..., 0] > prompt.boxes[..., 2]) | (prompt.boxes[..., 1] > prompt.boxes[..., 3])).any():
+        raise ValueError("a box is x0,y0,x1,y1 with x0 <= x1 and y0 <= y1")
+
+
+class PromptEncoder(nn.Module):
+    """Boxes and points -> a fixed number of prompt tokens [B, 2 * max_boxes + max_points, dim]."""
+
+    def __init__(self, dim: int, bands: int, max_boxes: int, max_points: int):
+        super().__init__()
+        self.max_boxes, self.max_points = max_boxes, max_points
+        self.register_buffer("freqs", torch.randn(2, bands))  # random Fourier features (SAM); saved
+        self.proj = nn.Linear(2 * bands, dim)
+        self.types = nn.Embedding(5, dim)
+
+    @property
+    def slots(self) -> int:
+        return 2 * self.max_boxes + self.max_points
+
+    def forward(self, prompt: Prompt | None, batch: int, device: torch.device) -> torch.Tensor:
+        xy = torch.zeros(batch, self.slots, 2, device=device)
+        kinds = torch.full((batch, self.slots), EMPTY, dtype=torch.long, device=device)
+        if prompt is not None and prompt.boxes is not None:
+            boxes = prompt.boxes.to(device).float().expand(batch, -1, -1)
+            n = boxes.shape[1]
+            xy[:, : 2 * n] = rearrange(boxes, "b p (c two) -> b (p c) two", two=2).clamp(0, 1)
+            corners = torch.tensor([CORNER_0, CORNER_1], device=device).repeat(n).expand(batch, -1)
+            absent = (boxes < 0).any(-1).repeat_interleave(2, dim=1)  # a box of -1s: no box (training)
+            kinds[:, : 2 * n] = torch.where(absent, EMPTY, corners)
+        if prompt is not None and prompt.points is not None:
+            points = prompt.points.to(device).float().expand(batch, -1, -1)
+            n, start = points.shape[1], 2 * self.max_boxes
+            xy[:, start : start + n] = points
+            labels = prompt.point_labels.to(device).expand(batch, -1) if prompt.point_labels is not None else torch.ones(batch, n, device=device)
+            kinds[:, start : start + n] = torch.where(labels > 0, POINT_FG, POINT_BG).long()
+        angles = 2 * math.pi * (2 * xy - 1) @ self.freqs
+        features = self.proj(torch.cat([angles.sin(), angles.cos()], -1))
+        return torch.where((kinds == EMPTY)[..., None], 0.0, features) + self.types(kinds)
+
+
+@registry.register("tokenizer", "promptable")
+class PromptableTokenizer(Tokenizer):
+    Config = PromptableConfig
+    promptable = True
+
+    def __init__(self, config: PromptableConfig):
+        super().__init__()
+        if config.image_size % config.patch:
+            raise ValueError(f"image_size {config.image_size} is not divisible by patch {config.patch}")
+        self.config = c = config
+        self.side = c.image_size // c.patch
+        patches = self.side**2
+        qcfg = dict(c.quantizer)
+        self.quantizer = registry.build("quantizer", qcfg.pop("name", "fsq"), dim=c.dim, **qcfg)
+        if not self.quantizer.discrete or self.quantizer.levels != 1:
+            raise ValueError("the promptable tokenizer needs a single-level discrete quantizer (fsq, vq or lfq)")
+        blocks = lambda depth: TransformerConfig(c.dim, depth, c.heads)  # noqa: E731
+        self.patch_in = nn.Conv2d(3, c.dim, c.patch, stride=c.patch)
+        self.patch_pos = nn.Parameter(torch.zeros(patches, c.dim))
+        self.queries = nn.Parameter(torch.zeros(c.num_tokens, c.dim))
+        self.encoder = Transformer(blocks(c.encoder_depth))
+        self.to_quantizer = nn.Linear(c.dim, self.quantizer.in_channels)
+        self.from_quantizer = nn.Linear(self.quantizer.latent_dim, c.dim)
+        self.token_pos = nn.Parameter(torch.zeros(c.num_tokens, c.dim))
+        self.mask_token = nn.Parameter(torch.zeros(c.dim))
+        self.decoder = Transformer(blocks(c.decoder_depth))
+        self.patch_out = nn.Linear(c.dim, 3 * c.patch**2)
+        self.prompts = PromptEncoder(c.dim, c.fourier_bands, c.max_boxes, c.max_points)
+        self.apply(init_weights)
+        for p in (self.patch_pos, self.queries, self.token_pos, self.mask_token):
+            nn.init.normal_(p, std=0.02)
+
+    @property
+    def spec(self) -> TokenSpec:
+        return TokenSpec("discrete", self.config.num_tokens, vocab_size=self.quantizer.vocab_size)
+
+    # ------------------------------------------------------------------ the two halves
+
+    def _encode(self, images: torch.Tensor, prompt: Prompt | None) -> Any:
+        b, n_patches = images.shape[0], self.side**2
+        x = rearrange(self.patch_in(images), "b d h w -> b (h w) d") + self.patch_pos
+        queries = self.queries.expand(b, -1, -1)
+        h = self.encoder(torch.cat([x, queries, self.prompts(prompt, b, images.device)], 1))
+        z = self.to_quantizer(h[:, n_patches : n_patches + self.config.num_tokens])
+        return self.quantizer(rearrange(z, "b k d -> b d k 1"))
+
+    def _decode(self, latents: torch.Tensor, prompt: Prompt | None) -> torch.Tensor:
+        """Quantized latents of a prefix [B, latent_dim, k, 1] -> images [B, 3, H, W]."""
+        b, k = latents.shape[0], latents.shape[2]
+        tokens = self.from_quantizer(rearrange(latents, "b d k 1 -> b k d")) + self.token_pos[:k]
+        masks = (self.mask_token + self.patch_pos).expand(b, -1, -1)
+        h = self.decoder(torch.cat([masks, tokens, self.prompts(prompt, b, latents.device)], 1))
+        pixels = self.patch_out(h[:, : self.side**2])
+        return rearrange(pixels, "b (h w) (c p q) -> b c (h p) (w q)", h=self.side, p=self.config.patch, q=self.config.patch)
+
+    def _check(self, images: torch.Tensor, prompt: Prompt | None) -> None:
+        self.check_images(images)
+        c = self.config
+        check_prompt(prompt, images.shape[0], c.num_tokens, c.max_boxes, c.max_points)
+
+    # ------------------------------------------------------------------ interface
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, prompt: Prompt | None = None) -> Tokens:
+        """The first ``prompt.budget`` tokens (default all K), ordered coarse to fine, carrying the prompt."""
+        self._check(images, prompt)
+        prompt = prompt if prompt is not None else Prompt()
+        k = prompt.budget or self.config.num_tokens
+        ids = self._encode(images, prompt).ids[:, :k, 0]
+        b = images.shape[0]  # a prompt given once for every image is stored per image
+        per_image = {name: (t.expand(b, *t.shape[1:]) if t is not None else None)
+                     for name, t in (("boxes", prompt.boxes), ("points", prompt.points), ("point_labels", prompt.point_labels))}
+        return Tokens(ids=ids, prompt=Prompt(budget=k, **per_image))
+
+    @torch.no_grad()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        """Images from any prefix of tokens; with a ``mask`` (per-image budgets) each budget is
+        decoded on its own."""
+        if tokens.ids is None:
+            raise ValueError("the promptable tokenizer decodes ids; these tokens carry only latents")
+        if tokens.mask is not None and not bool(tokens.mask.all()):
+            return self._decode_ragged(tokens)
+        latents = self.quantizer.ids_to_latents(tokens.ids[..., None])  # [B, D, k, 1]
+        return self._decode(latents, tokens.prompt)
+
+    @torch.no_grad()
+    def encode_to_quality(self, images: torch.Tensor, target_psnr: float, prompt: Prompt | None = None) -> Tokens:
+        """Per image, the smallest budget k whose reconstruction reaches ``target_psnr`` dB (the
+        full K when none does): ids [B, K] with ``mask`` marking each image's first k."""
+        self._check(images, prompt)
+        full = self.encode(images, Prompt(boxes=getattr(prompt, "boxes", None), points=getattr(prompt, "points", None),
+                                          point_labels=getattr(prompt, "point_labels", None)))
+        k_max = self.config.num_tokens
+        chosen = torch.full((images.shape[0],), k_max, dtype=torch.long, device=images.device)
+        for k in range(k_max, 0, -1):  # every k is checked: PSNR need not rise monotonically with k
+            recon = self.decode(Tokens(ids=full.ids[:, :k], prompt=full.prompt)).clamp(-1, 1)
+            mse = (recon.double() - images.double()).pow(2).flatten(1).mean(1)
+            reached = 10 * torch.log10(4.0 / mse) >= target_psnr  # PSNR of [-1, 1] images (range 2)
+            chosen = torch.where(reached, torch.full_like(chosen, k), chosen)
+        mask = torch.arange(k_max, device=images.device)[None] < chosen[:, None]
+        return Tokens(ids=full.ids, mask=mask, prompt=full.prompt, meta={"target_psnr": float(target_psnr)})
+
+    def _decode_ragged(self, tokens: Tokens) -> torch.Tensor:
+        counts = tokens.mask.sum(1)
+        out = torch.empty(tokens.batch_size, 3, self.image_size, self.image_size, device=tokens.ids.device)
+        for k in counts.unique().tolist():
+            rows = (counts == k).nonzero()[:, 0]
+            part = tokens[rows]
+            out[rows] = self.decode(Tokens(ids=part.ids[:, :k], prompt=part.prompt))
+        return out
+
+    def forward(self, images: torch.Tensor, prompt: Prompt | None = None) -> TokenizerOutput:
+        """Training: a random budget and random prompts unless given; the region term weights the
+        squared error inside prompted boxes (``region_weight``)."""
+        self._check(images, prompt)
+        c = self.config
+        if prompt is None and self.training:
+            prompt = random_prompt(images.shape[0], c, images.device)
+        q = self._encode(images, prompt)
+        k = (prompt.budget if prompt is not None and prompt.budget else c.num_tokens)
+        recon = self._decode(q.quantized[:, :, :k], prompt)
+        losses = dict(q.losses)
+        region = box_mask(prompt, images.shape[0], self.image_size, images.device)
+        if region is not None and c.region_weight > 0:
+            err = (recon.float() - images.float()).pow(2).mean(1, keepdim=True)
+            losses["region"] = c.region_weight * (err * region).sum() / region.sum().clamp_min(1.0)
+        ids = q.ids[:, :k, 0]
+        return TokenizerOutput(recon, Tokens(ids=ids, prompt=prompt), losses, q.usage)
+
+
+def random_prompt(batch: int, config: PromptableConfig, device: torch.device) -> Prompt:
+    """A training prompt: a budget (log-uniform over 1..K when tail dropout is on) and, with
+    probability ``prompt_prob`` per image, one random box; the other images get none (a box of -1s,
+    which only training builds: user prompts are checked to lie in [0, 1])."""
+    k = config.num_tokens
+    budget = k
+    if config.tail_dropout:
+        budget = int(round(2 ** (torch.rand(()).item() * math.log2(k))))
+    if config.prompt_prob <= 0:
+        return Prompt(budget=budget)
+    size = torch.rand(batch, 2, device=device) * 0.4 + 0.2
+    corner = torch.rand(batch, 2, device=device) * (1 - size)
+    boxes = torch.cat([corner, corner + size], -1)[:, None]
+    none = torch.rand(batch, device=device) >= config.prompt_prob
+    boxes[none] = -1.0  # these images see the "no prompt" embedding, as unprompted encoding does
+    return Prompt(budget=budget, boxes=boxes)
+
+
+def box_mask(prompt: Prompt | None, batch: int, size: int, device: torch.device) -> torch.Tensor | None:
+    """[B, 1, size, size] 1 inside the prompt's boxes (pixel centres), else 0; None without boxes."""
+    if prompt is None or prompt.boxes is None:
+        return None
+    centres = (torch.arange(size, device=device) + 0.5) / size
+    boxes = prompt.boxes.to(device).float().expand(batch, -1, -1)  # [B, P, 4]
+    x, y = centres[None, None, None, :], centres[None, None, :, None]
+    inside = ((x >= boxes[..., 0, None, None]) & (x <= boxes[..., 2, None, None])
+              & (y >= boxes[..., 1, None, None]) & (y <= boxes[..., 3, None, None]))  # [B, P, H, W]
+    present = (boxes >= 0).all(-1)[..., None, None]  # a box of -1s stands for none
+    return (inside & present).any(1, keepdim=True).float()
+
+
+def _preset(name: str, description: str, **fields: Any) -> None:
+    registry.register_preset("tokenizer", name, "promptable", description, **fields)
+
+
+_preset("promptable-shapes", "CPU: 32 ordered 1D tokens (FSQ 1000 codes), box / point prompts, 32x32")
+_preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,
+        fourier_bands=4)
+_preset("promptable-256", "GPU: 128 ordered tokens (FSQ 64000 codes), ViT-B-like halves on 16x16 patches of 256x256",
+        image_size=256, patch=16, dim=768, encoder_depth=12, decoder_depth=12, heads=12, num_tokens=128,
+        quantizer={"name": "fsq", "levels": [8, 8, 8, 5, 5, 5]}, fourier_bands=64)
