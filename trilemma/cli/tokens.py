@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,11 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 @torch.no_grad()
 def run_tokenize(args: argparse.Namespace) -> None:
-    check_writable_file(args.out)
-    options.prompt(args)  # a bad prompt is refused before any work
-    dev = options.device(args)
-    tok = options.load_tokenizer(args, dev)
-    images = options.load_images(args.images, tok.image_size)
+    tok, images, dev = _inputs(args)
     tokens = _encode(tok, images.to(dev), args).to("cpu")
     tokens.meta.update({"files": [str(p) for p in args.images], "image_size": tok.image_size})
     tokens.save(args.out, spec=tok.spec)
@@ -63,11 +60,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     from trilemma.eval.metrics import psnr
     from trilemma.images import save_grid
 
-    check_writable_file(args.out)
-    options.prompt(args)  # a bad prompt is refused before any work
-    dev = options.device(args)
-    tok = options.load_tokenizer(args, dev)
-    images = options.load_images(args.images, tok.image_size)
+    tok, images, dev = _inputs(args)
     if args.budgets:
         if args.budget is not None:
             raise ValueError("give --budget or --budgets, not both")
@@ -82,6 +75,16 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     for i, path in enumerate(args.images):
         print(f"{path}: " + ", ".join(f"{name} PSNR {psnr(r[i:i + 1], images[i:i + 1]).item():.2f} dB" for name, r in rows.items()))
     print(f"wrote {' | '.join(names)} for each image to {args.out}")
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Any, torch.Tensor, torch.device]:
+    """The tokenizer (on --device) and the image files at its size; the output path and the prompt
+    are checked first, so a bad one costs nothing."""
+    check_writable_file(args.out)
+    options.prompt(args)
+    dev = options.device(args)
+    tok = options.load_tokenizer(args, dev)
+    return tok, options.load_images(args.images, tok.image_size), dev
 
 
 def _encode(tok, images: torch.Tensor, args: argparse.Namespace):

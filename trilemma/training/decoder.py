@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from trilemma import checkpoint, registry
-from trilemma.data import collate, load_dataset
+from trilemma.data import load_dataset
 from trilemma.eval.metrics import psnr
 from trilemma.generators.sampling import SamplingConfig
-from trilemma.training.loop import Task, TrainConfig, check_run_dir, init_distributed, train
+from trilemma.training.loop import ImageTask, TrainConfig, check_run_dir, init_distributed, train
 
 # What `trilemma train decoder` uses when a flag is not given.
 DEFAULTS = TrainConfig(steps=2000, batch_size=32, lr=5e-4)
@@ -21,7 +21,7 @@ EVAL_IMAGES = 64  # held-out images decoded (and pictured) at each evaluation
 EVAL_SAMPLING = SamplingConfig(seed=0, steps=10)  # evaluation decodes: cheap and repeatable
 
 
-class DecoderTask(Task):
+class DecoderTask(ImageTask):
     """Denoising loss on images given their tokens; held-out PSNR beside the tokenizer's own decoder."""
 
     def __init__(self, decoder: nn.Module, tokenizer: nn.Module, dataset: Any, eval_images: torch.Tensor,
@@ -33,11 +33,8 @@ class DecoderTask(Task):
         self.extra = extra
 
     def to(self, device: torch.device) -> None:
+        super().to(device)
         self.tokenizer.to(device)
-        self.eval_images = self.eval_images.to(device)
-
-    def collate(self, items: list[dict[str, Any]]) -> torch.Tensor:
-        return collate(items)["image"]
 
     def loss(self, model: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         with torch.no_grad():

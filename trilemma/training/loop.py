@@ -117,6 +117,19 @@ class Task:
         """Move what the task holds besides model and critic (loss networks, held-out data)."""
 
 
+class ImageTask(Task):
+    """A task trained on batches of images (``dataset`` items with an ``"image"``) and scored on
+    held-out images ``eval_images`` (moved to the device with everything else)."""
+
+    eval_images: torch.Tensor
+
+    def collate(self, items: list[dict[str, Any]]) -> torch.Tensor:
+        return torch.stack([item["image"] for item in items])
+
+    def to(self, device: torch.device) -> None:
+        self.eval_images = self.eval_images.to(device)
+
+
 class TrainingError(RuntimeError):
     pass
 

@@ -9,19 +9,19 @@ import torch
 from torch import nn
 
 from trilemma import checkpoint, registry
-from trilemma.data import collate, load_dataset
+from trilemma.data import load_dataset
 from trilemma.eval import metrics as eval_metrics
 from trilemma.eval.reconstruction import count_codes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
-from trilemma.training.loop import Task, TrainConfig, TrainingError, check_run_dir, init_distributed, train
+from trilemma.training.loop import ImageTask, TrainConfig, TrainingError, check_run_dir, init_distributed, train
 
 # What `trilemma train tokenizer` uses when a flag is not given.
 DEFAULTS = TrainConfig(steps=2000, batch_size=32, lr=4e-4)
 EVAL_IMAGES = 256  # held-out images scored (and pictured) at each evaluation
 
 
-class TokenizerTask(Task):
+class TokenizerTask(ImageTask):
     """Reconstruction + quantizer (+ perceptual, + adversarial) losses; evaluation on held-out images."""
 
     def __init__(self, tokenizer: Tokenizer, dataset: Any, loss: LossConfig, eval_images: torch.Tensor,
@@ -35,11 +35,8 @@ class TokenizerTask(Task):
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to(self, device: torch.device) -> None:
+        super().to(device)
         self.loss_fn.to(device)
-        self.eval_images = self.eval_images.to(device)
-
-    def collate(self, items: list[dict[str, Any]]) -> torch.Tensor:
-        return collate(items)["image"]
 
     def loss(self, model: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         out = model(images)
