@@ -85,3 +85,12 @@ def test_gpu_presets_have_standard_shapes():
     f16 = registry.get_preset("tokenizer", "vq-f16-256").config
     f8 = registry.get_preset("tokenizer", "vq-f8-256").config
     assert (f16.image_size, f16.factor, f8.factor) == (256, 16, 8)
+
+
+def test_nested_overrides_merge_or_replace_by_name():
+    from trilemma import registry as reg
+
+    merged = reg.build("tokenizer", "vq-f4-shapes", channels=8, quantizer={"codebook_size": 64})
+    assert merged.config.quantizer == {"name": "vq", "codebook_size": 64, "codebook_dim": 8}  # merged key by key
+    replaced = reg.build("tokenizer", "vq-f4-shapes", channels=8, quantizer={"name": "fsq", "levels": [5, 3]})
+    assert replaced.config.quantizer == {"name": "fsq", "levels": [5, 3]} and replaced.spec.vocab_size == 15

@@ -152,13 +152,15 @@ def _simple_types(hint: Any) -> tuple | None:
 def merge_overrides(config: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """Field values for ``dataclasses.replace(config, ...)``: an override that is a dict, for a
     field that holds a dict (a tokenizer's ``quantizer``), is merged into it key by key (nested
-    dicts likewise), so ``{"quantizer": {"codebook_size": 512}}`` keeps the quantizer's name. The
+    dicts likewise), so ``{"quantizer": {"codebook_size": 512}}`` keeps the quantizer's name; a dict
+    with another ``name`` (``{"quantizer": {"name": "vq", ...}}``) replaces it whole. The
     CLI's ``--set quantizer.codebook_size=512`` and the Python API go through here alike."""
     return {k: _merge(getattr(config, k, None), v) for k, v in overrides.items()}
 
 
 def _merge(current: Any, value: Any) -> Any:
-    if isinstance(current, dict) and isinstance(value, dict):
+    # A dict naming another model (a quantizer "name") replaces the old one: its fields would not fit.
+    if isinstance(current, dict) and isinstance(value, dict) and value.get("name", current.get("name")) == current.get("name"):
         return {**current, **{k: _merge(current.get(k), v) for k, v in value.items()}}
     return value
 

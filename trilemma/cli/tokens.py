@@ -73,7 +73,8 @@ def run_reconstruct(args: argparse.Namespace) -> None:
     names = ["original", *rows]
     save_grid(grid, args.out, nrow=len(columns), captions=names * len(images))
     for i, path in enumerate(args.images):
-        print(f"{path}: " + ", ".join(f"{name} PSNR {psnr(r[i:i + 1], images[i:i + 1]).item():.2f} dB" for name, r in rows.items()))
+        print(f"{path}: " + ", ".join(f"{'' if len(rows) == 1 else name + ' '}PSNR {psnr(r[i:i + 1], images[i:i + 1]).item():.2f} dB"
+                                      for name, r in rows.items()))
     print(f"wrote {' | '.join(names)} for each image to {args.out}")
 
 
