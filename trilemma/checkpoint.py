@@ -188,6 +188,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint here (expected {path}/{CONFIG_FILE} or {path}/model/{CONFIG_FILE})")
 
 
+def tokenizer_record(tokenizer_dir: str | Path) -> dict[str, str]:
+    """What a generator or decoder records of the tokenizer it is trained on (``recorded_tokenizer`` reads it)."""
+    return {"path": str(Path(tokenizer_dir).resolve()), "hash": content_hash(tokenizer_dir)}
+
+
 def recorded_tokenizer(model_dir: str | Path, tokenizer_dir: str | Path | None = None, kind: str | None = None) -> Path:
     """The tokenizer checkpoint a generator or decoder (``kind``) in ``model_dir`` was trained on:
     the one it recorded, or ``tokenizer_dir`` when given, which must have the recorded weights (hash)."""

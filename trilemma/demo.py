@@ -57,7 +57,6 @@ def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
 
 
 def run_demo(out: Path, quick: bool = False) -> Path:
-    from trilemma.data import parse_caption
     from trilemma.eval.generation import benchmark, evaluate_generation
     from trilemma.eval.reconstruction import evaluate_reconstruction
     from trilemma.images import save_grid
@@ -90,7 +89,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     print("[demo] 3/5 reconstruction", flush=True)
     tokenizer = checkpoint.load(tok_run / "model", kind="tokenizer")
     recon = evaluate_reconstruction(tokenizer, real, features=probe.features)
-    attributes = [parse_caption(p) for p in prompts]
+    attributes = bench.attributes
     with torch.no_grad():
         floor_recon = torch.cat([tokenizer.decode(tokenizer.encode(x)).clamp(-1, 1) for x in floor.split(128)])
     # The probe on reconstructed real images: the adherence no generator on this tokenizer can beat.

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from trilemma.files import umask_mode
+from trilemma.files import check_writable_file, umask_mode
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,7 @@ class Tokens:
             meta["prompt.budget"] = json.dumps(self.prompt.budget)
         if spec is not None:
             meta["spec"] = json.dumps(spec.to_dict())
-        if Path(path).is_dir():
-            raise IsADirectoryError(f"{path}: is a directory; give a tokens file path such as tokens.safetensors")
+        check_writable_file(path, "tokens file")
         save_file(tensors, str(path), metadata=meta)
         os.chmod(path, umask_mode(0o666))  # safetensors writes 0600 whatever the umask
 

@@ -121,7 +121,7 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
     settings_ = settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"])
     # "metrics": the tokenizer (at its full budget when promptable); "rows": every row printed
     # (a promptable tokenizer's budgets, the --decoder's reconstruction).
-    full = max(rows, key=lambda r: (r.get("curve") is None, r.get("budget") or 0, -rows.index(r)))
+    full = rows[-1] if rows[0].get("curve") else rows[0]  # budgets come in rising order
     path = write_json({"settings": settings_, "metrics": full, "rows": rows}, Path(args.out) / "reconstruction.json")
     print(f"wrote {path}")
     return rows[0]

@@ -72,5 +72,5 @@ def train_decoder(
     dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
     held_out = torch.stack([val[i]["image"] for i in range(min(eval_images, len(val)))])
-    extra = {"tokenizer": {"path": str(tok_dir.resolve()), "hash": checkpoint.content_hash(tok_dir)}, "data": data}
+    extra = {"tokenizer": checkpoint.tokenizer_record(tok_dir), "data": data}
     return train(DecoderTask(decoder, tok, dataset, held_out, extra), cfg, out, resume=resume)

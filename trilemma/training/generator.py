@@ -174,7 +174,7 @@ def train_generator(
     generator.fit(tokens[: len(captions) - VAL_ITEMS])  # a resumed run loads what this measured
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
     prompts = [val[i]["caption"] for i in range(min(EVAL_PROMPTS, len(val)))]
-    extra = {"tokenizer": {"path": str(tok_dir.resolve()), "hash": checkpoint.content_hash(tok_dir)}, "data": data}
+    extra = {"tokenizer": checkpoint.tokenizer_record(tok_dir), "data": data}
     task = GeneratorTask(generator, tok, tokens, captions, prompts, extra)
     if not has_run:
         out.mkdir(parents=True, exist_ok=True)
