@@ -123,6 +123,30 @@ def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_v
     assert main([*args, "--out-dir", str(each)]) == 1  # never over earlier images
 
 
+def test_generate_edits_a_box_and_reranks(tmp_path, tiny_vq, capsys):
+    from PIL import Image
+
+    from trilemma.data.text import TextTokenizer
+    from trilemma.eval.contrastive import ContrastiveModel
+
+    tok_dir = checkpoint.save(tiny_vq, tmp_path / "tok")
+    text = TextTokenizer.build(["a red circle", "a blue square"], max_length=6)
+    torch.manual_seed(0)
+    gen = registry.build("generator", "muse-tiny", spec=tiny_vq.spec, text=text)
+    checkpoint.save(gen, tmp_path / "gen", extra={"tokenizer": {"path": str(tok_dir), "hash": checkpoint.content_hash(tok_dir)}})
+    scorer = checkpoint.save(ContrastiveModel(ContrastiveModel.Config(channels=(8, 8), image_dim=8, text_dim=8, text_depth=0,
+                                                                      embed_dim=8), text=text).eval(), tmp_path / "scorer")
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "init.png")
+    each = tmp_path / "each"
+    args = ["generate", "a blue square", "--generator", str(tmp_path / "gen"), "--n", "2", "--seed", "0", "--init",
+            str(tmp_path / "init.png"), "--box", "0,0,.5,.5", "--rerank", "3", "--scorer", str(scorer),
+            "--out", str(tmp_path / "grid.png"), "--out-dir", str(each)]
+    assert main(args) == 0
+    records = [json.loads(p.read_text()) for p in sorted(each.glob("*.json"))]
+    assert len(records) == 2 and records[0]["box"] == "0,0,.5,.5" and records[0]["rerank"] == 3
+    _assert_png(tmp_path / "grid.png")
+
+
 def test_data_preview_writes_a_png(tmp_path, capsys):
     out = tmp_path / "preview.png"
     assert main(["data", "preview", "shapes", "--n", "4", "--out", str(out)]) == 0
@@ -211,7 +235,7 @@ def test_eval_generation_builds_one_checked_sampling_config(tmp_path, monkeypatc
 
     seen = {}
 
-    def bench(data, n, size, seed, features, cache_dir, probe_dir):
+    def bench(data, n, size, seed, features, cache_dir, probe_dir, split="test"):
         seen.update(data=data, n=n, size=size, seed=seed, probe_dir=probe_dir)
         return Benchmark(["p"] * n, torch.zeros(n, 3, 32, 32), torch.ones(n, 3, 32, 32), None)
 
@@ -246,7 +270,7 @@ def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypat
 
     calls = []
 
-    def bench(data, n, size, seed, features, cache_dir, probe_dir):
+    def bench(data, n, size, seed, features, cache_dir, probe_dir, split="test"):
         return Benchmark(["p"] * n, torch.rand(n, 3, 32, 32), torch.rand(n, 3, 32, 32), MeanColour())
 
     def evaluate(pipe, benchmark, sampling, batch_size):

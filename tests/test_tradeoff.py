@@ -189,3 +189,21 @@ def test_tradeoff_refuses_mixed_image_sizes(saved_tokenizers, tmp_path):
         tradeoff([saved_tokenizers[0], big], n=2, features=None, evaluate=_standin_evaluate)
     with pytest.raises(ValueError, match="shapes"):
         tradeoff([saved_tokenizers[0]], data=str(tmp_path), n=2, features="domain", evaluate=_standin_evaluate)
+
+
+def test_split_all_evaluates_every_image_of_a_folder(saved_tokenizers, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(30):  # a hash-based 5% hold-out of 30 images holds one or two of them
+        Image.new("RGB", (32, 32), (8 * i, 100, 200)).save(folder / f"{i:02d}.png")
+    counts = {}
+    for split in ("test", "all"):
+        seen = []
+        tradeoff(saved_tokenizers[:1], data=str(folder), n=100, features="none", progress=False, split=split,
+                 evaluate=lambda tok, images, **kw: seen.append(len(images)) or _standin_evaluate(tok, images, **kw))
+        counts[split] = seen[0]
+    assert counts["all"] == 30 and counts["test"] < 30
+    with pytest.raises(ValueError, match="shapes is generated per split"):
+        tradeoff(saved_tokenizers[:1], n=2, features="none", split="all", evaluate=_standin_evaluate)

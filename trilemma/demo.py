@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from trilemma import checkpoint
+from trilemma.eval.html import write_html
 from trilemma.files import atomic_write_bytes
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.training.loop import TrainConfig
@@ -114,7 +115,8 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     results["timings_s"] = timings
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
     report = atomic_write_bytes(out / "report.md", _report(results, plan, quick).encode())
-    print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {report}")
+    page = write_html(report)
+    print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {report} and {page}")
     return report
 
 

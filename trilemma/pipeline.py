@@ -24,6 +24,14 @@ def check_compatible(tokenizer_spec: Any, generator_spec: Any) -> None:
         raise ValueError(f"tokenizer and generator do not match ({detail}); use the tokenizer the generator was trained on")
 
 
+def check_box(box: tuple[float, ...]) -> tuple[float, ...]:
+    """A region to edit: x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1."""
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ValueError(f"--box must be x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1, got {','.join(map(str, box))}")
+    return box
+
+
 def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = None) -> Any:
     """A tokenizer checkpoint; with ``decoder_dir``, decoding through that token-conditioned decoder
     (which must have been trained on this tokenizer)."""
@@ -60,14 +68,56 @@ class Pipeline:
         return next(self.generator.parameters()).device
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], sampling: SamplingConfig | None = None, batch_size: int = 64) -> torch.Tensor:
+    def known_ids(self, init: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
+        """Editing: the token ids of ``init`` images [B, 3, H, W], flat as the generator reads them,
+        with -1 at every grid cell the box x0,y0,x1,y1 (in [0, 1]) touches: the ids to draw anew."""
+        grid = self.tokenizer.spec.grid
+        if self.generator.spec.kind != "discrete":
+            raise ValueError("editing keeps token ids; use a token generator (dalle, parti or muse), not diffusion")
+        if grid is None:
+            raise ValueError("editing a box needs tokens laid on a grid; these 1D tokens have no place in the image")
+        x0, y0, x1, y1 = check_box(box)
+        h, w = grid
+        rows, cols = torch.arange(h), torch.arange(w)
+        inside_r = (rows + 1) / h > y0 + 1e-6  # a cell [r/h, (r+1)/h] overlaps the box by more than an edge
+        inside_r &= rows / h < y1 - 1e-6
+        inside_c = ((cols + 1) / w > x0 + 1e-6) & (cols / w < x1 - 1e-6)
+        cells = (inside_r[:, None] & inside_c[None, :]).flatten().repeat_interleave(self.generator.spec.levels)
+        flat = self.generator.flat_ids(self.tokenizer.encode(init.to(self.device)))
+        return flat.masked_fill(cells.to(flat.device)[None], -1)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], sampling: SamplingConfig | None = None, batch_size: int = 64,
+                 known: torch.Tensor | None = None) -> torch.Tensor:
         """Images [len(prompts), 3, H, W] in [-1, 1], on the CPU. ``sampling`` goes to
         ``generator.sample``; the chunk starting at prompt ``s`` uses ``sampling.for_chunk(s)``
-        (seed + s), so a large request stays reproducible."""
+        (seed + s), so a large request stays reproducible. ``known`` [len(prompts) or 1, N]: ids to
+        keep, -1 where to draw (``known_ids``: editing a region)."""
         sampling = sampling if sampling is not None else SamplingConfig()
+        if known is not None:
+            known = known.expand(len(prompts), -1) if known.shape[0] == 1 else known
         images = []
         for start in range(0, len(prompts), batch_size):
             text_ids = self.text.encode(prompts[start : start + batch_size]).to(self.device)
-            tokens = self.generator.sample(text_ids, sampling.for_chunk(start))
+            part = None if known is None else known[start : start + batch_size].to(self.device)
+            tokens = self.generator.sample(text_ids, sampling.for_chunk(start), known=part)
             images.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu())
         return torch.cat(images)
+
+    @torch.no_grad()
+    def best_of(self, prompts: list[str], candidates: int, scorer: Any, sampling: SamplingConfig | None = None,
+                batch_size: int = 64, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reranking, as DALL-E did with CLIP: ``candidates`` images per prompt, keeping the one a
+        contrastive text-image ``scorer`` (``encode_images`` / ``encode_text``, unit embeddings)
+        matches best to its prompt. Returns (images [len(prompts), 3, H, W], their scores)."""
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        many = [p for p in prompts for _ in range(candidates)]
+        if known is not None and known.shape[0] > 1:
+            known = known.repeat_interleave(candidates, 0)
+        images = self(many, sampling, batch_size, known=known)
+        scores = torch.cat([(scorer.encode_images(x) * scorer.encode_text(many[i : i + len(x)])).sum(-1).float().cpu()
+                            for i, x in zip(range(0, len(many), 256), images.split(256))])
+        best = scores.view(len(prompts), candidates).argmax(1)
+        pick = torch.arange(len(prompts)) * candidates + best
+        return images[pick], scores[pick]

@@ -23,13 +23,16 @@ import torch
 
 from trilemma.cli import options
 from trilemma.cli.options import Parser, command, group, positive_int, seed
+from trilemma.eval.tradeoff import check_split
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     evals = group(sub, "eval", "evaluate tokenizers and generators (metrics, trade-off report)", "eval_command")
     common = Parser(add_help=False)
     common.add_argument("--data", default="shapes", help="'shapes' or a directory of images")
-    common.add_argument("--n", type=positive_int, default=1000, help="held-out images to evaluate on")
+    common.add_argument("--n", type=positive_int, default=1000, help="images to evaluate on")
+    common.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
+                        help="which images: test (held out), or all of a folder kept for testing")
     common.add_argument("--features", default="auto", choices=["auto", "domain", "inception", "none"],
                         help="FID features: auto = domain probe on shapes, Inception on a folder")
     common.add_argument("--probe-cache", default=None, help="where the shapes probe is cached (default: OUT/probe)")
@@ -111,14 +114,15 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
     from trilemma.eval.report import write_json
     from trilemma.eval.tradeoff import settings, tradeoff
 
+    check_split(args.data, args.split)
     torch.manual_seed(args.seed)
     rows = tradeoff(
         [args.tokenizer], data=args.data, n=args.n, seed=args.seed, features=args.features, out_dir=args.out,
         probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips, device=options.device(args),
-        decoder=args.decoder,
+        decoder=args.decoder, split=args.split,
     )
     print("\n".join(metric_lines(*rows)))
-    settings_ = settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"])
+    settings_ = settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"], args.split)
     # "metrics": the tokenizer (at its full budget when promptable); "rows": every row printed
     # (a promptable tokenizer's budgets, the --decoder's reconstruction).
     full = rows[-1] if rows[0].get("curve") else rows[0]  # budgets come in rising order
@@ -136,6 +140,7 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
     from trilemma.eval.tradeoff import settings
     from trilemma.pipeline import Pipeline
 
+    check_split(args.data, args.split)
     torch.manual_seed(args.seed)
     scales = list(dict.fromkeys(args.cfg_scale))  # in the order given, each once
     samplings = [options.sampling(args, seed=args.seed, cfg_scale=scale) for scale in scales]  # checked before any work
@@ -143,7 +148,7 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
     pipe = Pipeline.load(args.generator, args.tokenizer).to(dev)
     size = pipe.tokenizer.image_size
     bench = benchmark(args.data, args.n, size, seed=args.seed, features=args.features, cache_dir=args.out,
-                      probe_dir=_probe_cache(args))
+                      probe_dir=_probe_cache(args), split=args.split)
     if bench.features is not None:
         bench.features.to(dev)
     if len(samplings) > 1:  # a sweep: the real sets' features once, not once per scale
@@ -158,7 +163,7 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
     else:
         print("\n".join(sweep_lines(results, [f"cfg {s:g}" for s in scales])))
     path = write_json({
-        "settings": {**settings(args.data, args.n, args.seed, args.features, size),
+        "settings": {**settings(args.data, args.n, args.seed, args.features, size, args.split),
                      "generator": str(args.generator), "tokenizer": str(args.tokenizer) if args.tokenizer else None},
         "runs": [{"sampling": dataclasses.asdict(s), "metrics": r} for s, r in zip(samplings, results)],
     }, Path(args.out) / "generation.json")
@@ -203,13 +208,15 @@ def run_tradeoff(args: argparse.Namespace) -> list[dict]:
     from trilemma.eval.report import markdown_table, write_report
     from trilemma.eval.tradeoff import discrete_front, settings, tradeoff
 
+    check_split(args.data, args.split)
     torch.manual_seed(args.seed)
     rows = tradeoff(
         args.tokenizers, data=args.data, n=args.n, size=args.size, seed=args.seed, features=args.features,
         out_dir=args.out, probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips,
-        device=options.device(args),
+        device=options.device(args), split=args.split,
     )
-    files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"]))
+    files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"],
+                                                           args.split))
     print(markdown_table(rows, discrete_front(rows, "psnr")))
     print("* on the bits-vs-PSNR Pareto front")
     print("wrote " + ", ".join(str(p) for p in files.values()))

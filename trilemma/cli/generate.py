@@ -22,6 +22,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_sampling(p)
     p.add_argument("--seed", type=seed, default=None, help="sampling seed (default: nondeterministic)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="prompts sampled at once")
+    p.add_argument("--init", default=None, metavar="IMAGE", help="edit this image: with --box, draw that region anew "
+                   "and keep the rest")
+    p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1", help="the region --init redraws (coordinates in [0, 1])")
+    p.add_argument("--rerank", type=positive_int, default=1, metavar="N",
+                   help="draw N candidates per image and keep the one a contrastive text-image model scores highest")
+    p.add_argument("--scorer", default=None, metavar="DIR", help="the contrastive model for --rerank (default: "
+                   "GENERATOR/contrastive, trained there on the generator's data when missing)")
     p.add_argument("--out", default="samples.png", help="the grid of every image, captioned")
     p.add_argument("--out-dir", default=None, help="also write each image as NNNN.png with NNNN.json (prompt, seed, "
                    "sampling settings, generator); refused when it already holds images")
@@ -30,21 +37,52 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from trilemma.images import save_grid
-    from trilemma.pipeline import Pipeline
+    from trilemma.pipeline import Pipeline, check_box
 
     sampling = options.sampling(args, seed=args.seed)  # checked before any work
     check_writable_file(args.out)
     out_dir = Path(args.out_dir) if args.out_dir else None
     if out_dir is not None and (out_dir.is_file() or any(out_dir.glob("*.png"))):
         raise FileExistsError(f"--out-dir {out_dir} is a file or already holds images; choose a new directory")
+    if (args.init is None) != (args.box is None):
+        raise ValueError("--init and --box go together: the image to edit and the region to redraw")
+    box = check_box(tuple(options.floats(args.box, 4, "--box", "x0,y0,x1,y1"))) if args.box else None
     dev = options.device(args)
     pipe = Pipeline.load(args.generator, args.tokenizer, args.decoder).to(dev)
+    known = None
+    if args.init is not None:
+        known = pipe.known_ids(options.load_images([args.init], pipe.tokenizer.image_size), box)
+        if pipe.generator.registry_name in ("dalle", "parti"):
+            print(f"note: {pipe.generator.registry_name} draws the box's tokens in raster order, each seeing the tokens "
+                  "before it; the kept tokens after it are not seen while drawing (muse sees them all)")
     prompts = [p for p in args.prompts for _ in range(args.n)]
-    images = pipe(prompts, sampling, batch_size=args.batch_size)
+    if args.rerank > 1:
+        scorer = _scorer(args)
+        images, _ = pipe.best_of(prompts, args.rerank, scorer.to(dev), sampling, args.batch_size, known=known)
+    else:
+        images = pipe(prompts, sampling, batch_size=args.batch_size, known=known)
     save_grid(images, args.out, captions=prompts)
     print(f"wrote {len(images)} images to {args.out}")
     if out_dir is not None:
         _write_each(images, prompts, sampling, args, out_dir)
+
+
+def _scorer(args: argparse.Namespace):
+    """The contrastive model that --rerank scores with: --scorer, or one kept beside the generator."""
+    from trilemma import checkpoint
+    from trilemma.data import load_dataset
+    from trilemma.eval.contrastive import load_or_train_contrastive
+
+    if args.scorer is not None:
+        return checkpoint.load(checkpoint.resolve_checkpoint(args.scorer), kind="features")
+    gen_dir = checkpoint.resolve_checkpoint(args.generator)
+    meta = checkpoint.read_config(gen_dir, kind="generator")
+    data = meta.get("data")
+    if data is None:
+        raise ValueError(f"{gen_dir} does not record its training data; give --scorer DIR (a contrastive model)")
+    run = gen_dir.parent if gen_dir.name == "model" else gen_dir
+    size = checkpoint.load(checkpoint.recorded_tokenizer(gen_dir, args.tokenizer, kind="generator"), kind="tokenizer").image_size
+    return load_or_train_contrastive(load_dataset(data, split="train", size=size), run / "contrastive")
 
 
 def _write_each(images, prompts: list[str], sampling, args: argparse.Namespace, out_dir: Path) -> None:
@@ -56,7 +94,8 @@ def _write_each(images, prompts: list[str], sampling, args: argparse.Namespace, 
         chunk = i - i % args.batch_size  # the pipeline seeds each chunk with sampling.for_chunk(start)
         record = {"prompt": prompt, "index": i, "seed": sampling.for_chunk(chunk).seed, "batch_size": args.batch_size,
                   "sampling": dataclasses.asdict(sampling), "generator": str(args.generator),
-                  "tokenizer": args.tokenizer, "decoder": args.decoder}
+                  "tokenizer": args.tokenizer, "decoder": args.decoder, "init": args.init, "box": args.box,
+                  "rerank": args.rerank}
         save_image(image, out_dir / f"{i:04d}.png")
         atomic_write_bytes(out_dir / f"{i:04d}.json", (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {len(images)} PNG + JSON pairs to {out_dir}")

@@ -240,14 +240,14 @@ def prompt(args: argparse.Namespace, budget: int | None = None) -> Any:
         raise ValueError("--budget auto needs --target-psnr DB")
     if args.target_psnr is not None and args.budget != "auto":
         raise ValueError("--target-psnr goes with --budget auto")
-    boxes = torch.tensor([[_floats(args.box, 4, "--box", "x0,y0,x1,y1")]]) if args.box else None
-    points = torch.tensor([[_floats(p, 2, "--point", "x,y") for p in args.point]]) if args.point else None
+    boxes = torch.tensor([[floats(args.box, 4, "--box", "x0,y0,x1,y1")]]) if args.box else None
+    points = torch.tensor([[floats(p, 2, "--point", "x,y") for p in args.point]]) if args.point else None
     if budget is None and boxes is None and points is None:
         return None
     return Prompt(budget=budget, boxes=boxes, points=points)
 
 
-def _floats(text: str, n: int, flag: str, form: str) -> list[float]:
+def floats(text: str, n: int, flag: str, form: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:

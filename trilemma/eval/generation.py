@@ -148,7 +148,7 @@ class Benchmark:
 
 
 def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto", cache_dir: str | Path = "runs/eval",
-              probe_dir: str | Path | None = None, probe_steps: int | None = None) -> Benchmark:
+              probe_dir: str | Path | None = None, probe_steps: int | None = None, split: str = "test") -> Benchmark:
     """The generation-evaluation protocol, shared by ``trilemma eval generation`` and the demo.
 
     The reference is the first ``n`` held-out items; the floor is ``n`` other real images (shapes:
@@ -158,14 +158,24 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
     with its reference twin and push FID below the floor. Adherence: on shapes the probe (cached
     in ``probe_dir``, default ``cache_dir/probe``; also the ``auto`` / ``domain`` features); on a
     folder a contrastive text-image model trained on it (cached in ``cache_dir/contrastive``).
+    ``split`` is the reference's (``test`` by default); the floor comes from another split, or, with
+    ``all`` (a folder kept for testing), the folder is halved: even images the reference, odd the floor.
     """
-    from trilemma.eval.tradeoff import load_images, resolve_features
+    from trilemma.eval.tradeoff import check_split, load_images, resolve_features
 
+    check_split(data, split)
     cache_dir = Path(cache_dir)
     probe_dir = Path(probe_dir) if probe_dir is not None else cache_dir / "probe"
     shapes = data == "shapes"
-    reference, _ = load_images(data, n, size, seed=seed, split="test")
-    floor, items = load_images(data, n, size, seed=seed, split="val" if shapes else "train")
+    if split == "all":
+        images, every = load_images(data, 2 * n, size, seed=seed, split="all")
+        half = len(images) // 2
+        reference, floor, items = images[0 : 2 * half : 2], images[1 : 2 * half : 2], every[1 : 2 * half : 2]
+        print(f"notice: --split all: {half} of the folder's images are the reference and {half} others the floor")
+    else:
+        other = ("val" if split != "val" else "train") if shapes else ("train" if split != "train" else "val")
+        reference, _ = load_images(data, n, size, seed=seed, split=split)
+        floor, items = load_images(data, n, size, seed=seed, split=other)
     prompts = [it["caption"] for it in items]
     if shapes:
         from trilemma.eval.probe import load_or_train_probe

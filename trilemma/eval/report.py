@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from trilemma.eval.tradeoff import (FLOAT_BITS, PSNR_FLOOR, PSNR_LOSSLESS, discrete_front, pareto_front, plot_bits,
                                     raw_bits, trilemma_weights)
+from trilemma.eval.html import write_html
 from trilemma.files import atomic_write_bytes
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
@@ -315,7 +316,8 @@ def plot_triangle(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
 
 def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | None = None,
                  title: str = "Tokenizer trade-off") -> dict[str, Path]:
-    """Write report.json, report.md and the PNG plots into ``out_dir``; returns {name: path}."""
+    """Write report.json, report.md, report.html (self-contained) and the PNG plots into ``out_dir``;
+    returns {name: path}."""
     out = Path(out_dir)
     rows = [dict(r) for r in rows]
     if not rows:
@@ -347,6 +349,7 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | Non
         if key in files:
             md += [f"![{caption}]({files[key].name})", ""]
     files["markdown"] = atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    files["html"] = write_html(files["markdown"])
     names = [r["tokenizer"] for r in rows]
     payload = {
         "title": title,

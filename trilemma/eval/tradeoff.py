@@ -68,9 +68,20 @@ def discrete_front(rows: Sequence[dict], metric: str = "psnr") -> list[int]:
 # ----------------------------------------------------------------------------- data, features
 
 
+SPLITS = ("test", "val", "train", "all")
+
+
+def check_split(data: str, split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if data == "shapes" and split == "all":
+        raise ValueError("--split all takes every image of a folder; shapes is generated per split: use test, val or train")
+
+
 def load_images(data: str, n: int, size: int, seed: int = 0, split: str = "test",
                 progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
-    """The first ``n`` items of ``data``'s held-out split: images [n, 3, size, size] and the items.
+    """The first ``n`` items of ``data``'s ``split`` (by default the held-out one): images
+    [n, 3, size, size] and the items. ``split="all"``: every image of a folder (shapes has none).
 
     A folder whose hash-based hold-out is empty (a handful of images) falls back to every image,
     with a notice: those include the tokenizer's training images, so scores are optimistic.
@@ -79,6 +90,7 @@ def load_images(data: str, n: int, size: int, seed: int = 0, split: str = "test"
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    check_split(data, split)
     if data == "shapes":
         ds = load_dataset("shapes", split=split, size=size, seed=seed, length=n)
     else:
@@ -192,6 +204,7 @@ def tradeoff(
     device: str | torch.device = "cpu",
     decoder: str | Path | None = None,
     budgets: bool = True,
+    split: str = "test",
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
@@ -203,6 +216,7 @@ def tradeoff(
     ``device``. With a token-conditioned ``decoder``, each tokenizer it was trained on gets a second
     row decoding the same tokens through it. A promptable tokenizer gets one row per budget of
     ``budget_sweep`` (``budget`` and ``curve`` set, so reports draw it as a line) when ``budgets``.
+    ``split``: the images evaluated (``test``, held out, by default; ``all`` for a folder kept for testing).
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
@@ -240,7 +254,7 @@ def tradeoff(
     feats = resolve_features(features, data, size, seed, probe_cache)
     if feats is not None:
         feats = feats.to(device)
-    images, _ = load_images(data, n, size, seed=seed, progress=progress)
+    images, _ = load_images(data, n, size, seed=seed, split=split, progress=progress)
 
     rows = []
     for i, (name, directory, tok) in enumerate(zip(names, dirs, tokenizers)):
@@ -320,6 +334,6 @@ def trilemma_weights(rows: Sequence[dict]) -> list[tuple[float, float, float] | 
 # ----------------------------------------------------------------------------- settings
 
 
-def settings(data: str, n: int, seed: int, features: str | None, size: int | None) -> dict:
+def settings(data: str, n: int, seed: int, features: str | None, size: int | None, split: str = "test") -> dict:
     """What a report records about how its rows were produced."""
-    return {"data": str(data), "n": n, "seed": seed, "features": features or "none", "image_size": size}
+    return {"data": str(data), "split": split, "n": n, "seed": seed, "features": features or "none", "image_size": size}

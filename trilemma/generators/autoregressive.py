@@ -73,12 +73,15 @@ class Dalle(Generator):
         return {"loss": loss, "image_loss": image_loss.detach(), "text_loss": text_loss.detach()}
 
     @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, use_cache: bool = True) -> Tokens:
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, known: torch.Tensor | None = None,
+               use_cache: bool = True) -> Tokens:
         """Sample image tokens for text ids [B, L] (``sampling``: temperature, top_k, top_p,
-        cfg_scale, seed), one position at a time, every row sharing one KV cache.
+        cfg_scale, seed), one position at a time, every row sharing one KV cache. ``known`` ids
+        (-1 elsewhere) are kept where given: each drawn token sees only the tokens before it.
         ``use_cache=False`` recomputes the whole prefix each step (for checking only)."""
         sampling, rows, gen = self.start_sampling(text_ids, sampling)
         b = text_ids.shape[0]
+        known = self.check_known(known, b, sampling)
         prefix = self._embed_text(rows)
         length = self.sample_length(sampling)
         out = torch.empty(b, length, dtype=torch.long, device=text_ids.device)
@@ -86,7 +89,7 @@ class Dalle(Generator):
         h = self.transformer(prefix, causal=True, cache=cache, max_len=prefix.shape[1] + self.image_len)
         for j in range(length):
             logits = self.guide(self.image_head(h[:, -1]).float(), b, sampling.cfg_scale)
-            out[:, j] = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
+            out[:, j] = self.keep_known(sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen), known, j)
             if j == length - 1:
                 break
             if use_cache:

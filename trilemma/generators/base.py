@@ -6,7 +6,8 @@ conditional and empty-prompt rows stacked in one batch at sampling time, and the
     gen = build("generator", name, spec=tok.spec, text=text_tokenizer, **cfg)
     gen.fit(tokens)                                     (before training: e.g. a latent scale)
     gen.loss(tokens, text_ids) -> dict[str, Tensor]     ("loss" is what is optimised)
-    gen.sample(text_ids, sampling: SamplingConfig) -> Tokens
+    gen.sample(text_ids, sampling: SamplingConfig, known=None) -> Tokens
+                                                        (known: flat ids to keep, -1 to draw; editing)
 """
 
 from __future__ import annotations
@@ -111,6 +112,23 @@ class Generator(nn.Module):
                              f"{self.spec.max_tokens}; got {sampling.budget} for {'grid' if self.spec.grid else '1D'} tokens")
         return sampling.budget * self.spec.levels
 
+    def check_known(self, known: torch.Tensor | None, batch: int, sampling: SamplingConfig) -> torch.Tensor | None:
+        """Editing: flat ids [B, image_len] to keep, -1 where tokens are drawn anew (None: draw all)."""
+        if known is None:
+            return None
+        if tuple(known.shape) != (batch, self.image_len):
+            raise ValueError(f"known ids must be [{batch}, {self.image_len}] (-1 where to draw), got {tuple(known.shape)}")
+        if sampling.budget is not None:
+            raise ValueError("editing draws a region of a whole image; it does not combine with a budget")
+        if ((known < -1) | (known >= self.spec.vocab_size)).any():
+            raise ValueError(f"known ids must be -1 or in [0, {self.spec.vocab_size}); these tokens are not this generator's")
+        return known
+
+    @staticmethod
+    def keep_known(drawn: torch.Tensor, known: torch.Tensor | None, j: int) -> torch.Tensor:
+        """Ids drawn at flat position ``j`` [B], replaced by the known ones where there are any."""
+        return drawn if known is None else torch.where(known[:, j] >= 0, known[:, j], drawn)
+
     @staticmethod
     def stack_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``x`` [B, ...] for the prompts -> the same for every row of ``rows`` (repeated when guided)."""
@@ -122,5 +140,6 @@ class Generator(nn.Module):
         (``uncond + scale * (cond - uncond)``); unguided output passes through."""
         return out if out.shape[0] == batch else cfg_combine(out[:batch], out[batch:], scale)
 
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None) -> Tokens:
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None,
+               known: torch.Tensor | None = None) -> Tokens:
         raise NotImplementedError

@@ -166,7 +166,8 @@ class Diffusion(TextEncoderMixin, Generator):
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None) -> Tokens:
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None,
+               known: torch.Tensor | None = None) -> Tokens:
         """Latent tokens for text ids [B, L] in ``sampling.steps`` denoising steps (default
         ``config.steps``) of ``sampling.scheduler`` (default ``config.scheduler``); also cfg_scale
         and seed (temperature, top_k and top_p do not apply to diffusion)."""
@@ -174,6 +175,8 @@ class Diffusion(TextEncoderMixin, Generator):
         if sampling.budget is not None:
             raise ValueError(f"budget: only autoregressive generators (dalle, parti) stop early; {self.registry_name} "
                              "draws every token at once")
+        if known is not None:
+            raise ValueError("editing (--init / --box) keeps token ids; use a token generator (dalle, parti or muse)")
         b, (h, w) = text_ids.shape[0], self.spec.grid
         memory = self.encode_text(rows)
         scheduler = make_scheduler(sampling.scheduler or self.config.scheduler, self.config)

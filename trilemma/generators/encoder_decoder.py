@@ -53,12 +53,15 @@ class Parti(TextEncoderMixin, Generator):
         return {"loss": loss}
 
     @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, use_cache: bool = True) -> Tokens:
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, known: torch.Tensor | None = None,
+               use_cache: bool = True) -> Tokens:
         """Sample image tokens for text ids [B, L] (``sampling``: temperature, top_k, top_p,
         cfg_scale, seed). Every prompt row (conditional and, when guided, empty) is encoded once and
-        shares one cache: self-attention and cross-attention keys/values."""
+        shares one cache: self-attention and cross-attention keys/values. ``known`` ids (-1
+        elsewhere) are kept where given: each drawn token sees only the tokens before it."""
         sampling, rows, gen = self.start_sampling(text_ids, sampling)
         b = text_ids.shape[0]
+        known = self.check_known(known, b, sampling)
         memory = self.encode_text(rows)
         seq = torch.full((rows.shape[0], 1), self.bos, dtype=torch.long, device=text_ids.device)
         length = self.sample_length(sampling)
@@ -70,7 +73,7 @@ class Parti(TextEncoderMixin, Generator):
             else:
                 h = self.decoder(self.image_emb(seq), context=memory, causal=True)
             logits = self.guide(self.image_head(h[:, -1]).float(), b, sampling.cfg_scale)
-            out[:, j] = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
+            out[:, j] = self.keep_known(sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen), known, j)
             seq = torch.cat([seq, self.stack_rows(out[:, j : j + 1], rows)], 1)
         return self.unflatten(out)
 

@@ -68,29 +68,35 @@ class Muse(TextEncoderMixin, Generator):
         return {"loss": loss, "masked_fraction": masked.float().mean().detach()}
 
     @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None) -> Tokens:
+    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None,
+               known: torch.Tensor | None = None) -> Tokens:
         """Sample image tokens for text ids [B, L] in ``sampling.steps`` parallel decoding steps
         (default ``config.steps``); also temperature, top_k, top_p, cfg_scale, seed.
 
         Each step samples every masked token; the least confident are re-masked so that the count
         still masked follows the schedule. Temperature 0 is greedy and fully deterministic; above
         0 the keep/re-mask choice also gets Gumbel noise (``choice_temperature``, annealed to 0).
+        ``known`` ids (-1 elsewhere) start unmasked and stay: only the rest is drawn, seeing all of them.
         """
         sampling, rows, gen = self.start_sampling(text_ids, sampling)
         if sampling.budget is not None:
             raise ValueError(f"budget: only autoregressive generators (dalle, parti) stop early; {self.registry_name} "
                              "draws every token at once")
-        steps = min(sampling.steps or self.config.steps, self.image_len)
         b = text_ids.shape[0]
-        memory = self.encode_text(rows)
+        known = self.check_known(known, b, sampling)
         ids = torch.full((b, self.image_len), self.mask_id, dtype=torch.long, device=text_ids.device)
+        if known is not None:
+            ids = torch.where(known >= 0, known, ids)
+        total = int((ids == self.mask_id).sum(1).max())  # the schedule runs over the tokens to draw
+        steps = min(sampling.steps or self.config.steps, max(total, 1))
+        memory = self.encode_text(rows)
         for step in range(steps):
             masked = ids == self.mask_id
             logits = self.guide(self._logits(self.stack_rows(ids, rows), memory), b, sampling.cfg_scale)
             drawn = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
             confidence = logits.softmax(-1).gather(-1, drawn[..., None])[..., 0]
             drawn = torch.where(masked, drawn, ids)
-            count = masked_count(step, steps, self.image_len, int(masked[0].sum()), self.config.schedule)
+            count = masked_count(step, steps, total, int(masked.sum(1).max()), self.config.schedule)
             noise = self.config.choice_temperature * (1 - (step + 1) / steps) if sampling.temperature > 0 else 0.0
             ids = drawn.masked_fill(remask_least_confident(confidence, masked, count, noise, gen), self.mask_id)
         return self.unflatten(ids)

@@ -140,6 +140,14 @@ class PromptableTokenizer(Tokenizer):
         self.patch_in = Encoder(conv, c.dim)
         self.patch_pos = nn.Parameter(torch.zeros(patches, c.dim))
         self.queries = nn.Parameter(torch.zeros(c.num_tokens, c.dim))
+        # A linear path beside the attention: each latent query starts as a learned weighted sum of
+        # the patches, and each grid position of the decoder as one of the k tokens present. Trained
+        # with tail dropout, this path alone is a linear autoencoder with nested dropout, which
+        # orders its codes as PCA does (Rippel et al. 2014); attention refines it. Measured on shapes
+        # latents, without quantization: 27.9 dB after 400 steps with it, 18.3 dB without (attention
+        # alone has to learn where to look before anything decodes).
+        self.read = nn.Parameter(torch.randn(c.num_tokens, patches) * patches**-0.5)
+        self.write = nn.Parameter(torch.randn(patches, c.num_tokens) * c.num_tokens**-0.5)
         self.encoder = Transformer(blocks(c.encoder_depth))
         self.to_quantizer = nn.Linear(c.dim, self.quantizer.in_channels)
         self.from_quantizer = nn.Linear(self.quantizer.latent_dim, c.dim)
@@ -165,7 +173,7 @@ class PromptableTokenizer(Tokenizer):
     def _encode(self, images: torch.Tensor, prompt: Prompt | None) -> Any:
         b, n_patches = images.shape[0], self.side**2
         x = rearrange(self.patch_in(images), "b d h w -> b (h w) d") + self.patch_pos
-        queries = self.queries.expand(b, -1, -1)
+        queries = self.queries + torch.einsum("kp,bpd->bkd", self.read, x)
         h = self.encoder(torch.cat([x, queries, self.prompts(prompt, b, images.device)], 1))
         z = self.to_quantizer(h[:, n_patches : n_patches + self.config.num_tokens])
         return self.quantizer(rearrange(z, "b k d -> b d k 1"))
@@ -174,7 +182,7 @@ class PromptableTokenizer(Tokenizer):
         """Quantized latents of a prefix [B, latent_dim, k, 1] -> images [B, 3, H, W]."""
         b, k = latents.shape[0], latents.shape[2]
         tokens = self.from_quantizer(rearrange(latents, "b d k 1 -> b k d")) + self.token_pos[:k]
-        masks = (self.mask_token + self.patch_pos).expand(b, -1, -1)
+        masks = self.mask_token + self.patch_pos + torch.einsum("pk,bkd->bpd", self.write[:, :k], tokens)
         h = self.decoder(torch.cat([masks, tokens, self.prompts(prompt, b, latents.device)], 1))
         grid = rearrange(h[:, : self.side**2], "b (h w) d -> b d h w", h=self.side)
         return self.patch_out(grid)
