@@ -25,6 +25,14 @@ def test_quick_demo_writes_a_report(tmp_path):
         gen = results["generation"][kind]
         assert gen["fid"] >= 0 and 0 <= gen["adherence_object_acc"] <= 1
     assert "report:" in done.stdout
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page and "Reranking" in page
+    assert (out / "editing.png").is_file()
+    for kind in ("dalle", "parti"):  # an edit keeps what lies outside its box far better than what it redraws
+        edit = results["editing"][kind]
+        assert edit["psnr_outside"] > edit["psnr_inside"] + 3, edit
+    rerank = results["rerank"]
+    assert rerank["n"] == 8 and rerank["score_reranked"] >= rerank["score_plain"]
     # The text length defaults to the longest training caption + eos (no never-trained positions).
     (captions_file,) = (out / "token_cache").glob("tokens-*.json")
     longest = max(len(words(c)) for c in json.loads(captions_file.read_text()))

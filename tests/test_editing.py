@@ -73,11 +73,14 @@ class _Scorer:
         return torch.tensor([[1.0, 0.0]]).expand(len(captions), -1)
 
 
-def test_best_of_keeps_the_candidate_the_scorer_ranks_highest(tiny_vq):
-    pipe = Pipeline(tiny_vq.eval(), tiny_generator("dalle", tiny_vq.spec))
+def test_best_of_keeps_the_candidate_the_scorer_ranks_highest(tiny_vq, images):
+    tiny_vq.eval().encode(images)  # k-means fills the codebook (all zeros before: every id would decode alike)
+    pipe = Pipeline(tiny_vq, tiny_generator("dalle", tiny_vq.spec))
     sampling = S(seed=3)
-    all_ = pipe([p for p in CAPTIONS for _ in range(4)], sampling)
+    candidates = torch.stack([pipe(CAPTIONS, sampling.for_chunk(c * 2)) for c in range(4)], 1)  # [2, 4, 3, H, W]
     best, scores = pipe.best_of(CAPTIONS, 4, _Scorer(), sampling)
-    reds = all_[:, 0].mean((1, 2)).view(2, 4)
+    reds = candidates[:, :, 0].mean((2, 3))
     assert torch.allclose(scores, reds.max(1).values, atol=1e-5)
-    assert torch.equal(best, all_.view(2, 4, 3, 32, 32)[torch.arange(2), reds.argmax(1)])
+    assert torch.equal(best, candidates[torch.arange(2), reds.argmax(1)])
+    assert torch.equal(candidates[:, 0], pipe(CAPTIONS, sampling))  # one sample at the same seed is a candidate
+    assert not torch.equal(candidates[:, 0], candidates[:, 1])

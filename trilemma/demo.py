@@ -39,6 +39,9 @@ class DemoPlan:
     eval_images: int  # images per evaluation set
     probe_steps: int
     generator_preset: str  # size suffix: "shapes" or "tiny"
+    rerank_n: int  # prompts in the rerank study
+    rerank_candidates: int  # images drawn per prompt there
+    contrastive_steps: int  # training steps of the rerank scorer
 
 
 # The tokenizer needs its 800 steps: at 500 (29 dB) the probe read only 74% of the shapes in its
@@ -47,9 +50,15 @@ class DemoPlan:
 # 34 / 54% at 5e-4, 46 / 64% at 1e-3, 50 / 68% at 2e-3. Parti at 320 steps: 26 / 45% at 5e-4,
 # 26 / 67% at 1e-3 (the demo's own 500-image score; the others on 300), 10 / 25% at 2e-3 (unstable).
 FULL = DemoPlan(tokenizer_steps=800, generator_steps=320, generator_lr={"dalle": 2e-3, "parti": 1e-3},
-                num_images=12000, eval_images=500, probe_steps=400, generator_preset="shapes")
+                num_images=12000, eval_images=500, probe_steps=400, generator_preset="shapes", rerank_n=128,
+                rerank_candidates=4, contrastive_steps=200)
 QUICK = DemoPlan(tokenizer_steps=60, generator_steps=40, generator_lr={"dalle": 2e-3, "parti": 1e-3},
-                 num_images=512, eval_images=64, probe_steps=60, generator_preset="tiny")
+                 num_images=512, eval_images=64, probe_steps=60, generator_preset="tiny", rerank_n=8, rerank_candidates=2,
+                 contrastive_steps=10)
+
+# The editing example: redraw the top-left quarter of a held-out image (whole token cells at f4).
+EDIT_BOX = (0.0, 0.0, 0.5, 0.5)
+EDIT_PROMPT = "a large red circle at the top left"
 
 
 def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
@@ -97,27 +106,54 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     ceiling = {f"adherence_{k}": v for k, v in probe.score(floor_recon, attributes).items()}
     lap("reconstruction eval")
 
-    results = {"reconstruction": recon, "adherence_ceiling": ceiling, "generation": {}}
+    results = {"reconstruction": recon, "adherence_ceiling": ceiling, "generation": {}, "editing": {}}
+    pipes = {}
     for kind in ("dalle", "parti"):
-        print(f"[demo] 4/5 generator {kind}", flush=True)
+        print(f"[demo] 4/6 generator {kind}", flush=True)
         run = out / kind
         if not (run / "model" / checkpoint.CONFIG_FILE).exists():
             train_generator(kind, tok_run, "shapes", run, _cfg(plan.generator_steps, 64, plan.generator_lr[kind]),
                             preset=f"{kind}-{plan.generator_preset}", num_images=plan.num_images,
                             cache_dir=out / "token_cache")
-        pipe = Pipeline.load(run)
+        pipe = pipes[kind] = Pipeline.load(run)
         grid = pipe([p for p in PROMPTS for _ in range(4)], SAMPLING)
         save_grid(grid, out / f"{kind}_samples.png", captions=[p for p in PROMPTS for _ in range(4)], nrow=4)
         results["generation"][kind] = evaluate_generation(pipe, bench, SAMPLING)
         lap(f"{kind} train+eval")
 
-    print("[demo] 5/5 report", flush=True)
+    print("[demo] 5/6 editing and reranking", flush=True)
+    results["editing"], results["rerank"] = _edit_and_rerank(pipes, floor[:1], bench, plan, out)
+    lap("editing + reranking")
+
+    print("[demo] 6/6 report", flush=True)
     results["timings_s"] = timings
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
     report = atomic_write_bytes(out / "report.md", _report(results, plan, quick).encode())
     page = write_html(report)
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {report} and {page}")
     return report
+
+
+def _edit_and_rerank(pipes: dict, init: torch.Tensor, bench, plan: DemoPlan, out: Path) -> tuple[dict, dict]:
+    """Each generator redraws ``EDIT_BOX`` of one held-out image (a grid: the image, its
+    reconstruction, four edits per generator); DALL-E draws ``rerank_candidates`` images for each of
+    ``rerank_n`` prompts and keeps the best by the contrastive score."""
+    from trilemma.data import load_dataset
+    from trilemma.eval.contrastive import load_or_train_contrastive
+    from trilemma.eval.editing import edit_study, rerank_study
+    from trilemma.images import save_grid
+
+    editing, rows, captions = {}, [], []
+    for kind, pipe in pipes.items():
+        study = edit_study(pipe, init, [EDIT_PROMPT] * 4, EDIT_BOX, SAMPLING)
+        editing[kind] = {k: study[k] for k in ("psnr_outside", "psnr_inside")}
+        rows += [init.float(), study["reconstruction"], study["edited"]]
+        captions += ["held-out image", "its reconstruction"] + [f"{kind} edit"] * 4
+    save_grid(torch.cat(rows), out / "editing.png", captions=captions, nrow=6)
+    scorer = load_or_train_contrastive(load_dataset("shapes", split="train", size=init.shape[-1]), out / "contrastive",
+                                       steps=plan.contrastive_steps)
+    rerank = rerank_study(pipes["dalle"], bench, scorer, plan.rerank_candidates, plan.rerank_n, SAMPLING)
+    return editing, rerank
 
 
 def _fmt(v: object) -> str:
@@ -158,6 +194,19 @@ def _report(results: dict, plan: DemoPlan, quick: bool) -> str:
               "those real images: what a perfect generator on this tokenizer would score.", ""]
     for kind in gens:
         lines += [f"### {kind}", "", f"![{kind}]({kind}_samples.png)", ""]
+    lines += ["## Editing", "", f"`trilemma generate \"{EDIT_PROMPT}\" --init IMAGE --box "
+              + ",".join(f"{v:g}" for v in EDIT_BOX) + "`: the token cells under the box are drawn anew, every other "
+              "token is kept. PSNR against the image's own reconstruction (dB; outside the box an edit should change "
+              "nothing, so only what the decoder spreads across the box edge counts):", "",
+              "| generator | PSNR outside the box | PSNR inside |", "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(v['psnr_outside'])} | {_fmt(v['psnr_inside'])} |" for k, v in results["editing"].items()]
+    lines += ["", "![editing](editing.png)", ""]
+    rr = results["rerank"]
+    lines += ["## Reranking", "", f"DALL-E, {rr['n']} benchmark prompts at the same seed: one image each, and the best of "
+              f"{rr['candidates']} by the contrastive text-image score (`--rerank {rr['candidates']}`).", "",
+              "| adherence | one sample | best of " + str(rr["candidates"]) + " |", "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(rr['plain'][k])} | {_fmt(rr['reranked'][k])} |" for k in rr["plain"]]
+    lines += [f"| contrastive score | {_fmt(rr['score_plain'])} | {_fmt(rr['score_reranked'])} |", ""]
     lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in results["timings_s"].items()]
     return "\n".join(lines) + "\n"

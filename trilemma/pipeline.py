@@ -109,15 +109,21 @@ class Pipeline:
                 batch_size: int = 64, known: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reranking, as DALL-E did with CLIP: ``candidates`` images per prompt, keeping the one a
         contrastive text-image ``scorer`` (``encode_images`` / ``encode_text``, unit embeddings)
-        matches best to its prompt. Returns (images [len(prompts), 3, H, W], their scores)."""
+        matches best to its prompt. Candidate 0 is the image ``self(prompts, sampling)`` draws;
+        candidate c is drawn with ``sampling.for_chunk(c * len(prompts))``, so no seed repeats and the
+        best of N never scores below one sample at the same seed. Returns (images, their scores)."""
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
-        many = [p for p in prompts for _ in range(candidates)]
-        if known is not None and known.shape[0] > 1:
-            known = known.repeat_interleave(candidates, 0)
-        images = self(many, sampling, batch_size, known=known)
-        scores = torch.cat([(scorer.encode_images(x) * scorer.encode_text(many[i : i + len(x)])).sum(-1).float().cpu()
-                            for i, x in zip(range(0, len(many), 256), images.split(256))])
-        best = scores.view(len(prompts), candidates).argmax(1)
-        pick = torch.arange(len(prompts)) * candidates + best
-        return images[pick], scores[pick]
+        sampling = sampling if sampling is not None else SamplingConfig()
+        text = scorer.encode_text(prompts).float()
+        best, best_scores = None, None
+        for c in range(candidates):
+            images = self(prompts, sampling.for_chunk(c * len(prompts)), batch_size, known=known)
+            scores = torch.cat([(scorer.encode_images(x).float() * t).sum(-1).cpu()
+                                for x, t in zip(images.split(256), text.split(256))])
+            if best is None:
+                best, best_scores = images, scores
+            else:
+                better = scores > best_scores
+                best[better], best_scores[better] = images[better], scores[better]
+        return best, best_scores

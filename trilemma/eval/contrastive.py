@@ -222,13 +222,14 @@ def train_contrastive(
     return model.eval()
 
 
-def load_or_train_contrastive(dataset, cache_dir: str | Path, seed: int = 0, progress: bool = True) -> ContrastiveModel:
+def load_or_train_contrastive(dataset, cache_dir: str | Path, seed: int = 0, progress: bool = True,
+                              steps: int = 200) -> ContrastiveModel:
     """The contrastive model saved in ``cache_dir`` when it was trained on this dataset (its
     ``repr``) and seed; else train one on ``dataset`` and save it there (atomically)."""
     from trilemma import checkpoint
 
     cache_dir = Path(cache_dir)
-    key = {"data": repr(dataset), "seed": seed}
+    key = {"data": repr(dataset), "seed": seed} | ({} if steps == 200 else {"steps": steps})
     if (cache_dir / checkpoint.CONFIG_FILE).is_file():
         try:
             meta = checkpoint.read_config(cache_dir, kind="features")
@@ -238,6 +239,6 @@ def load_or_train_contrastive(dataset, cache_dir: str | Path, seed: int = 0, pro
         except checkpoint.CheckpointError as err:
             reason = str(err)
         print(f"retraining the contrastive model in {cache_dir}: {reason}")
-    model = train_contrastive(dataset, seed=seed, progress=progress)
+    model = train_contrastive(dataset, seed=seed, progress=progress, steps=steps)
     checkpoint.save(model, cache_dir, extra={"trained_on": key})
     return model
