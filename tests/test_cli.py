@@ -93,16 +93,23 @@ def test_a_bad_flag_value_is_one_line_naming_the_flag(capsys):
     assert len(err.strip().splitlines()) == 1 and "--steps" in err and "got 0" in err
 
 
-def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_vq, monkeypatch):
-    """CLI -> one SamplingConfig -> Pipeline -> generator.sample -> the guidance function."""
+def _saved_generator(tmp_path, tokenizer, preset):
+    """An untrained generator saved at tmp_path/gen, recording ``tokenizer`` saved at tmp_path/tok."""
     from trilemma.data.text import TextTokenizer
-    from trilemma.generators import base, sampling
 
-    tok_dir = checkpoint.save(tiny_vq, tmp_path / "tok")
+    tok_dir = checkpoint.save(tokenizer, tmp_path / "tok")
     text = TextTokenizer.build(["a red circle", "a blue square"], max_length=6)
     torch.manual_seed(0)
-    gen = registry.build("generator", "dalle-tiny", spec=tiny_vq.spec, text=text)
+    gen = registry.build("generator", preset, spec=tokenizer.spec, text=text)
     checkpoint.save(gen, tmp_path / "gen", extra={"tokenizer": {"path": str(tok_dir), "hash": checkpoint.content_hash(tok_dir)}})
+    return text
+
+
+def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_vq, monkeypatch):
+    """CLI -> one SamplingConfig -> Pipeline -> generator.sample -> the guidance function."""
+    from trilemma.generators import base, sampling
+
+    _saved_generator(tmp_path, tiny_vq, "dalle-tiny")
     checks, scales = [], []
     real_check, real_combine = sampling.check_sampling, base.cfg_combine
     monkeypatch.setattr(sampling, "check_sampling", lambda cfg: (checks.append(cfg), real_check(cfg)))
@@ -126,14 +133,9 @@ def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_v
 def test_generate_edits_a_box_and_reranks(tmp_path, tiny_vq, capsys):
     from PIL import Image
 
-    from trilemma.data.text import TextTokenizer
     from trilemma.eval.contrastive import ContrastiveModel
 
-    tok_dir = checkpoint.save(tiny_vq, tmp_path / "tok")
-    text = TextTokenizer.build(["a red circle", "a blue square"], max_length=6)
-    torch.manual_seed(0)
-    gen = registry.build("generator", "muse-tiny", spec=tiny_vq.spec, text=text)
-    checkpoint.save(gen, tmp_path / "gen", extra={"tokenizer": {"path": str(tok_dir), "hash": checkpoint.content_hash(tok_dir)}})
+    text = _saved_generator(tmp_path, tiny_vq, "muse-tiny")
     scorer = checkpoint.save(ContrastiveModel(ContrastiveModel.Config(channels=(8, 8), image_dim=8, text_dim=8, text_depth=0,
                                                                       embed_dim=8), text=text).eval(), tmp_path / "scorer")
     Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "init.png")

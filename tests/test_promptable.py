@@ -2,6 +2,8 @@
 travel with the tokens (also through a file), bad prompts are one clear error, and --budget auto
 picks the fewest tokens that reach the target."""
 
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -103,3 +105,28 @@ def test_training_learns_and_the_cli_takes_budgets_boxes_and_points(tmp_path, ca
     vq = checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq")
     assert main(["tokenize", png, "--tokenizer", str(vq), "--budget", "3", "--out", str(tmp_path / "y.safetensors")]) == 1
     assert "takes no prompt" in capsys.readouterr().err
+
+
+def test_on_a_frozen_base_autoencoder_the_tokens_describe_its_latents(tmp_path, images):
+    torch.manual_seed(0)
+    ae = registry.build("tokenizer", "ae-f4-shapes", channels=8)
+    ae_dir = checkpoint.save(ae, tmp_path / "ae")
+    tok = registry.build("tokenizer", "promptable-tiny", base=str(ae_dir))
+    assert tok.config.base["name"] == "vqvae" and tok.side == 8  # recorded by architecture, not by path
+    before = {k: v.clone() for k, v in tok.base.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=1e-3)
+    tok.train()
+    out = tok(images)
+    assert not tok.base.training and "latent" in out.losses and out.recon.shape == images.shape
+    sum(out.losses.values()).backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in tok.base.state_dict().items())  # frozen
+    assert all(p.grad is None for p in tok.base.parameters())
+    tok.eval()
+    tokens = tok.encode(images, Prompt(budget=3))
+    saved = checkpoint.save(tok, tmp_path / "tok")
+    shutil.rmtree(ae_dir)  # the checkpoint needs nothing outside itself
+    again = checkpoint.load(saved, kind="tokenizer")
+    assert torch.equal(again.decode(tokens), tok.decode(tokens))
+    with pytest.raises(ValueError, match="continuous autoencoder"):
+        registry.build("tokenizer", "promptable-tiny", base=str(checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq")))

@@ -84,19 +84,19 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         timings[name] = time.perf_counter() - t0 - sum(timings.values())
         print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
 
-    print("[demo] 1/5 tokenizer (vq-f4-shapes)", flush=True)
+    print("[demo] 1/6 tokenizer (vq-f4-shapes)", flush=True)
     tok_run = out / "tokenizer"
     if not (tok_run / "model" / checkpoint.CONFIG_FILE).exists():
         train_tokenizer("vq-f4-shapes", "shapes", tok_run, _cfg(plan.tokenizer_steps, 32, 1e-3))
     lap("tokenizer")
 
-    print("[demo] 2/5 evaluation probe and features (trained once on shapes ground truth)", flush=True)
+    print("[demo] 2/6 evaluation probe and features (trained once on shapes ground truth)", flush=True)
     bench = benchmark("shapes", plan.eval_images, 32, cache_dir=out, probe_steps=plan.probe_steps)
     probe, real, floor, prompts = bench.probe, bench.reference, bench.floor, bench.prompts
     save_grid(floor[:16], out / "data.png", captions=prompts[:16])
     lap("probe")
 
-    print("[demo] 3/5 reconstruction", flush=True)
+    print("[demo] 3/6 reconstruction", flush=True)
     tokenizer = checkpoint.load(tok_run / "model", kind="tokenizer")
     recon = evaluate_reconstruction(tokenizer, real, features=probe.features)
     attributes = bench.attributes
