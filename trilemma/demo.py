@@ -33,7 +33,7 @@ SAMPLING = SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0)
 @dataclass(frozen=True)
 class DemoPlan:
     tokenizer_steps: int
-    generator_steps: int
+    generator_steps: dict[str, int]  # steps per generator kind (batch 64)
     generator_lr: dict[str, float]  # peak learning rate per generator kind (batch 64)
     num_images: int  # generator training images
     eval_images: int  # images per evaluation set
@@ -41,20 +41,27 @@ class DemoPlan:
     generator_preset: str  # size suffix: "shapes" or "tiny"
     rerank_n: int  # prompts in the rerank study
     rerank_candidates: int  # images drawn per prompt there
-    contrastive_steps: int  # training steps of the rerank scorer
+    contrastive_steps: int  # training steps of the rerank scorer (batch 128)
+    contrastive_images: int  # the images it trains on, drawn once
 
 
-# The tokenizer needs its 800 steps: at 500 (29 dB) the probe read only 74% of the shapes in its
+# The tokenizer needs about 800 steps: at 500 (29 dB) the probe read only 74% of the shapes in its
 # reconstructions, capping every generator; at 800 (36 dB), 99%. Each stage's time is in the report.
+# Editing and reranking cost 100 s (81 of them drawing the contrastive scorer's batches on the
+# fly), so the scorer trains on a pool drawn once, for 100 steps (50 s for the stage). Shorter
+# schedules elsewhere were measured and dropped: tokenizer 720 steps (33.6 dB), probe 320, DALL-E
+# 290 and one evaluation per run gave DALL-E shape / colour 35 / 55% (45 / 65% here) and Parti
+# 15 / 31% (26 / 66%): Parti at lr 1e-3 sits at the edge of stability and the changed run collapsed.
 # Short generator schedules want a high peak rate: DALL-E at 400 steps, cfg 3, read shape / colour
 # 34 / 54% at 5e-4, 46 / 64% at 1e-3, 50 / 68% at 2e-3. Parti at 320 steps: 26 / 45% at 5e-4,
 # 26 / 67% at 1e-3 (the demo's own 500-image score; the others on 300), 10 / 25% at 2e-3 (unstable).
-FULL = DemoPlan(tokenizer_steps=800, generator_steps=320, generator_lr={"dalle": 2e-3, "parti": 1e-3},
-                num_images=12000, eval_images=500, probe_steps=400, generator_preset="shapes", rerank_n=128,
-                rerank_candidates=4, contrastive_steps=200)
-QUICK = DemoPlan(tokenizer_steps=60, generator_steps=40, generator_lr={"dalle": 2e-3, "parti": 1e-3},
+STANDARD = DemoPlan(tokenizer_steps=800, generator_steps={"dalle": 320, "parti": 320},
+                    generator_lr={"dalle": 2e-3, "parti": 1e-3}, num_images=12000, eval_images=500, probe_steps=400,
+                    generator_preset="shapes", rerank_n=96, rerank_candidates=4, contrastive_steps=100,
+                    contrastive_images=4000)
+QUICK = DemoPlan(tokenizer_steps=60, generator_steps={"dalle": 40, "parti": 40}, generator_lr={"dalle": 2e-3, "parti": 1e-3},
                  num_images=512, eval_images=64, probe_steps=60, generator_preset="tiny", rerank_n=8, rerank_candidates=2,
-                 contrastive_steps=10)
+                 contrastive_steps=10, contrastive_images=256)
 
 # The editing example: redraw the top-left quarter of a held-out image (whole token cells at f4).
 EDIT_BOX = (0.0, 0.0, 0.5, 0.5)
@@ -74,7 +81,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
     from trilemma.training.generator import train_generator
     from trilemma.training.tokenizer import train_tokenizer
 
-    plan = QUICK if quick else FULL
+    plan = QUICK if quick else STANDARD
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -112,7 +119,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         print(f"[demo] 4/6 generator {kind}", flush=True)
         run = out / kind
         if not (run / "model" / checkpoint.CONFIG_FILE).exists():
-            train_generator(kind, tok_run, "shapes", run, _cfg(plan.generator_steps, 64, plan.generator_lr[kind]),
+            train_generator(kind, tok_run, "shapes", run, _cfg(plan.generator_steps[kind], 64, plan.generator_lr[kind]),
                             preset=f"{kind}-{plan.generator_preset}", num_images=plan.num_images,
                             cache_dir=out / "token_cache")
         pipe = pipes[kind] = Pipeline.load(run)
@@ -138,7 +145,7 @@ def _edit_and_rerank(pipes: dict, init: torch.Tensor, bench, plan: DemoPlan, out
     """Each generator redraws ``EDIT_BOX`` of one held-out image (a grid: the image, its
     reconstruction, four edits per generator); DALL-E draws ``rerank_candidates`` images for each of
     ``rerank_n`` prompts and keeps the best by the contrastive score."""
-    from trilemma.data import load_dataset
+    from trilemma.data import InMemory, load_dataset
     from trilemma.eval.contrastive import load_or_train_contrastive
     from trilemma.eval.editing import edit_study, rerank_study
     from trilemma.images import save_grid
@@ -150,8 +157,8 @@ def _edit_and_rerank(pipes: dict, init: torch.Tensor, bench, plan: DemoPlan, out
         rows += [init.float(), study["reconstruction"], study["edited"]]
         captions += ["held-out image", "its reconstruction"] + [f"{kind} edit"] * 4
     save_grid(torch.cat(rows), out / "editing.png", captions=captions, nrow=6)
-    scorer = load_or_train_contrastive(load_dataset("shapes", split="train", size=init.shape[-1]), out / "contrastive",
-                                       steps=plan.contrastive_steps)
+    pool = InMemory(load_dataset("shapes", split="train", size=init.shape[-1]), plan.contrastive_images)
+    scorer = load_or_train_contrastive(pool, out / "contrastive", steps=plan.contrastive_steps)
     rerank = rerank_study(pipes["dalle"], bench, scorer, plan.rerank_candidates, plan.rerank_n, SAMPLING)
     return editing, rerank
 
@@ -168,7 +175,7 @@ def _report(results: dict, plan: DemoPlan, quick: bool) -> str:
         "# trilemma demo" + (" (quick)" if quick else ""),
         "",
         f"Shapes 32x32. Tokenizer `vq-f4-shapes` trained {plan.tokenizer_steps} steps; generators trained "
-        f"{plan.generator_steps} steps of batch 64 (peak lr "
+        + ", ".join(f"{k} {v}" for k, v in plan.generator_steps.items()) + " steps of batch 64 (peak lr "
         + ", ".join(f"{k} {v:g}" for k, v in plan.generator_lr.items())
         + f") on {plan.num_images} images; evaluation on {plan.eval_images} held-out test images. "
         f"Sampling: temperature {SAMPLING.temperature:g}, guidance {SAMPLING.cfg_scale:g}, seed {SAMPLING.seed}.",

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
                   "before it; the kept tokens after it are not seen while drawing (muse sees them all)")
     prompts = [p for p in args.prompts for _ in range(args.n)]
     if args.rerank > 1:
-        scorer = _scorer(args)
+        scorer = _scorer(args, pipe.tokenizer.image_size)
         images, _ = pipe.best_of(prompts, args.rerank, scorer.to(dev), sampling, args.batch_size, known=known)
     else:
         images = pipe(prompts, sampling, batch_size=args.batch_size, known=known)
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
         _write_each(images, prompts, sampling, args, out_dir)
 
 
-def _scorer(args: argparse.Namespace):
+def _scorer(args: argparse.Namespace, size: int):
     """The contrastive model that --rerank scores with: --scorer, or one kept beside the generator."""
     from trilemma import checkpoint
     from trilemma.data import load_dataset
@@ -81,7 +81,6 @@ def _scorer(args: argparse.Namespace):
     if data is None:
         raise ValueError(f"{gen_dir} does not record its training data; give --scorer DIR (a contrastive model)")
     run = gen_dir.parent if gen_dir.name == "model" else gen_dir
-    size = checkpoint.load(checkpoint.recorded_tokenizer(gen_dir, args.tokenizer, kind="generator"), kind="tokenizer").image_size
     return load_or_train_contrastive(load_dataset(data, split="train", size=size), run / "contrastive")
 
 
@@ -95,7 +94,7 @@ def _write_each(images, prompts: list[str], sampling, args: argparse.Namespace, 
         record = {"prompt": prompt, "index": i, "seed": sampling.for_chunk(chunk).seed, "batch_size": args.batch_size,
                   "sampling": dataclasses.asdict(sampling), "generator": str(args.generator),
                   "tokenizer": args.tokenizer, "decoder": args.decoder, "init": args.init, "box": args.box,
-                  "rerank": args.rerank}
+                  "rerank": args.rerank, "scorer": args.scorer}
         save_image(image, out_dir / f"{i:04d}.png")
         atomic_write_bytes(out_dir / f"{i:04d}.json", (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {len(images)} PNG + JSON pairs to {out_dir}")
