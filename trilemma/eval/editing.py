@@ -7,15 +7,8 @@ import torch
 
 from trilemma.eval.metrics import psnr
 from trilemma.generators.sampling import SamplingConfig
-
-
-def box_pixels(box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """[1, 1, size, size] True at the pixels whose centres lie in the box x0,y0,x1,y1 (in [0, 1])."""
-    centres = (torch.arange(size) + 0.5) / size
-    x0, y0, x1, y1 = box
-    inside_x = (centres >= x0) & (centres <= x1)
-    inside_y = (centres >= y0) & (centres <= y1)
-    return (inside_y[:, None] & inside_x[None, :])[None, None]
+from trilemma.tokenizers.promptable import box_mask
+from trilemma.tokens import Prompt
 
 
 @torch.no_grad()
@@ -28,7 +21,7 @@ def edit_study(pipe, init: torch.Tensor, prompts: list[str], box: tuple[float, f
     ``reconstruction`` [1, 3, H, W] and ``edited`` [len(prompts), 3, H, W]."""
     recon = pipe.tokenizer.decode(pipe.tokenizer.encode(init.to(pipe.device))).clamp(-1, 1).float().cpu()
     edited = pipe(prompts, sampling, known=pipe.known_ids(init, box))
-    inside = box_pixels(box, init.shape[-1]).expand_as(edited)
+    inside = box_mask(Prompt(boxes=torch.tensor([[box]], dtype=torch.float32)), 1, init.shape[-1], "cpu").bool().expand_as(edited)
     ref = recon.expand_as(edited)
 
     def region_psnr(mask: torch.Tensor) -> float:
