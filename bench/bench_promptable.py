@@ -21,25 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
 from trilemma import checkpoint  # noqa: E402
-from trilemma.data import POSITIONS, load_dataset  # noqa: E402
+from trilemma.data import load_dataset  # noqa: E402
 from trilemma.eval.metrics import psnr  # noqa: E402
-from trilemma.tokenizers.promptable import box_mask  # noqa: E402
+from trilemma.eval.prompted import first_object_boxes, reconstruct, region_study  # noqa: E402
+from trilemma.eval.tradeoff import budget_sweep  # noqa: E402
 from trilemma.tokens import Prompt  # noqa: E402
-
-
-def masked_psnr(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR per image over the pixels where ``mask`` [B, 1, H, W] is 1 (range 2: images in [-1, 1])."""
-    err = ((recon.double() - images.double()) ** 2).mean(1, keepdim=True) * mask
-    return 10 * torch.log10(4.0 / (err.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)))
-
-
-@torch.no_grad()
-def recon(tok, images, prompt, batch=250) -> torch.Tensor:
-    parts = []
-    for start in range(0, len(images), batch):
-        p = prompt if prompt is None or prompt.boxes is None else Prompt(budget=prompt.budget, boxes=prompt.boxes[start : start + batch])
-        parts.append(tok.decode(tok.encode(images[start : start + batch], p)).clamp(-1, 1))
-    return torch.cat(parts)
 
 
 def main() -> None:
@@ -57,32 +43,21 @@ def main() -> None:
     ds = load_dataset("shapes", split="test", size=size, length=args.n)
     items = [ds[i] for i in range(args.n)]
     images = torch.stack([it["image"] for it in items])
-    cells = [POSITIONS.index(it["attributes"][0]["position"]) for it in items]
-    boxes = torch.tensor([[[c % 3 / 3, c // 3 / 3, (c % 3 + 1) / 3, (c // 3 + 1) / 3]] for c in cells])
-    inside = box_mask(Prompt(boxes=boxes), args.n, size, images.device)
-    budgets = sorted({2**i for i in range(k_max.bit_length()) if 2**i <= k_max} | {k_max})
+    boxes = first_object_boxes(items)
+    budgets = budget_sweep(tok)
     bits = tok.spec.bits_per_token
-
-    rows = []
-    for k in budgets:
-        plain = recon(tok, images, Prompt(budget=k))
-        row = {"k": k, "bits": k * bits, "psnr": psnr(plain, images).mean().item()}
-        if k <= k_max // 4:
-            boxed = recon(tok, images, Prompt(budget=k, boxes=boxes))
-            row.update({
-                "psnr_in_box": masked_psnr(plain, images, inside).mean().item(),
-                "psnr_in_box_prompted": masked_psnr(boxed, images, inside).mean().item(),
-                "psnr_outside": masked_psnr(plain, images, 1 - inside).mean().item(),
-                "psnr_outside_prompted": masked_psnr(boxed, images, 1 - inside).mean().item(),
-            })
-        rows.append(row)
+    small = [k for k in budgets if k <= k_max // 4]
+    rows = region_study(tok, images, boxes, small)
+    for k in budgets[len(small):]:
+        rows.append({"k": k, "bits": k * bits, "psnr": psnr(reconstruct(tok, images, Prompt(budget=k)), images).mean().item()})
+    for row in rows:
         print(row, flush=True)
 
     extra: dict = {"tokenizer": args.tokenizer, "n": args.n, "bits_per_token": bits}
     for name, path in (("unordered", args.unordered), ("fixed", args.fixed)):
         if path:
             other = load(path)
-            extra[name] = {"path": path, "psnr": psnr(recon(other, images, None), images).mean().item(),
+            extra[name] = {"path": path, "psnr": psnr(reconstruct(other, images, None), images).mean().item(),
                            "bits": other.spec.max_tokens * other.spec.bits_per_token}
             print(name, extra[name], flush=True)
 

@@ -1,4 +1,5 @@
-"""The main job end to end, in its quick form: train, generate, evaluate, report."""
+"""The main job end to end, in its quick form: every tokenizer family on one trade-off table, every
+generator family trained and evaluated, editing, reranking, the report."""
 
 import json
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from trilemma.data.text import words
+from trilemma.demo.plan import GENERATORS, PLANS, TOKENIZERS
 
 
 @pytest.mark.slow
@@ -15,26 +17,38 @@ def test_quick_demo_writes_a_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "trilemma.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = (out / "report.md").read_text()
-    for needle in ("Reconstruction", "Generation", "dalle", "parti", "fid_floor", "psnr"):
-        assert needle in report, needle
+    assert "report:" in done.stdout and "[demo] 7/7 report" in done.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["reconstruction"]["psnr"] > 10
-    for kind in ("dalle", "parti"):
+    # The study: one row per tokenizer, the promptable one (32 tokens) once per budget.
+    rows = results["study"]["rows"]
+    assert [r["tokenizer"] for r in rows if not r.get("curve")] == [p for n, p in TOKENIZERS.items() if n != "promptable"]
+    assert [r["budget"] for r in rows if r.get("curve")] == [1, 2, 4, 8, 16, 32]
+    assert all(r["psnr"] > 5 for r in rows)
+    assert [r["k"] for r in results["study"]["region"]] == [1, 2, 4, 8]
+    assert (out / "tradeoff" / "psnr_vs_bits.png").is_file()
+    for kind in GENERATORS:
         assert (out / f"{kind}_samples.png").is_file()
         gen = results["generation"][kind]
-        assert gen["fid"] >= 0 and 0 <= gen["adherence_object_acc"] <= 1
-    assert "report:" in done.stdout
-    page = (out / "report.html").read_text()
-    assert "data:image/png;base64," in page and "<table>" in page and "Reranking" in page
-    assert (out / "editing.png").is_file()
-    for kind in ("dalle", "parti"):  # an edit keeps what lies outside its box far better than what it redraws
-        edit = results["editing"][kind]
+        assert gen["fid"] >= 0 and 0 <= gen["adherence_mean"] <= 1
+    assert set(results["editing"]) == {"dalle", "parti", "muse"}  # diffusion has no ids to keep
+    for edit in results["editing"].values():  # an edit keeps what lies outside its box far better than what it redraws
         assert edit["psnr_outside"] > edit["psnr_inside"] + 3, edit
     rerank = results["rerank"]
     assert rerank["n"] == 8 and rerank["score_reranked"] >= rerank["score_plain"]
+    report = (out / "report.md").read_text()
+    for needle in ("trilemma study", "Prompted region", "Generation", "diffusion (ae)", "Editing", "Reranking", "Time"):
+        assert needle in report, needle
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 8 and "<table>" in page
     # The text length defaults to the longest training caption + eos (no never-trained positions).
-    (captions_file,) = (out / "token_cache").glob("tokens-*.json")
+    (captions_file, *_) = (out / "token_cache").glob("tokens-*.json")
     longest = max(len(words(c)) for c in json.loads(captions_file.read_text()))
-    for kind in ("dalle", "parti"):
+    for kind in GENERATORS:
         assert json.loads((out / kind / "text.json").read_text())["max_length"] == longest + 1
+
+
+def test_plans_name_every_study_model():
+    for plan in PLANS.values():
+        assert set(plan.tokenizer_steps) == set(plan.tokenizer_lr) == set(TOKENIZERS) - {"patch"}
+        assert set(plan.generator_steps) == set(plan.generator_lr) == set(GENERATORS)
+        assert plan.pool > 256  # the generators hold out their last 256 items for validation

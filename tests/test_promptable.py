@@ -2,6 +2,7 @@
 travel with the tokens (also through a file), bad prompts are one clear error, and --budget auto
 picks the fewest tokens that reach the target."""
 
+import math
 import shutil
 
 import pytest
@@ -130,3 +131,25 @@ def test_on_a_frozen_base_autoencoder_the_tokens_describe_its_latents(tmp_path, 
     assert torch.equal(again.decode(tokens), tok.decode(tokens))
     with pytest.raises(ValueError, match="continuous autoencoder"):
         registry.build("tokenizer", "promptable-tiny", base=str(checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq")))
+
+
+def test_region_study_measures_inside_and_outside_the_box():
+    from trilemma.data import load_dataset
+    from trilemma.eval.prompted import first_object_boxes, masked_psnr, region_study
+
+    ds = load_dataset("shapes", split="test", size=32)
+    items = [ds[i] for i in range(6)]
+    images = torch.stack([it["image"] for it in items])
+    boxes = first_object_boxes(items)
+    assert boxes.shape == (6, 1, 4) and ((boxes[..., 2] - boxes[..., 0] - 1 / 3).abs() < 1e-6).all()
+    torch.manual_seed(0)
+    rows = region_study(registry.build("tokenizer", "promptable-tiny").eval(), images, boxes, [1, 2])
+    assert [r["k"] for r in rows] == [1, 2] and rows[1]["bits"] == 2 * rows[0]["bits"]
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items())
+    # Only the masked pixels count: an error confined to the box leaves the outside PSNR infinite.
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :8, :8] = 1
+    recon = images[:1] + 0.5 * mask
+    assert masked_psnr(recon, images[:1], 1 - mask).isinf().all()
+    assert abs(masked_psnr(recon, images[:1], mask).item() - 10 * math.log10(4 / 0.25)) < 1e-6

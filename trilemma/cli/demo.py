@@ -9,12 +9,14 @@ from trilemma.cli.options import command
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = command(sub, "demo", "the main job: train, generate and evaluate end to end on shapes", run)
-    p.add_argument("--quick", action="store_true", help="a ~2 minute version (used in tests)")
-    p.add_argument("--out", default="runs/demo", help="output directory")
+    p = command(sub, "demo", "the main job: every tokenizer and generator family, trained and evaluated on shapes", run)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a ~3 minute smoke version (used in tests)")
+    size.add_argument("--full", action="store_true", help="the same study at the schedules that reach the targets (hours)")
+    p.add_argument("--out", default="runs/demo", help="output directory (finished stages there are reused)")
 
 
 def run(args: argparse.Namespace) -> None:
     from trilemma.demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick)
+    run_demo(Path(args.out), "quick" if args.quick else "full" if args.full else "standard")

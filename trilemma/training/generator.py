@@ -139,14 +139,16 @@ def _check_same_tokenizer(out: Path, tok_dir: Path) -> None:
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
     num_images: int = NUM_IMAGES, text_length: int | None = None, resume: bool = False,
-    cache_dir: Path | None = None, **overrides: Any,
+    cache_dir: Path | None = None, dataset: Any = None, **overrides: Any,
 ) -> dict[str, Any]:
     """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``.
 
     The tokenized dataset is cached in ``cache_dir`` (default ``out/cache``), keyed by the
     tokenizer's content hash and the data, so generators sharing a cache tokenize only once.
     ``text_length`` (text positions, eos included) defaults to the longest training caption + eos,
-    up to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained."""
+    up to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained.
+    ``dataset``: the training images when not ``data``'s train split (e.g. a ``data.InMemory`` pool
+    of it shared by several runs); ``data`` still names the data and gives the evaluation prompts."""
     from trilemma.data import load_dataset
 
     out = Path(out)
@@ -162,7 +164,8 @@ def train_generator(
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")
     registry.model_class("generator", kind).check_spec(tok.spec)  # before minutes of tokenizing
-    dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
+    if dataset is None:
+        dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
     n = min(num_images + VAL_ITEMS, len(dataset))
     if n <= VAL_ITEMS:
         raise ValueError(f"{data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
