@@ -50,5 +50,5 @@ def test_quick_demo_writes_a_report(tmp_path):
 def test_plans_name_every_study_model():
     for plan in PLANS.values():
         assert set(plan.tokenizer_steps) == set(plan.tokenizer_lr) == set(TOKENIZERS) - {"patch"}
-        assert set(plan.generator_steps) == set(plan.generator_lr) == set(GENERATORS)
+        assert set(plan.generator_steps) == set(plan.generator_lr) == set(plan.generator_batch) == set(GENERATORS)
         assert plan.pool > 256  # the generators hold out their last 256 items for validation

@@ -37,12 +37,14 @@ class DemoPlan:
     pool: int  # shapes training images drawn once, shared by every tokenizer and generator
     tokenizer_steps: dict[str, int]  # per study tokenizer (batch 32); patch has nothing to learn
     tokenizer_lr: dict[str, float]  # peak learning rate per study tokenizer
-    conv_tokenizer: dict  # overrides of the *-f4-shapes presets, for every conv tokenizer of the study
+    conv_tokenizer: dict  # overrides of the *-f4-shapes presets, for the study's conv tokenizers but "vq"
     generator_preset: str  # size suffix of every generator preset: "shapes" or "tiny"
     generator_arch: dict[str, dict]  # overrides of each family's preset
-    generator_steps: dict[str, int]  # per family (batch 64)
-    generator_lr: dict[str, float]  # peak learning rate per family (batch 64)
-    eval_images: int  # images per evaluation set
+    generator_batch: dict[str, int]  # per family
+    generator_steps: dict[str, int]  # per family
+    generator_lr: dict[str, float]  # peak learning rate per family
+    eval_images: int  # images per generation evaluation set
+    study_images: int  # held-out images every study tokenizer reconstructs
     probe_steps: int
     rerank_n: int  # prompts in the rerank study
     rerank_candidates: int  # images drawn per prompt there
@@ -53,30 +55,47 @@ class DemoPlan:
 
 # Tokenizers: the presets' full-resolution ResNet blocks cost 80% of a step. Without them
 # (channels 32, num_res_blocks 0: 0.08 s a step of 32 against 0.35 s), vq-f4 reached 36.3 dB in
-# 1600 steps and 203 s, where the preset reached 35.9 dB in 800 steps and 333 s.
+# 1600 steps and 203 s, where the preset reached 35.9 dB in 800 steps and 333 s. But generators learn
+# far worse on the lite VQ's tokens (Parti, dim 192, batch 32, 600 steps: 34% mean adherence on a
+# 33.8 dB lite VQ, 53% on the 36 dB preset; Parti and Muse at batch 16 on it: 18 and 20%), so the
+# generators' VQ keeps the preset's widths and only the other study tokenizers are lite.
 LITE = {"channels": 32, "num_res_blocks": 0}
 
+# Generators: more, smaller steps learn faster per second. Measured on one 36 dB vq-f4 tokenizer, 500
+# held-out prompts at guidance 3 (shape / colour / size / position accuracy, training seconds):
+#   dalle  dim 128, batch 64, 400 steps, lr 2e-3   30 / 43 / 64 / 88%   111 s
+#   dalle  dim 192, batch 64, 300 steps            33 / 55 / 68 / 86%   120 s
+#   dalle  dim 192, batch 32, 600 steps            46 / 71 / 78 / 92%
+#   dalle  dim 192, batch 16, 1200 steps           50 / 82 / 79 / 91%   171 s
+#   dalle  dim 256, batch 64, 320 steps (stop 15)  45 / 65 / 73 / 93%  ~250 s
+#   parti  dim 128, batch 64, 400 steps, lr 2e-3   21 / 38 / 50 / 70%   118 s
+#   parti  dim 192, batch 32, 600 steps, lr 1e-3   25 / 50 / 58 / 78%   184 s
+#   muse   dim 128, batch 64, 400 steps, lr 2e-3   27 / 57 / 76 / 90%   128 s
+#   diffusion UNet 64-128, batch 64, 250 steps      8 /  6 / 15 / 28%   ~180 s (32-64 at 400 steps, lr 2e-3: the same)
+# Diffusion needs far longer (1400 steps: 48 / 31 / 50 / 57%, bench/results/diffusion.json).
 # The conv tokenizers take 2e-3 (lite vq-f4: 36.3 dB at 1600 steps); the promptable one 1e-3 (its
 # measured run on the base autoencoder).
-_TOKENIZER_LR = {"vq": 2e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
+_TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
 
 STANDARD = DemoPlan(
     name="standard", pool=12256,
-    tokenizer_steps={"vq": 1200, "ae": 800, "rvq": 300, "fsq": 300, "lfq": 300, "promptable": 150},
+    tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
-    generator_arch={k: {"dim": 128, "heads": 2} for k in ("dalle", "parti", "muse")} | {"diffusion": {}},
-    generator_steps={"dalle": 400, "parti": 400, "muse": 400, "diffusion": 250},
-    generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 1e-3},
-    eval_images=500, probe_steps=400, rerank_n=96, rerank_candidates=4, contrastive_steps=100,
+    generator_arch={"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
+                    "diffusion": {"channels": (32, 64)}},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
+    generator_steps={"dalle": 650, "parti": 400, "muse": 300, "diffusion": 150},
+    generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
+    eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10)},
 )
 QUICK = DemoPlan(
     name="quick", pool=768,
     tokenizer_steps={"vq": 60, "ae": 40, "rvq": 10, "fsq": 10, "lfq": 10, "promptable": 10},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="tiny", generator_arch={},
-    generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32}, generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20},
     generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 1e-3},
-    eval_images=64, probe_steps=60, rerank_n=8, rerank_candidates=2, contrastive_steps=10, contrastive_images=256,
+    eval_images=64, study_images=64, probe_steps=60, rerank_n=8, rerank_candidates=2, contrastive_steps=10, contrastive_images=256,
     sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
 # --full: the presets' widths and long schedules, where the generators approach the probe's ceiling
@@ -86,9 +105,9 @@ FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 3000, "ae": 2000, "rvq": 1500, "fsq": 1500, "lfq": 1500, "promptable": 1600},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch={},
-    generator_steps={"dalle": 1500, "parti": 1500, "muse": 1500, "diffusion": 2000},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32}, generator_steps={"dalle": 4000, "parti": 3000, "muse": 3000, "diffusion": 4000},
     generator_lr={"dalle": 1e-3, "parti": 5e-4, "muse": 1e-3, "diffusion": 1e-3},
-    eval_images=1000, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
+    eval_images=1000, study_images=1000, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
     contrastive_images=12000,
 )
 PLANS = {"quick": QUICK, "standard": STANDARD, "full": FULL}

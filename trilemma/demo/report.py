@@ -48,14 +48,17 @@ def markdown(results: dict, plan: DemoPlan) -> str:
 
 
 def _settings(plan: DemoPlan) -> str:
+    def arch(fields: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in fields.items())
+
     tok = ", ".join(f"{k} {v} (lr {plan.tokenizer_lr[k]:g})" for k, v in plan.tokenizer_steps.items())
-    gen = ", ".join(f"{k} {plan.generator_steps[k]} (lr {plan.generator_lr[k]:g})" for k in GENERATORS)
-    arch = ", ".join(f"{k}={v}" for k, v in plan.conv_tokenizer.items())
-    return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. Tokenizers (batch 32; conv "
-            f"tokenizers with {arch or 'the preset widths'}) trained for {tok} steps; "
-            f"generators (`*-{plan.generator_preset}` presets, batch 64) for {gen} steps. Evaluation on "
-            f"{plan.eval_images} held-out images. Sampling: temperature {SAMPLING.temperature:g}, guidance "
-            f"{SAMPLING.cfg_scale:g}, seed {SAMPLING.seed}.\n\n![data](data.png)")
+    gen = ", ".join(f"{k} {plan.generator_steps[k]} (batch {plan.generator_batch[k]}, lr {plan.generator_lr[k]:g}"
+                    + (f"; {arch(plan.generator_arch[k])}" if plan.generator_arch.get(k) else "") + ")" for k in GENERATORS)
+    return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. Tokenizers (batch 32; vq at its preset's "
+            f"widths, the other conv tokenizers with {arch(plan.conv_tokenizer) or 'the preset widths'}) trained for {tok} "
+            f"steps; generators (`*-{plan.generator_preset}` presets) for {gen} steps. The study reconstructs "
+            f"{plan.study_images} held-out images; generation is evaluated on {plan.eval_images}. Sampling: temperature "
+            f"{SAMPLING.temperature:g}, guidance {SAMPLING.cfg_scale:g}, seed {SAMPLING.seed}.\n\n![data](data.png)")
 
 
 def _study(study: dict, plan: DemoPlan) -> list[str]:

@@ -20,7 +20,9 @@ STAGES = 7
 
 
 def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=batch, lr=lr, eval_every=max(1, steps // 2), save_every=max(1, steps // 2),
+    """Short runs: one evaluation at the end (the demo evaluates every model itself), a checkpoint
+    halfway and at the end (an interrupted demo resumes its finished runs)."""
+    return TrainConfig(steps=steps, batch_size=batch, lr=lr, eval_every=steps, save_every=max(1, steps // 2),
                        mixed_precision="bf16")
 
 
@@ -42,7 +44,8 @@ class _Clock:
 
 
 def run_demo(out: Path, plan: str | DemoPlan = "standard") -> Path:
-    """Run the demo into ``out`` (finished stages are reused on a rerun) and return report.md."""
+    """Run the demo into ``out`` and return report.md. Rerun into the same ``out``, finished
+    trainings are kept and interrupted ones resume from their last checkpoint."""
     from trilemma.data import InMemory, load_dataset
     from trilemma.eval.generation import benchmark
     from trilemma.images import save_grid
@@ -60,12 +63,12 @@ def run_demo(out: Path, plan: str | DemoPlan = "standard") -> Path:
     runs = _train_tokenizers(out, plan, pool, clock)
 
     clock.stage(3, "evaluation probe and features (trained once on shapes ground truth)")
-    bench = benchmark("shapes", plan.eval_images, 32, cache_dir=out, probe_steps=plan.probe_steps)
+    bench = benchmark("shapes", plan.eval_images, 32, cache_dir=out, probe_steps=plan.probe_steps, probe_data=pool)
     save_grid(bench.floor[:16], out / "data.png", captions=bench.prompts[:16])
     clock.lap("probe")
 
     clock.stage(4, "trilemma study: every tokenizer on the same held-out images")
-    study = _study(out, runs, bench)
+    study = _study(out, runs, bench, plan.study_images)
     clock.lap("trilemma study")
 
     clock.stage(5, "generators: " + ", ".join(f"{g} on {t}" for g, t in GENERATORS.items()))
@@ -91,19 +94,21 @@ def _train_tokenizers(out: Path, plan: DemoPlan, pool, clock: _Clock) -> dict[st
     runs = {}
     for name, preset in TOKENIZERS.items():
         run = runs[name] = out / "tokenizers" / name
-        if (run / "model" / checkpoint.CONFIG_FILE).exists():
-            continue
+        started = (run / "model" / checkpoint.CONFIG_FILE).exists()
+        if started and name not in plan.tokenizer_steps:
+            continue  # nothing to learn (raw patches): saved once
         model = registry.get_preset("tokenizer", preset).model
-        overrides = dict(plan.conv_tokenizer) if model == "vqvae" else {}
+        overrides = dict(plan.conv_tokenizer) if model == "vqvae" and name != "vq" else {}
         if model == "promptable":  # tokens over the study's continuous autoencoder (trained first)
             overrides["base"] = str(runs["ae"] / "model")
         steps = plan.tokenizer_steps.get(name, 1)
-        train_tokenizer(preset, "shapes", run, _cfg(steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides, dataset=pool)
+        train_tokenizer(preset, "shapes", run, _cfg(steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
+                        dataset=pool, resume=started)  # a finished run is left as it is, a cut one continues
         clock.lap(f"tokenizer {name}")
     return runs
 
 
-def _study(out: Path, runs: dict[str, Path], bench) -> dict:
+def _study(out: Path, runs: dict[str, Path], bench, n: int) -> dict:
     """The trade-off rows of every study tokenizer (the promptable one per budget), the prompted
     region table, and the adherence ceiling of each generator's tokenizer."""
     from trilemma.data import load_dataset
@@ -111,7 +116,6 @@ def _study(out: Path, runs: dict[str, Path], bench) -> dict:
     from trilemma.eval.report import write_report
     from trilemma.eval.tradeoff import settings, tradeoff
 
-    n = len(bench.reference)
     rows = tradeoff([runs[k] / "model" for k in TOKENIZERS], "shapes", n=n, features="domain", probe_cache=out / "probe",
                     lpips=False, progress=False)
     write_report(rows, out / "tradeoff", settings("shapes", n, 0, "domain", 32), title="Trilemma study")
@@ -120,7 +124,7 @@ def _study(out: Path, runs: dict[str, Path], bench) -> dict:
     test = load_dataset("shapes", split="test", size=32)
     items = [test[i] for i in range(n)]
     k_max = promptable.spec.max_tokens
-    region = region_study(promptable, bench.reference, first_object_boxes(items), [k for k in (1, 2, 4, 8) if k <= k_max // 4] or [1])
+    region = region_study(promptable, bench.reference[:n], first_object_boxes(items), [k for k in (1, 2, 4, 8) if k <= k_max // 4] or [1])
     ceiling = {}
     for name in sorted(set(GENERATORS.values())):
         tok = checkpoint.load(runs[name] / "model", kind="tokenizer")
@@ -159,10 +163,10 @@ def _train_generators(out: Path, plan: DemoPlan, pool, runs: dict[str, Path], be
     captions = [p for p in PROMPTS for _ in range(4)]
     for kind, tok_name in GENERATORS.items():
         run = out / kind
-        if not (run / "model" / checkpoint.CONFIG_FILE).exists():
-            train_generator(kind, runs[tok_name], "shapes", run, _cfg(plan.generator_steps[kind], 64, plan.generator_lr[kind]),
-                            preset=f"{kind}-{plan.generator_preset}", num_images=plan.pool - VAL_ITEMS,
-                            cache_dir=out / "token_cache", dataset=pool, **plan.generator_arch.get(kind, {}))
+        cfg = _cfg(plan.generator_steps[kind], plan.generator_batch[kind], plan.generator_lr[kind])
+        train_generator(kind, runs[tok_name], "shapes", run, cfg, preset=f"{kind}-{plan.generator_preset}",
+                        num_images=plan.pool - VAL_ITEMS, cache_dir=out / "token_cache", dataset=pool,
+                        resume=(run / "model" / checkpoint.CONFIG_FILE).exists(), **plan.generator_arch.get(kind, {}))
         pipe = pipes[kind] = Pipeline.load(run)
         sampling = plan.sampling.get(kind, SAMPLING)
         save_grid(pipe(captions, sampling), out / f"{kind}_samples.png", captions=captions, nrow=4)

@@ -148,7 +148,8 @@ class Benchmark:
 
 
 def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto", cache_dir: str | Path = "runs/eval",
-              probe_dir: str | Path | None = None, probe_steps: int | None = None, split: str = "test") -> Benchmark:
+              probe_dir: str | Path | None = None, probe_steps: int | None = None, split: str = "test",
+              probe_data: Any = None) -> Benchmark:
     """The generation-evaluation protocol, shared by ``trilemma eval generation`` and the demo.
 
     The reference is the first ``n`` held-out items; the floor is ``n`` other real images (shapes:
@@ -160,6 +161,7 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
     folder a contrastive text-image model trained on it (cached in ``cache_dir/contrastive``).
     ``split`` is the reference's (``test`` by default); the floor comes from another split, or, with
     ``all`` (a folder kept for testing), the folder is halved: even images the reference, odd the floor.
+    ``probe_data``: shapes training items for a probe trained here (default: fresh draws).
     """
     from trilemma.eval.tradeoff import check_split, load_images, resolve_features
 
@@ -181,6 +183,8 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
         from trilemma.eval.probe import load_or_train_probe
 
         kw = {} if probe_steps is None else {"steps": probe_steps}
+        if probe_data is not None:
+            kw["dataset"] = probe_data
         probe = load_or_train_probe(probe_dir, size=size, seed=seed, **kw)
         choice = (features or "none").lower()
         extractor = probe.features if choice in ("auto", "domain") else resolve_features(choice, data, size, seed)

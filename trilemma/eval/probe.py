@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +174,7 @@ def _mean(hits: list[bool]) -> float | None:
 
 
 def _shapes_batch(dataset, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[i] for i in range(start, start + count)]
+    items = [dataset[i % len(dataset)] for i in range(start, start + count)]
     images = torch.stack([it["image"] for it in items])
     return images, torch.stack([attributes_to_cells(it["attributes"]) for it in items])
 
@@ -187,20 +188,22 @@ def train_probe(
     lr: float = 2e-3,
     bf16: bool = True,
     config: ShapesProbe.Config | None = None,
+    dataset: Any = None,
 ) -> ShapesProbe:
     """Train a probe on fresh shapes training images (split "train", dataset seed ``seed``).
 
     AdamW with a short linear warm-up and cosine decay; every step draws the next ``batch_size``
     images of the (infinite, deterministic) training stream, so no image is seen twice. ``bf16``
     runs the backbone under CPU/GPU bf16 autocast (losses in fp32): ~1.6x faster on CPU with the
-    same accuracy; the weights stay fp32 and inference runs in fp32.
+    same accuracy; the weights stay fp32 and inference runs in fp32. ``dataset``: shapes items to
+    train on instead (e.g. a ``data.InMemory`` pool shared with other trainings), cycled in order.
     """
     config = config if config is not None else ShapesProbe.Config(image_size=size)
     if config.image_size != size:
         raise ValueError(f"config.image_size={config.image_size} but size={size}")
     torch.manual_seed(seed)
     probe = ShapesProbe(config)
-    data = load_dataset("shapes", "train", size=size, seed=seed)
+    data = dataset if dataset is not None else load_dataset("shapes", "train", size=size, seed=seed)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
@@ -222,7 +225,7 @@ def train_probe(
 
 
 def load_or_train_probe(
-    cache_dir: Path, size: int = 32, steps: int = 400, seed: int = 0, progress: bool = True
+    cache_dir: Path, size: int = 32, steps: int = 400, seed: int = 0, progress: bool = True, dataset: Any = None
 ) -> ShapesProbe:
     """The probe saved in ``cache_dir`` if it is one for ``size``; else train one and save it there.
 
@@ -239,6 +242,6 @@ def load_or_train_probe(
         except checkpoint.CheckpointError as err:
             reason = str(err)
         print(f"retraining the shapes probe in {cache_dir}: {reason}, wanted shapes-probe for size {size}")
-    probe = train_probe(size=size, steps=steps, seed=seed, progress=progress)
-    checkpoint.save(probe, cache_dir, extra={"steps": steps, "seed": seed})
+    probe = train_probe(size=size, steps=steps, seed=seed, progress=progress, dataset=dataset)
+    checkpoint.save(probe, cache_dir, extra={"steps": steps, "seed": seed, "data": repr(dataset) if dataset is not None else "shapes"})
     return probe
