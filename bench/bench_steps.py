@@ -21,11 +21,14 @@ from trilemma import registry  # noqa: E402
 from trilemma.cli.options import overrides  # noqa: E402
 from trilemma.data.shapes import ShapesDataset  # noqa: E402
 from trilemma.data.text import TextTokenizer  # noqa: E402
-from trilemma.tokens import Tokens  # noqa: E402
 
 DEFAULT = ["tokenizer:vq-f4-shapes", "tokenizer:rvq-f4-shapes", "tokenizer:fsq-f4-shapes", "tokenizer:lfq-f4-shapes",
            "tokenizer:ae-f4-shapes", "tokenizer:promptable-shapes", "generator:dalle-shapes", "generator:parti-shapes",
-           "generator:muse-shapes", "generator:diffusion-shapes"]
+           "generator:muse-shapes", "generator:diffusion-shapes",
+           # the demo's sizes (trilemma/demo/plan.py)
+           "tokenizer:vq-f4-shapes@channels=32@num_res_blocks=0", "generator:dalle-shapes@dim=192@heads=3",
+           "generator:parti-shapes@dim=192@heads=3", "generator:muse-shapes@dim=128@heads=2",
+           "generator:diffusion-shapes@channels=[32,64]"]
 
 
 def _step(model: torch.nn.Module, loss_fn) -> callable:

@@ -45,6 +45,15 @@ def test_quick_demo_writes_a_report(tmp_path):
     longest = max(len(words(c)) for c in json.loads(captions_file.read_text()))
     for kind in GENERATORS:
         assert json.loads((out / kind / "text.json").read_text())["max_length"] == longest + 1
+    # A rerun into the same directory keeps every finished training and reproduces the numbers.
+    again = subprocess.run([sys.executable, "-m", "trilemma.cli", "demo", "--quick", "--out", str(out)],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("nothing to do") == len(TOKENIZERS) - 1 + len(GENERATORS)
+    rerun = json.loads((out / "results.json").read_text())
+    for kind, scores in results["generation"].items():
+        assert {k: v for k, v in rerun["generation"][kind].items() if k.startswith("adherence")} == \
+            {k: v for k, v in scores.items() if k.startswith("adherence")}
 
 
 def test_plans_name_every_study_model():

@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_and_cache(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_train(size=32, steps=0, seed=0, progress=True):
+    def fake_train(size=32, steps=0, seed=0, progress=True, dataset=None):
         calls.append(size)
         return ShapesProbe(ShapesProbe.Config(image_size=size, channels=(8,), dim=16))
 
@@ -133,3 +133,22 @@ def test_checkpoint_round_trip_and_cache(tmp_path, monkeypatch):
     load_or_train_probe(tmp_path / "probe", size=48)
     assert calls == [48]
     assert checkpoint.read_config(tmp_path / "probe")["config"]["image_size"] == 48
+
+
+def test_probe_trains_on_a_given_pool_cycling_it():
+    from trilemma.data import InMemory, load_dataset
+
+    pool = InMemory(load_dataset("shapes", split="train", size=32), 48)
+    seen = []
+
+    class Recording(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(pool)
+
+        def __getitem__(self, i):
+            seen.append(i)
+            return pool[i]
+
+    train_probe(size=32, steps=3, batch_size=32, progress=False, dataset=Recording(),
+                config=ShapesProbe.Config(image_size=32, channels=(8,), dim=16))
+    assert seen == [i % 48 for i in range(96)]  # three batches of 32 through a pool of 48

@@ -11,8 +11,8 @@ from trilemma.cli.options import command
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "demo", "the main job: every tokenizer and generator family, trained and evaluated on shapes", run)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a ~3 minute smoke version (used in tests)")
-    size.add_argument("--full", action="store_true", help="the same study at the schedules that reach the targets (hours)")
+    size.add_argument("--quick", action="store_true", help="a ~2 minute smoke version (used in tests)")
+    size.add_argument("--full", action="store_true", help="the same study with long schedules (about 2 hours on 2 cores, projected)")
     p.add_argument("--out", default="runs/demo", help="output directory (finished stages there are reused)")
 
 

@@ -1,6 +1,6 @@
 """What the demo trains, for how long, and how it samples: one ``DemoPlan`` per size (``QUICK`` for
-tests, ``STANDARD`` for ``make demo``, ``FULL`` for ``--full``), each schedule chosen by measurement
-(the numbers behind each choice are in the comments and in ``bench/results/steps.json``)."""
+tests, ``STANDARD`` for ``make demo``, ``FULL`` for ``--full``); the standard schedules were chosen
+by measurement (the numbers behind each choice are in the comments and in ``bench/results/steps.json``)."""
 
 from __future__ import annotations
 
@@ -98,9 +98,10 @@ QUICK = DemoPlan(
     eval_images=64, study_images=64, probe_steps=60, rerank_n=8, rerank_candidates=2, contrastive_steps=10, contrastive_images=256,
     sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
-# --full: the presets' widths and long schedules, where the generators approach the probe's ceiling
-# (Parti at dim 256 and 700 steps read 84-99% per attribute). Projected from the measured step costs
-# (bench/results/steps.json): tokenizers ~30 min, generators ~70 min, evaluation ~5 min.
+# --full: the presets' widths and schedules 5-20x longer, meant to approach the targets (Parti at
+# dim 256 and 700 steps of batch 64 read 84-99% per attribute). Not yet run end to end: about 2 hours
+# projected from the measured step costs (bench/results/steps.json and the demo's stage times):
+# tokenizers ~45 min, generators ~70 min, evaluation ~10 min.
 FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 3000, "ae": 2000, "rvq": 1500, "fsq": 1500, "lfq": 1500, "promptable": 1600},

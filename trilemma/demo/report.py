@@ -40,7 +40,7 @@ def write_demo_report(out: Path, results: dict, plan: DemoPlan) -> tuple[Path, P
 def markdown(results: dict, plan: DemoPlan) -> str:
     lines = [f"# trilemma demo ({plan.name})", "", _settings(plan), ""]
     lines += _study(results["study"], plan)
-    lines += _generation(results["generation"], results["study"]["adherence_ceiling"], plan)
+    lines += _generation(results["generation"], results["study"]["adherence_ceiling"])
     lines += _editing(results["editing"], results["rerank"])
     lines += ["## Time", "", f"Total {results['total_s']:.0f} s.", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in results["timings_s"].items()]
@@ -66,7 +66,11 @@ def _study(study: dict, plan: DemoPlan) -> list[str]:
              "A tokenizer of every family, on the same held-out images: compact (bits per image), lossless (PSNR, "
              "rFID in the shapes probe's features) and discrete (ids from a finite vocabulary). The promptable "
              "tokenizer is one row per token budget, drawn as a line. Continuous latents have no bit count and "
-             "are plotted at float32 storage.", "", markdown_table(study["rows"]), "",
+             "are plotted at float32 storage. Training steps: "
+             + ", ".join(f"{k} {v}" for k, v in plan.tokenizer_steps.items())
+             + " (batch 32): the generators' VQ and AE get the most, so at short schedules a point says as much "
+             "about its training time as about its family (`--full` trains every one for 1500 steps or more).", "",
+             markdown_table(study["rows"]), "",
              "![PSNR vs bits](tradeoff/psnr_vs_bits.png)", "", "![trilemma](tradeoff/trilemma.png)", "",
              "![reconstructions](reconstructions.png)", ""]
     lines += ["### Prompted region (promptable tokenizer)", "",
@@ -80,7 +84,7 @@ def _study(study: dict, plan: DemoPlan) -> list[str]:
     return lines + [""]
 
 
-def _generation(gens: dict, ceiling: dict, plan: DemoPlan) -> list[str]:
+def _generation(gens: dict, ceiling: dict) -> list[str]:
     heads = [f"{g} ({GENERATORS[g]})" for g in gens]
     lines = ["## Generation", "", "One generator of each family, on the tokenizer it suits (in brackets), for the "
              "same prompts. Adherence is the shapes probe's accuracy per attribute on the generated images; the "
@@ -93,7 +97,10 @@ def _generation(gens: dict, ceiling: dict, plan: DemoPlan) -> list[str]:
              ("FID floor (real vs real)", "fid_floor", _fmt), ("precision", "precision", _fmt), ("recall", "recall", _fmt)]
     for label, key, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(fmt(gens[g].get(key)) for g in gens) + " |")
-    lines.append("| ceiling: mean adherence | " + " | ".join(_pct(mean_adherence(ceiling[GENERATORS[g]])) for g in gens) + " |")
+    def ceiling_cell(scores: dict) -> str:
+        return " / ".join(f"{100 * scores[f'adherence_{a}_acc']:.0f}" for a in ATTRIBUTES) + f"% (mean {_pct(mean_adherence(scores))})"
+
+    lines.append("| ceiling: shape / colour / size / position | " + " | ".join(ceiling_cell(ceiling[GENERATORS[g]]) for g in gens) + " |")
     lines.append("| seconds per image | " + " | ".join(f"{1 / gens[g]['samples_per_s']:.4f}" for g in gens) + " |")
     lines.append("")
     for g in gens:

@@ -5,7 +5,6 @@ a rerank study, and ``report.md`` / ``report.html`` with every table and picture
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def run_demo(out: Path, plan: str | DemoPlan = "standard") -> Path:
     generation, pipes = _train_generators(out, plan, pool, runs, bench, clock)
 
     clock.stage(6, "editing and reranking")
-    editing, rerank = _edit_and_rerank(pipes, bench.floor[:1], bench, plan, out)
+    editing, rerank = _edit_and_rerank(pipes, bench.floor[:1], bench, plan, pool, out)
     clock.lap("editing + reranking")
 
     clock.stage(7, "report")
@@ -175,11 +174,11 @@ def _train_generators(out: Path, plan: DemoPlan, pool, runs: dict[str, Path], be
     return results, pipes
 
 
-def _edit_and_rerank(pipes: dict, init: torch.Tensor, bench, plan: DemoPlan, out: Path) -> tuple[dict, dict]:
+def _edit_and_rerank(pipes: dict, init: torch.Tensor, bench, plan: DemoPlan, pool, out: Path) -> tuple[dict, dict]:
     """Each token generator redraws ``EDIT_BOX`` of one held-out image (a grid: the image, its
     reconstruction, four edits per generator); DALL-E draws ``rerank_candidates`` images for each of
-    ``rerank_n`` prompts and keeps the best by the contrastive score."""
-    from trilemma.data import InMemory, load_dataset
+    ``rerank_n`` prompts and keeps the best by the contrastive score (trained on part of ``pool``)."""
+    from trilemma.data import InMemory
     from trilemma.eval.contrastive import load_or_train_contrastive
     from trilemma.eval.editing import edit_study, rerank_study
     from trilemma.images import save_grid
@@ -193,7 +192,6 @@ def _edit_and_rerank(pipes: dict, init: torch.Tensor, bench, plan: DemoPlan, out
         rows += [init.float(), study["reconstruction"], study["edited"]]
         captions += ["held-out image", "its reconstruction"] + [f"{kind} edit"] * 4
     save_grid(torch.cat(rows), out / "editing.png", captions=captions, nrow=6)
-    pool = InMemory(load_dataset("shapes", split="train", size=init.shape[-1]), plan.contrastive_images)
-    scorer = load_or_train_contrastive(pool, out / "contrastive", steps=plan.contrastive_steps)
+    scorer = load_or_train_contrastive(InMemory(pool, plan.contrastive_images), out / "contrastive", steps=plan.contrastive_steps)
     rerank = rerank_study(pipes["dalle"], bench, scorer, plan.rerank_candidates, plan.rerank_n, SAMPLING)
     return editing, rerank

@@ -121,7 +121,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     eigendecompositions replace ``scipy.linalg.sqrtm`` (a Schur method with complex round-off):
     the same value, 4x faster at 2048-d features here, and no imaginary parts to drop.
     Eigenvalues below 0 are round-off on rank-deficient covariances and clip to 0; clearly
-    negative ones mean the inputs are not covariances, which raises.
+    negative ones mean the inputs are not covariances, which raises. The distance is at least 0.
     """
     mu1, mu2 = _as_float64(mu1), _as_float64(mu2)
     sigma1, sigma2 = np.atleast_2d(_as_float64(sigma1)), np.atleast_2d(_as_float64(sigma2))
@@ -133,7 +133,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     inner = root1 @ sigma2 @ root1
     eig = _clip_psd(np.linalg.eigvalsh((inner + inner.T) / 2), "sigma1^1/2 sigma2 sigma1^1/2")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eig).sum())
+    # Identical statistics give 0 up to round-off, which may land a hair below it.
+    return max(0.0, float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eig).sum()))
 
 
 def _clip_psd(eigenvalues: np.ndarray, name: str) -> np.ndarray:
