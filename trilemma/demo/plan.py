@@ -49,7 +49,7 @@ class DemoPlan:
     rerank_n: int  # prompts in the rerank study
     rerank_candidates: int  # images drawn per prompt there
     contrastive_steps: int  # training steps of the rerank scorer (batch 128)
-    contrastive_images: int  # the images it trains on, drawn once
+    contrastive_images: int  # the first images of the pool it trains on
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)  # per family, where not SAMPLING
 
 
@@ -77,6 +77,9 @@ LITE = {"channels": 32, "num_res_blocks": 0}
 # measured run on the base autoencoder).
 _TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
 
+# make demo: 860 s measured (runs/demo8; vq 240 s, generators 135 / 127 / 113 / 69 s), with mean
+# adherence DALL-E 59%, Muse 39%, Parti 20%, diffusion 7%. Two minutes more of tokenizer and
+# generator steps (runs/demo7) took 1005 s and read 60 / 32 / 24 / 10%.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
@@ -93,9 +96,11 @@ QUICK = DemoPlan(
     name="quick", pool=768,
     tokenizer_steps={"vq": 60, "ae": 40, "rvq": 10, "fsq": 10, "lfq": 10, "promptable": 10},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="tiny", generator_arch={},
-    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32}, generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
+    generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20},
     generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 1e-3},
-    eval_images=64, study_images=64, probe_steps=60, rerank_n=8, rerank_candidates=2, contrastive_steps=10, contrastive_images=256,
+    eval_images=64, study_images=64, probe_steps=60, rerank_n=8, rerank_candidates=2, contrastive_steps=10,
+    contrastive_images=256,
     sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
 # --full: the presets' widths and schedules 5-20x longer, meant to approach the targets (Parti at
@@ -106,7 +111,8 @@ FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 3000, "ae": 2000, "rvq": 1500, "fsq": 1500, "lfq": 1500, "promptable": 1600},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch={},
-    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32}, generator_steps={"dalle": 4000, "parti": 3000, "muse": 3000, "diffusion": 4000},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32},
+    generator_steps={"dalle": 4000, "parti": 3000, "muse": 3000, "diffusion": 4000},
     generator_lr={"dalle": 1e-3, "parti": 5e-4, "muse": 1e-3, "diffusion": 1e-3},
     eval_images=1000, study_images=1000, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
     contrastive_images=12000,
