@@ -77,7 +77,7 @@ LITE = {"channels": 32, "num_res_blocks": 0}
 # measured run on the base autoencoder).
 _TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
 
-# make demo: 860 s measured (runs/demo8; vq 240 s, generators 135 / 127 / 113 / 69 s), with mean
+# make demo: 860 and 900 s measured (runs/demo8, demo9; vq 240 s, generators 135 / 127-153 / 113 / 69 s), mean
 # adherence DALL-E 59%, Muse 39%, Parti 20%, diffusion 7%. Two minutes more of tokenizer and
 # generator steps (runs/demo7) took 1005 s and read 60 / 32 / 24 / 10%.
 STANDARD = DemoPlan(
