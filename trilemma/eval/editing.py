@@ -3,12 +3,18 @@ reranking by a contrastive score lifts prompt adherence. Used by the demo's repo
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from trilemma.eval.metrics import psnr
+from trilemma.eval.prompted import masked_psnr
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokenizers.promptable import box_mask
 from trilemma.tokens import Prompt
+
+
+MAX_DB = 10 * math.log10(4.0 / 1e-12)  # ~126 dB: a mean squared error of 1e-12 on [-1, 1] images
 
 
 @torch.no_grad()
@@ -17,18 +23,18 @@ def edit_study(pipe, init: torch.Tensor, prompts: list[str], box: tuple[float, f
     """Redraw ``box`` of one ``init`` image [1, 3, H, W] for each prompt; compare with the init's own
     reconstruction outside the box (what an edit should keep) and inside it (what it redraws).
 
-    Returns ``psnr_outside`` / ``psnr_inside`` (dB, mean over prompts; inf where identical),
+    Returns ``psnr_outside`` / ``psnr_inside`` (dB, mean over prompts; an identical region counts
+    as ``MAX_DB``, so one untouched edit does not make the mean infinite),
     ``reconstruction`` [1, 3, H, W] and ``edited`` [len(prompts), 3, H, W]."""
     recon = pipe.tokenizer.decode(pipe.tokenizer.encode(init.to(pipe.device))).clamp(-1, 1).float().cpu()
     edited = pipe(prompts, sampling, known=pipe.known_ids(init, box))
-    inside = box_mask(Prompt(boxes=torch.tensor([[box]], dtype=torch.float32)), 1, init.shape[-1], "cpu").bool().expand_as(edited)
+    inside = box_mask(Prompt(boxes=torch.tensor([[box]], dtype=torch.float32)), 1, init.shape[-1], "cpu")
     ref = recon.expand_as(edited)
 
     def region_psnr(mask: torch.Tensor) -> float:
-        err = ((edited - ref) ** 2 * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-        return float(10 * torch.log10(4.0 / err.clamp_min(1e-12)).mean())
+        return float(masked_psnr(edited, ref, mask).clamp(max=MAX_DB).mean())
 
-    return {"psnr_outside": region_psnr(~inside), "psnr_inside": region_psnr(inside), "reconstruction": recon,
+    return {"psnr_outside": region_psnr(1 - inside), "psnr_inside": region_psnr(inside), "reconstruction": recon,
             "edited": edited, "psnr_full_recon": float(psnr(recon, init.float()).mean())}
 
 
