@@ -17,7 +17,11 @@ def test_quick_demo_writes_a_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "trilemma.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "report:" in done.stdout and "[demo] 7/7 report" in done.stdout
+    assert "report:" in done.stdout and "[demo] finished in" in done.stdout
+    tasks = [*TOKENIZERS, "probe", "contrastive", *GENERATORS, "study", "rerank", "editing"]
+    for task in tasks:  # two workers: every task announced as it starts and ends, its output in its own log
+        assert f"start {task}\n" in done.stdout and f" {task} done in " in done.stdout, task
+    assert sorted(p.stem for p in (out / "logs").glob("*.log")) == sorted(tasks)
     results = json.loads((out / "results.json").read_text())
     # The study: one row per tokenizer, the promptable one (32 tokens) once per budget.
     rows = results["study"]["rows"]
@@ -49,11 +53,13 @@ def test_quick_demo_writes_a_report(tmp_path):
     again = subprocess.run([sys.executable, "-m", "trilemma.cli", "demo", "--quick", "--out", str(out)],
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing to do") == len(TOKENIZERS) - 1 + len(GENERATORS)
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert logs.count("nothing to do") == len(TOKENIZERS) + len(GENERATORS)
     rerun = json.loads((out / "results.json").read_text())
     for kind, scores in results["generation"].items():
-        assert {k: v for k, v in rerun["generation"][kind].items() if k.startswith("adherence")} == \
-            {k: v for k, v in scores.items() if k.startswith("adherence")}
+        assert {k: v for k, v in rerun["generation"][kind].items() if k.startswith(("adherence", "fid"))} == \
+            {k: v for k, v in scores.items() if k.startswith(("adherence", "fid"))}
+    assert rerun["editing"] == results["editing"]
 
 
 def test_plans_name_every_study_model():

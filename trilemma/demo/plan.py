@@ -76,18 +76,23 @@ LITE = {"channels": 32, "num_res_blocks": 0}
 # The conv tokenizers take 2e-3 (lite vq-f4: 36.3 dB at 1600 steps); the promptable one 1e-3 (its
 # measured run on the base autoencoder).
 _TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
+# The generators' widths in the standard and full demos: smaller than the presets, more steps a minute.
+_DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
+              "diffusion": {"channels": (32, 64)}}
 
-# make demo: 860 and 900 s measured (runs/demo8, demo9; vq 240 s, generators 135 / 127-153 / 113 / 69 s), mean
-# adherence DALL-E 59%, Muse 39%, Parti 20%, diffusion 7%. Two minutes more of tokenizer and
-# generator steps (runs/demo7) took 1005 s and read 60 / 32 / 24 / 10%.
+# make demo, on two one-thread workers (run.py). Sequentially (runs/demo8, demo9: 860 and 900 s; vq
+# 600 steps, generators 650 / 400 / 300 / 150 steps) mean adherence read DALL-E 59%, Muse 39%, Parti
+# 20%, diffusion 7%. On two workers with 1000 / 450 / 400 / 600 steps (runs/demo10, 962 s: too long)
+# 62 / 45 / 29 / 10%. In the loop, a step on one thread beside another training takes: vq 0.66 s,
+# dalle 0.23, parti 0.54, muse 0.55, diffusion 0.42; the first VQ generator also tokenizes the pool
+# (60 s). The chain vq -> dalle -> muse is the critical path, so the VQ trains 500 steps.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
-    tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
+    tokenizer_steps={"vq": 500, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
-    generator_arch={"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
-                    "diffusion": {"channels": (32, 64)}},
+    generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
-    generator_steps={"dalle": 650, "parti": 400, "muse": 300, "diffusion": 150},
+    generator_steps={"dalle": 900, "parti": 400, "muse": 330, "diffusion": 500},
     generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10)},
@@ -103,18 +108,17 @@ QUICK = DemoPlan(
     contrastive_images=256,
     sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
-# --full: the presets' widths and schedules 5-20x longer, meant to approach the targets (Parti at
-# dim 256 and 700 steps of batch 64 read 84-99% per attribute). Not yet run end to end: about 2 hours
-# projected from the measured step costs (bench/results/steps.json and the demo's stage times):
-# tokenizers ~45 min, generators ~70 min, evaluation ~10 min.
+# --full: the demo's model sizes, 3-8x its schedules and larger evaluation sets, about an hour on two
+# one-thread workers (projected from the step costs above: vq 2000 steps ~22 min, with the small
+# tokenizers, probe and 2500 diffusion steps beside it; then dalle 3000, parti 1500, muse 1500).
 FULL = DemoPlan(
     name="full", pool=20256,
-    tokenizer_steps={"vq": 3000, "ae": 2000, "rvq": 1500, "fsq": 1500, "lfq": 1500, "promptable": 1600},
-    tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch={},
-    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32},
-    generator_steps={"dalle": 4000, "parti": 3000, "muse": 3000, "diffusion": 4000},
-    generator_lr={"dalle": 1e-3, "parti": 5e-4, "muse": 1e-3, "diffusion": 1e-3},
-    eval_images=1000, study_images=1000, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
-    contrastive_images=12000,
+    tokenizer_steps={"vq": 2000, "ae": 1000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 400},
+    tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch=_DEMO_ARCH,
+    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
+    generator_steps={"dalle": 3000, "parti": 1500, "muse": 1500, "diffusion": 2500},
+    generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
+    eval_images=1000, study_images=500, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
+    contrastive_images=12000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=20)},
 )
 PLANS = {"quick": QUICK, "standard": STANDARD, "full": FULL}

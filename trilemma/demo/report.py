@@ -42,7 +42,8 @@ def markdown(results: dict, plan: DemoPlan) -> str:
     lines += _study(results["study"], plan)
     lines += _generation(results["generation"], results["study"]["adherence_ceiling"])
     lines += _editing(results["editing"], results["rerank"])
-    lines += ["## Time", "", f"Total {results['total_s']:.0f} s.", "", "| stage | seconds |", "|---|---|"]
+    lines += ["## Time", "", f"Total {results['total_s']:.0f} s, on {results['workers']} worker processes that share the "
+              "cores (task times overlap).", "", "| task | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in results["timings_s"].items()]
     return "\n".join(lines) + "\n"
 
@@ -69,7 +70,7 @@ def _study(study: dict, plan: DemoPlan) -> list[str]:
              "are plotted at float32 storage. Training steps: "
              + ", ".join(f"{k} {v}" for k, v in plan.tokenizer_steps.items())
              + " (batch 32): the generators' VQ and AE get the most, so at short schedules a point says as much "
-             "about its training time as about its family (`--full` trains every one for 1500 steps or more).", "",
+             "about its training time as about its family (`--full` trains each of them 3-20x longer).", "",
              markdown_table(study["rows"]), "",
              "![PSNR vs bits](tradeoff/psnr_vs_bits.png)", "", "![trilemma](tradeoff/trilemma.png)", "",
              "![reconstructions](reconstructions.png)", ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def tokenize_dataset(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Captions first: a cache hit needs both files, and the tokens file appears last, whole.
     atomic_write_bytes(captions_path, json.dumps(captions).encode())
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # writers running at once each write their own
     tokens.save(tmp, spec=tokenizer.spec)
     tmp.replace(path)
     return tokens, captions

@@ -1,0 +1,194 @@
+"""The demo's tasks, one module-level function each, run on worker processes (``schedule.py``). A
+task finds what earlier tasks made by its path under ``out`` (runs, the probe, the scorer); the
+shared training pool and the evaluation benchmark are made once per worker. Each returns the
+JSON-able numbers it measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trilemma import checkpoint
+from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PROMPTS, SAMPLING, TOKENIZERS, DemoPlan
+from trilemma.training.loop import TrainConfig
+
+_MADE: dict[tuple, object] = {}  # per worker process: the pool and the benchmark, made on first use
+
+
+def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
+    """Short runs: one evaluation at the end (the demo evaluates every model itself), a checkpoint
+    halfway and at the end (an interrupted demo resumes its finished runs)."""
+    return TrainConfig(steps=steps, batch_size=batch, lr=lr, eval_every=steps, save_every=max(1, steps // 2),
+                       mixed_precision="bf16")
+
+
+def pool(plan: DemoPlan):
+    """The ``plan.pool`` shapes training images every model trains on (drawn once per worker: the
+    same images in each, as shapes items are a function of their index)."""
+    from trilemma.data import InMemory, load_dataset
+
+    key = ("pool", plan.pool)
+    if key not in _MADE:
+        _MADE[key] = InMemory(load_dataset("shapes", split="train", size=32), plan.pool)
+    return _MADE[key]
+
+
+def bench(out: Path, plan: DemoPlan, train_probe: bool = False):
+    """The generation benchmark (held-out prompts, reference and floor images, the probe cached in
+    ``out/probe``); only the probe task trains the probe, the others load it."""
+    from trilemma.eval.generation import benchmark
+
+    key = ("bench", str(out))
+    if key not in _MADE:
+        if not train_probe and not (out / "probe" / checkpoint.CONFIG_FILE).is_file():
+            raise RuntimeError(f"the probe task has not saved {out / 'probe'} yet")
+        _MADE[key] = benchmark("shapes", plan.eval_images, 32, cache_dir=out, probe_steps=plan.probe_steps,
+                               probe_data=pool(plan) if train_probe else None)
+    return _MADE[key]
+
+
+def tokenizer_run(out: Path, name: str) -> Path:
+    return out / "tokenizers" / name
+
+
+def tokenizer(out: Path, plan: DemoPlan, name: str) -> dict:
+    """Train (or resume, or keep) one study tokenizer; the promptable one over the study's AE."""
+    from trilemma import registry
+    from trilemma.training.tokenizer import train_tokenizer
+
+    run, preset = tokenizer_run(out, name), TOKENIZERS[name]
+    started = (run / "model" / checkpoint.CONFIG_FILE).exists()
+    if started and name not in plan.tokenizer_steps:
+        print("nothing to do: raw patches have nothing to learn")
+        return {}
+    model = registry.get_preset("tokenizer", preset).model
+    overrides = dict(plan.conv_tokenizer) if model == "vqvae" and name != "vq" else {}
+    if model == "promptable":  # tokens over the study's continuous autoencoder (trained first)
+        overrides["base"] = str(tokenizer_run(out, "ae") / "model")
+    steps = plan.tokenizer_steps.get(name, 1)
+    train_tokenizer(preset, "shapes", run, _cfg(steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
+                    dataset=pool(plan), resume=started)  # a finished run is left as it is, a cut one continues
+    return {"steps": steps}
+
+
+def probe(out: Path, plan: DemoPlan) -> dict:
+    """The evaluation probe (trained on the pool's ground truth) and the real images' grid."""
+    from trilemma.images import save_grid
+
+    b = bench(out, plan, train_probe=True)
+    save_grid(b.floor[:16], out / "data.png", captions=b.prompts[:16])
+    return {}
+
+
+def study(out: Path, plan: DemoPlan) -> dict:
+    """The trade-off rows of every study tokenizer (the promptable one per budget), the prompted
+    region table, and the adherence ceiling of each generator's tokenizer."""
+    from trilemma.data import load_dataset
+    from trilemma.eval.prompted import first_object_boxes, region_study
+    from trilemma.eval.report import write_report
+    from trilemma.eval.tradeoff import settings, tradeoff
+
+    b, n = bench(out, plan), plan.study_images
+    rows = tradeoff([tokenizer_run(out, k) / "model" for k in TOKENIZERS], "shapes", n=n, features="domain",
+                    probe_cache=out / "probe", lpips=False, progress=False)
+    write_report(rows, out / "tradeoff", settings("shapes", n, 0, "domain", 32), title="Trilemma study")
+    _reconstruction_grid(out / "reconstructions.png", out, b.reference[:6])
+    promptable = checkpoint.load(tokenizer_run(out, "promptable") / "model", kind="tokenizer")
+    test = load_dataset("shapes", split="test", size=32)
+    items = [test[i] for i in range(n)]
+    k_max = promptable.spec.max_tokens
+    region = region_study(promptable, b.reference[:n], first_object_boxes(items),
+                          [k for k in (1, 2, 4, 8) if k <= k_max // 4] or [1])
+    ceiling = {}
+    for name in sorted(set(GENERATORS.values())):
+        tok = checkpoint.load(tokenizer_run(out, name) / "model", kind="tokenizer")
+        with torch.no_grad():
+            recon = torch.cat([tok.decode(tok.encode(x)).clamp(-1, 1) for x in b.floor.split(128)])
+        # The probe on reconstructed real images: the adherence no generator on this tokenizer can beat.
+        ceiling[name] = {f"adherence_{k}": v for k, v in b.probe.score(recon, b.attributes).items()}
+    return {"rows": rows, "region": region, "adherence_ceiling": ceiling}
+
+
+@torch.no_grad()
+def _reconstruction_grid(path: Path, out: Path, images: torch.Tensor) -> None:
+    """One row per study tokenizer (the promptable one at 4 tokens and at all of them) under the
+    real images: what each corner of the trilemma keeps."""
+    from trilemma.images import save_grid
+    from trilemma.tokens import Prompt
+
+    rows, captions = [images], ["real"] * len(images)
+    for name in TOKENIZERS:
+        tok = checkpoint.load(tokenizer_run(out, name) / "model", kind="tokenizer")
+        k_max = tok.spec.max_tokens
+        for prompt, label in ([(Prompt(budget=4), f"{name} k=4"), (Prompt(budget=k_max), f"{name} k={k_max}")]
+                              if getattr(tok, "promptable", False) else [(None, name)]):
+            rows.append(tok.decode(tok.encode(images, prompt)).clamp(-1, 1).float())
+            captions += [label] * len(images)
+    save_grid(torch.cat(rows), path, captions=captions, nrow=len(images))
+
+
+def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
+    """Train (or resume, or keep) one generator on its study tokenizer; its sample grid for
+    ``PROMPTS`` and its scores on the benchmark."""
+    from trilemma.eval.generation import evaluate_generation
+    from trilemma.images import save_grid
+    from trilemma.pipeline import Pipeline
+    from trilemma.training.generator import VAL_ITEMS, train_generator
+
+    run = out / kind
+    cfg = _cfg(plan.generator_steps[kind], plan.generator_batch[kind], plan.generator_lr[kind])
+    train_generator(kind, tokenizer_run(out, GENERATORS[kind]), "shapes", run, cfg,
+                    preset=f"{kind}-{plan.generator_preset}", num_images=plan.pool - VAL_ITEMS,
+                    cache_dir=out / "token_cache", dataset=pool(plan),
+                    resume=(run / "model" / checkpoint.CONFIG_FILE).exists(), **plan.generator_arch.get(kind, {}))
+    pipe = Pipeline.load(run)
+    sampling = plan.sampling.get(kind, SAMPLING)
+    captions = [p for p in PROMPTS for _ in range(4)]
+    save_grid(pipe(captions, sampling), out / f"{kind}_samples.png", captions=captions, nrow=4)
+    return evaluate_generation(pipe, bench(out, plan), sampling, progress=False)
+
+
+def contrastive(out: Path, plan: DemoPlan) -> dict:
+    """The rerank scorer, trained on the first ``plan.contrastive_images`` of the pool."""
+    _scorer(out, plan)
+    return {}
+
+
+def _scorer(out: Path, plan: DemoPlan):
+    from trilemma.data import InMemory
+    from trilemma.eval.contrastive import load_or_train_contrastive
+
+    return load_or_train_contrastive(InMemory(pool(plan), plan.contrastive_images), out / "contrastive",
+                                     steps=plan.contrastive_steps)
+
+
+def editing(out: Path, plan: DemoPlan) -> dict:
+    """Each token generator redraws ``EDIT_BOX`` of one held-out image; a grid of the image, its
+    reconstruction and four edits per generator (diffusion draws continuous latents: no ids to keep)."""
+    from trilemma.eval.editing import edit_study
+    from trilemma.images import save_grid
+    from trilemma.pipeline import Pipeline
+
+    init = bench(out, plan).floor[:1]
+    results, rows, captions = {}, [], []
+    for kind in GENERATORS:
+        pipe = Pipeline.load(out / kind)
+        if pipe.generator.spec.kind != "discrete":
+            continue
+        edit = edit_study(pipe, init, [EDIT_PROMPT] * 4, EDIT_BOX, SAMPLING)
+        results[kind] = {k: edit[k] for k in ("psnr_outside", "psnr_inside")}
+        rows += [init.float(), edit["reconstruction"], edit["edited"]]
+        captions += ["held-out image", "its reconstruction"] + [f"{kind} edit"] * 4
+    save_grid(torch.cat(rows), out / "editing.png", captions=captions, nrow=6)
+    return results
+
+
+def rerank(out: Path, plan: DemoPlan) -> dict:
+    """DALL-E draws ``rerank_candidates`` images for each of ``rerank_n`` prompts and keeps the best
+    by the contrastive score."""
+    from trilemma.eval.editing import rerank_study
+    from trilemma.pipeline import Pipeline
+
+    return rerank_study(Pipeline.load(out / "dalle"), bench(out, plan), _scorer(out, plan), plan.rerank_candidates,
+                        plan.rerank_n, SAMPLING)
