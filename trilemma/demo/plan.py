@@ -82,13 +82,15 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 
 # make demo, on two one-thread workers (run.py). Sequentially (runs/demo8, demo9: 860 and 900 s; vq
 # 600 steps, generators 650 / 400 / 300 / 150 steps) mean adherence read DALL-E 59%, Muse 39%, Parti
-# 20%, diffusion 7%. On two workers with 1000 / 450 / 400 / 600 steps (runs/demo10, 962 s: too long)
-# 62 / 45 / 29 / 10%. In the loop, a step on one thread beside another training takes: vq 0.66 s,
-# dalle 0.23, parti 0.54, muse 0.55, diffusion 0.42; the first VQ generator also tokenizes the pool
-# (60 s). The chain vq -> dalle -> muse is the critical path, so the VQ trains 500 steps.
+# 20%, diffusion 7%. On two workers, dalle / parti / muse / diffusion at 1000 / 450 / 400 / 600 steps
+# (runs/demo10, 962 s: too long) read 62 / 29 / 45 / 10%; with the vq at 500 steps and 900 / 400 /
+# 330 / 500 (demo11, 772 s) the vq fell from 31.9 to 29.0 dB (shape ceiling 93 -> 76%) and read
+# 62 / 25 / 35 / 10%, DALL-E's edit 35 dB outside the box. In the loop, a step on one thread beside
+# another training takes: vq 0.66 s, dalle 0.23, parti 0.54, muse 0.55, diffusion 0.42; the first vq
+# generator also tokenizes the pool (60 s). vq -> dalle -> muse is the critical path.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
-    tokenizer_steps={"vq": 500, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
+    tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
