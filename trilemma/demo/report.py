@@ -70,7 +70,7 @@ def _study(study: dict, plan: DemoPlan) -> list[str]:
              "are plotted at float32 storage. Training steps: "
              + ", ".join(f"{k} {v}" for k, v in plan.tokenizer_steps.items())
              + " (batch 32): the generators' VQ and AE get the most, so at short schedules a point says as much "
-             "about its training time as about its family (`--full` trains each of them 3-20x longer).", "",
+             "about its training time as about its family (`--full` trains each of them 3-13x longer).", "",
              markdown_table(study["rows"]), "",
              "![PSNR vs bits](tradeoff/psnr_vs_bits.png)", "", "![trilemma](tradeoff/trilemma.png)", "",
              "![reconstructions](reconstructions.png)", ""]
