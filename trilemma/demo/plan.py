@@ -87,14 +87,19 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 # 330 / 500 (demo11, 772 s) the vq fell from 31.9 to 29.0 dB (shape ceiling 93 -> 76%) and read
 # 62 / 25 / 35 / 10%, DALL-E's edit 35 dB outside the box. In the loop, a step on one thread beside
 # another training takes: vq 0.66 s, dalle 0.23, parti 0.54, muse 0.55, diffusion 0.42; the first vq
-# generator also tokenizes the pool (60 s). vq -> dalle -> muse is the critical path.
+# generator also tokenizes the pool (60 s). Muse learns in a jump: on demo12's 31.9 dB vq, one
+# thread beside another training, batch 64 for 800 steps (378 s) read 77 / 99 / 99 / 100% (mean
+# 94%), batch 32 for 1200 steps (306 s) 69 / 99 / 99 / 100% (92%), against 25-45% at 330-400 steps of
+# 64. So Muse gets the long run (batch 32, 1200 steps) and the others give way. runs/demo12 (vq 600,
+# 900 / 400 / 330 / 500 steps, muse at batch 64): 832 s, 61 / 24 / 25 / 10%. This plan (runs/demo13):
+# 791 s; muse 69 / 99 / 99 / 100% (mean 91%, FID 4.25, floor 3.91), dalle 55%, parti 17%, diffusion 9%.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
-    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
-    generator_steps={"dalle": 900, "parti": 400, "muse": 330, "diffusion": 500},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32},
+    generator_steps={"dalle": 600, "parti": 300, "muse": 1200, "diffusion": 400},
     generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10)},

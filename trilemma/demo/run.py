@@ -19,7 +19,8 @@ from trilemma.demo.schedule import Task, run_tasks
 def graph(out: Path, plan: DemoPlan) -> list[Task]:
     """Every task and what it waits for, in priority order: the token generators' tokenizer first
     (the longest chain: vq, then three generators, then editing), the small tokenizers, the probe and
-    the rerank scorer beside it, diffusion (which waits only on the ae) before the token generators."""
+    the rerank scorer beside it, then the generators, longest first (a free worker takes the first
+    whose tokenizer is ready: diffusion's ae is ready long before the vq)."""
     def tokenizer(name: str) -> Task:
         return Task(name, tasks.tokenizer, (out, plan, name), ("ae",) if name == "promptable" else ())
 
@@ -27,7 +28,8 @@ def graph(out: Path, plan: DemoPlan) -> list[Task]:
         return Task(kind, tasks.generator, (out, plan, kind), (GENERATORS[kind], "probe"))
 
     tokenizer_order = ["vq", "ae"] + [n for n in TOKENIZERS if n not in ("vq", "ae")]
-    generator_order = sorted(GENERATORS, key=lambda g: GENERATORS[g] != "ae")  # diffusion first: its ae is ready early
+    # the longest training first (images seen as its measure): it must not be the one left at the end
+    generator_order = sorted(GENERATORS, key=lambda g: -plan.generator_steps[g] * plan.generator_batch[g])
     return ([tokenizer(n) for n in tokenizer_order[:2]] + [Task("probe", tasks.probe, (out, plan))]
             + [tokenizer(n) for n in tokenizer_order[2:]] + [Task("contrastive", tasks.contrastive, (out, plan))]
             + [generator(g) for g in generator_order]
