@@ -1,4 +1,4 @@
-"""The diffusion generator: diffusers' UNet and schedulers on continuous latents, our prompt encoder."""
+"""The diffusion generator: diffusers' UNet or MMDiT and schedulers on continuous latents, our prompt encoder."""
 
 import pytest
 import torch
@@ -43,7 +43,7 @@ def test_guidance_scale_one_is_the_conditional_model_and_sampling_is_seeded():
     ids = text.encode(CAPTIONS)
     a = gen.sample(ids, SamplingConfig(cfg_scale=1.0, seed=3))
     calls = []
-    gen.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    gen.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     b = gen.sample(ids, SamplingConfig(cfg_scale=1.0, seed=3))
     assert torch.equal(a.latents, b.latents) and set(calls) == {2}  # conditional rows only
     guided = gen.sample(ids, SamplingConfig(cfg_scale=3.0, seed=3))
@@ -53,8 +53,12 @@ def test_guidance_scale_one_is_the_conditional_model_and_sampling_is_seeded():
         assert out.latents.shape == (2, 16, 4) and torch.isfinite(out.latents).all()
 
 
-def test_a_tiny_model_overfits_one_batch():
-    gen, text = tiny(cond_drop_prob=0.0)
+MMDIT = dict(denoiser="mmdit", width=32, heads=2, depth=1)
+
+
+@pytest.mark.parametrize("cfg", [{}, MMDIT], ids=["unet", "mmdit"])
+def test_a_tiny_model_overfits_one_batch(cfg):
+    gen, text = tiny(cond_drop_prob=0.0, **cfg)
     tokens, ids = latents(), text.encode(CAPTIONS)
     gen.fit(tokens)
 
@@ -74,6 +78,30 @@ def test_a_tiny_model_overfits_one_batch():
         loss.backward()
         opt.step()
     assert fixed_loss() < 0.5 * before
+
+
+def test_min_snr_weights_lower_the_loss_and_a_huge_gamma_is_the_plain_loss():
+    gen, text = tiny()
+    tokens, ids = latents(), text.encode(CAPTIONS)
+    gen.fit(tokens)
+
+    def loss(gamma):
+        gen.config.snr_gamma = gamma
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return gen.loss(tokens, ids)["loss"].item()
+
+    plain = loss(0.0)
+    assert loss(1e9) == pytest.approx(plain, rel=1e-6)  # min(SNR, gamma) / SNR = 1 at every level
+    assert loss(1.0) < plain
+
+
+def test_the_mmdit_denoiser_samples_latents_of_the_grid():
+    gen, text = tiny(**MMDIT)
+    out = gen.sample(text.encode(CAPTIONS), SamplingConfig(cfg_scale=3.0, seed=0, steps=2))
+    assert out.latents.shape == (2, 16, 4) and torch.isfinite(out.latents).all()
+    with pytest.raises(ValueError, match="denoiser must be one of"):
+        tiny(denoiser="dit")
 
 
 def test_the_latent_scale_is_measured_and_saved(tmp_path):

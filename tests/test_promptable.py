@@ -77,6 +77,27 @@ def test_auto_budget_is_the_smallest_k_reaching_the_target(tok, images):
     assert boxed.prompt.boxes.shape == (4, 1, 4) and tok.decode(boxed).shape == images.shape
 
 
+def test_training_weights_errors_inside_a_prompted_box_and_samples_every_budget(images):
+    from trilemma.tokenizers.promptable import box_mask, random_prompt
+
+    torch.manual_seed(0)
+    tok = registry.build("tokenizer", "promptable-tiny", region_weight=3.0).train()
+    out = tok(images, Prompt(budget=8, boxes=BOX))
+    err = (out.recon - images).pow(2).mean(1, keepdim=True)
+    inside = box_mask(Prompt(boxes=BOX), 4, 32, images.device)
+    assert 0 < inside.mean() < 1
+    # The extra term is region_weight x the error inside the box, over the mean of every pixel.
+    assert out.losses["region"].item() == pytest.approx(3.0 * (err * inside).mean().item(), rel=1e-4)
+    assert "region" not in tok(images, Prompt(budget=8)).losses  # no box, no extra weight
+    budgets = [random_prompt(2, tok.config, images.device).budget for _ in range(400)]
+    assert set(budgets) == set(range(1, 9))  # uniform over 1..K: every prefix is trained
+    log = [random_prompt(2, registry.build("tokenizer", "promptable-tiny", budget_sampling="log").config, images.device).budget
+           for _ in range(400)]
+    assert sum(log) / len(log) < sum(budgets) / len(budgets)  # log-uniform favours short prefixes
+    with pytest.raises(ValueError, match="budget_sampling must be"):
+        registry.build("tokenizer", "promptable-tiny", budget_sampling="geometric")
+
+
 def test_training_learns_and_the_cli_takes_budgets_boxes_and_points(tmp_path, capsys):
     from trilemma.training.loop import TrainConfig
     from trilemma.training.tokenizer import train_tokenizer

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from trilemma import registry
@@ -27,23 +26,39 @@ from trilemma.nn.transformer import TransformerConfig, init_weights
 from trilemma.tokens import Tokens
 
 PREDICTIONS = ("epsilon", "v_prediction")
+DENOISERS = ("unet", "mmdit")
 
 
 @dataclass
 class DiffusionConfig:
-    channels: tuple[int, ...] = (64, 128)  # UNet widths, one level each (the first at the latent grid)
-    layers_per_block: int = 1  # resnet (+ cross-attention) layers per UNet level
-    heads: int = 4  # attention heads in the UNet's transformer blocks
-    text_dim: int = 128  # prompt encoder width = the UNet's cross-attention dim
+    # "unet": diffusers' UNet2DConditionModel, the text read by cross-attention at each level;
+    # "mmdit": diffusers' SD3Transformer2DModel (Esser et al. 2024), latent patches and text tokens
+    # in joint attention, with 2D position embeddings.
+    denoiser: str = "unet"
+    depth: int = 4  # mmdit: transformer blocks
+    width: int = 128  # mmdit: hidden size (heads x head size)
+    patch: int = 1  # mmdit: latent cells per patch side
+    channels: tuple[int, ...] = (64, 128)  # unet: widths, one level each (the first at the latent grid)
+    layers_per_block: int = 1  # unet: resnet (+ cross-attention) layers per UNet level
+    heads: int = 4  # attention heads of the denoiser's attention blocks
+    text_dim: int = 128  # prompt encoder width (what the denoiser attends to)
     text_depth: int = 2  # prompt encoder blocks (bidirectional)
     text_heads: int = 4
-    prediction: str = "epsilon"  # what the UNet predicts: "epsilon" or "v_prediction"
+    prediction: str = "epsilon"  # what the denoiser predicts: "epsilon" or "v_prediction"
     train_timesteps: int = 1000  # DDPM noise levels
     beta_schedule: str = "squaredcos_cap_v2"  # the cosine schedule (Nichol & Dhariwal 2021)
     scheduler: str = "dpm++"  # default sampler: "dpm++" (DPM-Solver++ 2M) or "ddim"
     steps: int = 20  # default denoising steps (sampling option ``steps`` overrides)
     clip_x0: float = 3.0  # bound on the x_0 a prediction implies, in normalised latents (0 = off)
     cond_drop_prob: float = 0.1  # rows trained on the empty prompt, for classifier-free guidance
+    # Min-SNR-gamma loss weights (Hang et al. 2023): each noise level's loss weighted by
+    # min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), so the nearly clean levels, easy and
+    # many, stop dominating the gradient; 0 = the plain mean squared error.
+    snr_gamma: float = 0.0
+    # unet: two coordinate channels (x, y in [-1, 1]) beside the latents at its input (CoordConv,
+    # Liu et al. 2018): the UNet's convolutions and its attention carry no absolute position, so
+    # "at the top left" can only be learned from the zero padding at the border.
+    coords: bool = True
 
 
 def make_scheduler(name: str, config: Any) -> Any:
@@ -101,8 +116,8 @@ class Diffusion(TextEncoderMixin, Generator):
 
     def __init__(self, config: DiffusionConfig, spec, text):
         super().__init__(spec, text)
-        from diffusers import UNet2DConditionModel
-
+        if config.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {DENOISERS}, got {config.denoiser!r}")
         if config.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {config.prediction!r}")
         make_scheduler(config.scheduler, config)  # an unknown sampler fails here, not after training
@@ -111,15 +126,8 @@ class Diffusion(TextEncoderMixin, Generator):
         self.config = config
         self._add_text_encoder(text.vocab_size, text.max_length,
                                TransformerConfig(config.text_dim, config.text_depth, config.text_heads))
-        self.apply(init_weights)  # the prompt encoder; the UNet keeps diffusers' initialisation
-        levels = len(config.channels)
-        self.unet = UNet2DConditionModel(
-            sample_size=spec.grid, in_channels=spec.latent_dim, out_channels=spec.latent_dim,
-            block_out_channels=tuple(config.channels), layers_per_block=config.layers_per_block,
-            down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
-            cross_attention_dim=config.text_dim, attention_head_dim=config.heads,
-            norm_num_groups=min(32, *(c // 4 for c in config.channels)),
-        )
+        self.apply(init_weights)  # the prompt encoder; the denoiser keeps diffusers' initialisation
+        self.net = _denoiser_net(config, spec)
         self.noise_schedule = make_scheduler("ddpm", config)
         # Latent normalisation, measured on the training set by ``fit``; saved with the weights.
         self.register_buffer("latent_mean", torch.zeros(spec.latent_dim))
@@ -151,6 +159,19 @@ class Diffusion(TextEncoderMixin, Generator):
         x = x / self.latent_scale + self.latent_mean[None, :, None, None]
         return Tokens(latents=rearrange(x, "b c h w -> b (h w) c"))
 
+    def denoiser(self, x: torch.Tensor, t: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for noisy latents ``x`` [B, C, h, w] at timesteps ``t`` (one per
+        row, or one for all), conditioned on the text encodings ``memory`` [B, L, text_dim]."""
+        t = t.reshape(-1).expand(x.shape[0])
+        if self.config.denoiser == "mmdit":
+            return self.net(x, encoder_hidden_states=memory, pooled_projections=memory.mean(1), timestep=t).sample
+        if self.config.coords:
+            h, w = x.shape[-2:]
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                                    indexing="ij")
+            x = torch.cat([x, torch.stack([xs, ys]).to(x.dtype).expand(x.shape[0], -1, -1, -1)], 1)
+        return self.net(x, t, encoder_hidden_states=memory).sample
+
     # ------------------------------------------------------------------ training
 
     def forward(self, x0: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -160,8 +181,17 @@ class Diffusion(TextEncoderMixin, Generator):
         t = torch.randint(0, self.config.train_timesteps, (x0.shape[0],), device=x0.device)
         xt = self.noise_schedule.add_noise(x0, noise, t)
         target = noise if self.config.prediction == "epsilon" else self.noise_schedule.get_velocity(x0, noise, t)
-        prediction = self.unet(xt, t, encoder_hidden_states=memory).sample
-        return {"loss": F.mse_loss(prediction.float(), target.float())}
+        prediction = self.denoiser(xt, t, memory)
+        per_row = (prediction.float() - target.float()).pow(2).mean((1, 2, 3))
+        if self.config.snr_gamma > 0:
+            from diffusers.training_utils import compute_snr
+
+            snr, gamma = compute_snr(self.noise_schedule, t), self.config.snr_gamma
+            if self.config.prediction == "epsilon":
+                per_row = per_row * (gamma / snr).clamp(max=1)  # min(SNR, gamma) / SNR, finite at SNR 0
+            else:
+                per_row = per_row * snr.clamp(max=gamma) / (snr + 1)
+        return {"loss": per_row.mean()}
 
     # ------------------------------------------------------------------ sampling
 
@@ -182,12 +212,37 @@ class Diffusion(TextEncoderMixin, Generator):
         scheduler = make_scheduler(sampling.scheduler or self.config.scheduler, self.config)
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out = self.unet(self.stack_rows(x, rows), t, encoder_hidden_states=memory).sample.float()
+            out = self.denoiser(self.stack_rows(x, rows), t, memory).float()
             return self.guide(out, b, sampling.cfg_scale)
 
         noise = torch.randn((b, self.spec.latent_dim, h, w), generator=gen, device=text_ids.device)
         x = denoise(model, scheduler, noise, sampling.steps or self.config.steps, gen, self.config.clip_x0)
         return self._to_tokens(x)
+
+
+def _denoiser_net(config: DiffusionConfig, spec) -> torch.nn.Module:
+    """diffusers' denoiser for ``config.denoiser``: a UNet that reads the text by cross-attention,
+    or an MMDiT whose blocks attend jointly over latent patches and text tokens."""
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+    (h, w), c = spec.grid, spec.latent_dim
+    if config.denoiser == "mmdit":
+        if h != w or h % config.patch:
+            raise ValueError(f"the mmdit denoiser needs a square latent grid divisible by patch {config.patch}, got {h}x{w}")
+        return SD3Transformer2DModel(
+            sample_size=h, patch_size=config.patch, in_channels=c, out_channels=c, num_layers=config.depth,
+            attention_head_dim=config.width // config.heads, num_attention_heads=config.heads,
+            joint_attention_dim=config.text_dim, caption_projection_dim=config.width,
+            pooled_projection_dim=config.text_dim, pos_embed_max_size=h // config.patch,
+        )
+    levels = len(config.channels)
+    return UNet2DConditionModel(
+        sample_size=spec.grid, in_channels=c + (2 if config.coords else 0), out_channels=c,
+        block_out_channels=tuple(config.channels), layers_per_block=config.layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
+        cross_attention_dim=config.text_dim, attention_head_dim=config.heads,
+        norm_num_groups=min(32, *(ch // 4 for ch in config.channels)),
+    )
 
 
 def _preset(name: str, description: str, **fields: Any) -> None:

@@ -54,6 +54,10 @@ class PromptableConfig:
     prompt_prob: float = 0.5  # training: share of images given a random box or points
     region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
     tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
+    # That budget: "uniform" over 1..K, or "log" (log-uniform: mean ~K/3, small budgets far more
+    # often). Measured (FSQ 8-8-8-5-5-5 on ae-f4 latents, 300 steps of 32): uniform 18.3 dB at the
+    # full budget, log 17.6, and the same at k = 1 and 4 (15.2-15.4, 16.5 dB).
+    budget_sampling: str = "uniform"
     # A trained continuous autoencoder whose latent grid the tokens describe (FlexTok's recipe: 1D
     # tokens over a VAE's latents), frozen: a directory (`--set base=runs/ae`) when training, saved
     # as its config (its weights go with this model's). None: a convolutional stem and head trained
@@ -126,6 +130,8 @@ class PromptableTokenizer(Tokenizer):
         if config.image_size % config.patch:
             raise ValueError(f"image_size {config.image_size} is not divisible by patch {config.patch}")
         self.config = c = config
+        if c.budget_sampling not in ("uniform", "log"):
+            raise ValueError(f"budget_sampling must be 'uniform' or 'log', got {c.budget_sampling!r}")
         self.side = c.image_size // c.patch
         patches = self.side**2
         qcfg = dict(c.quantizer)
@@ -306,14 +312,19 @@ class PromptableTokenizer(Tokenizer):
             # decoder, no gradient) are what the task logs and evaluates.
             target, size, recon = self._latents(images), self.side, self.patch_out(grid)
             losses["latent"] = (recon.float() - target).pow(2).mean()
-            with torch.no_grad():
-                pixels = self._grid_out(grid)
         region = box_mask(prompt, images.shape[0], size, images.device)
         if region is not None and c.region_weight > 0:
+            # Errors inside prompted boxes count 1 + region_weight times, all over one mean (the plain
+            # term is the reconstruction loss, on pixels or latents). Measured (continuous 6-d
+            # bottleneck, 150 steps, no tail dropout): the mean over the boxes alone, at weight 4,
+            # kept the latents at the mean image (error 0.92 of their variance against 0.43 without
+            # prompts), its noise swamping the rest; over one mean they learned (PSNR 17.4 dB
+            # against 15.5, 18.3 without prompts).
             err = (recon.float() - target.float()).pow(2).mean(1, keepdim=True)
-            losses["region"] = c.region_weight * (err * region).sum() / region.sum().clamp_min(1.0)
+            losses["region"] = c.region_weight * (err * region).mean()
         if self.base is not None:
-            recon = pixels
+            with torch.no_grad():
+                recon = self._grid_out(grid)
         ids = q.ids[:, :k, 0]
         return TokenizerOutput(recon, Tokens(ids=ids, prompt=prompt), losses, q.usage)
 
@@ -344,12 +355,14 @@ def _frozen_base(c: PromptableConfig) -> tuple[nn.Module, PromptableConfig]:
 
 
 def random_prompt(batch: int, config: PromptableConfig, device: torch.device) -> Prompt:
-    """A training prompt: a budget (log-uniform over 1..K when tail dropout is on) and, with
+    """A training prompt: a budget (``budget_sampling`` over 1..K when tail dropout is on) and, with
     probability ``prompt_prob`` per image, one random box; the other images get none (a box of -1s,
     which only training builds: user prompts are checked to lie in [0, 1])."""
     k = config.num_tokens
     budget = k
-    if config.tail_dropout:
+    if config.tail_dropout and config.budget_sampling == "uniform":
+        budget = int(torch.randint(1, k + 1, ()).item())
+    elif config.tail_dropout:
         budget = int(round(2 ** (torch.rand(()).item() * math.log2(k))))
     if config.prompt_prob <= 0:
         return Prompt(budget=budget)
