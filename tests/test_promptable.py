@@ -98,6 +98,22 @@ def test_training_weights_errors_inside_a_prompted_box_and_samples_every_budget(
         registry.build("tokenizer", "promptable-tiny", budget_sampling="geometric")
 
 
+def test_dense_prompts_mark_the_positions_a_box_covers_and_a_point_falls_on():
+    enc = registry.build("tokenizer", "promptable-tiny").prompts
+    side = 8
+    prompt = Prompt(boxes=torch.tensor([[[0.0, 0.0, 0.5, 0.25]], [[-1.0, -1.0, -1.0, -1.0]]]),
+                    points=torch.tensor([[[0.9, 0.9]], [[0.1, 0.6]]]), point_labels=torch.tensor([[1], [0]]))
+    dense = enc.dense(prompt, 2, side, torch.device("cpu"))
+    grid = dense.reshape(2, side, side, -1)
+    assert torch.allclose(grid[0, :2, :4], enc.inside.expand(2, 4, -1))  # rows 0-1, columns 0-3: in the box
+    assert torch.allclose(grid[0, 7, 7], enc.point_marks.weight[1])  # the foreground point at (0.9, 0.9)
+    assert torch.allclose(grid[1, 4, 0], enc.point_marks.weight[0])  # image 2: no box, a background point
+    marked = {(0, r, c) for r in range(2) for c in range(4)} | {(0, 7, 7), (1, 4, 0)}
+    for i, r, c in ((i, r, c) for i in range(2) for r in range(side) for c in range(side)):
+        assert bool(grid[i, r, c].any()) == ((i, r, c) in marked)
+    assert not enc.dense(None, 2, side, torch.device("cpu")).any()
+
+
 def test_training_learns_and_the_cli_takes_budgets_boxes_and_points(tmp_path, capsys):
     from trilemma.training.loop import TrainConfig
     from trilemma.training.tokenizer import train_tokenizer

@@ -52,6 +52,9 @@ class PromptableConfig:
     quantizer: dict[str, Any] = field(default_factory=lambda: {"name": "vq", "codebook_size": 512, "codebook_dim": 8})
     fourier_bands: int = 16  # random Fourier features per coordinate pair (SAM)
     max_boxes: int = 1
+    # Prompts also as dense embeddings added at the grid positions they cover (PromptEncoder.dense),
+    # beside the prompt tokens, in both the encoder and the decoder.
+    dense_prompt: bool = True
     max_points: int = 4
     prompt_prob: float = 0.5  # training: share of images given a random box or points
     region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
@@ -96,6 +99,8 @@ class PromptEncoder(nn.Module):
         self.register_buffer("freqs", torch.randn(2, bands))  # random Fourier features (SAM); saved
         self.proj = nn.Linear(2 * bands, dim)
         self.types = nn.Embedding(5, dim)
+        self.inside = nn.Parameter(torch.randn(dim) * 0.02)  # dense: a position inside a box
+        self.point_marks = nn.Embedding(2, dim)  # dense: a background / foreground point's position
 
     @property
     def slots(self) -> int:
@@ -120,6 +125,26 @@ class PromptEncoder(nn.Module):
         angles = 2 * math.pi * (2 * xy - 1) @ self.freqs
         features = self.proj(torch.cat([angles.sin(), angles.cos()], -1))
         return torch.where((kinds == EMPTY)[..., None], 0.0, features) + self.types(kinds)
+
+    def dense(self, prompt: Prompt | None, batch: int, side: int, device: torch.device) -> torch.Tensor:
+        """Per grid position [B, side * side, dim]: a learned embedding where the position lies in a
+        box, another where a foreground (background) point falls, else 0 (SAM adds its dense mask
+        prompt to the image embedding the same way): "am I prompted" is read off each position,
+        not worked out by attention from corner coordinates."""
+        out = torch.zeros(batch, side * side, self.inside.shape[0], device=device)
+        if prompt is None:
+            return out
+        inside = box_mask(prompt, batch, side, device)
+        if inside is not None:
+            out = out + rearrange(inside, "b 1 h w -> b (h w) 1") * self.inside
+        if prompt.points is not None:
+            points = prompt.points.to(device).float().expand(batch, -1, -1)
+            cells = (points * side).long().clamp(0, side - 1)
+            index = cells[..., 1] * side + cells[..., 0]  # [B, P]
+            labels = prompt.point_labels.to(device).expand(batch, -1) if prompt.point_labels is not None else torch.ones_like(index)
+            marks = self.point_marks((labels > 0).long())  # [B, P, dim]
+            out = out.scatter_add(1, index[..., None].expand_as(marks), marks)
+        return out
 
 
 @registry.register("tokenizer", "promptable")
@@ -223,6 +248,8 @@ class PromptableTokenizer(Tokenizer):
     def _encode(self, images: torch.Tensor, prompt: Prompt | None) -> Any:
         b, n_patches = images.shape[0], self.side**2
         x = rearrange(self._grid_in(images), "b d h w -> b (h w) d") + self.patch_pos
+        if self.config.dense_prompt:
+            x = x + self.prompts.dense(prompt, b, self.side, images.device)
         queries = self.queries + torch.einsum("kp,bpd->bkd", self.read, x)
         h = self.encoder(torch.cat([x, queries, self.prompts(prompt, b, images.device)], 1))
         z = self.to_quantizer(h[:, n_patches : n_patches + self.config.num_tokens])
@@ -237,6 +264,8 @@ class PromptableTokenizer(Tokenizer):
         b, k = latents.shape[0], latents.shape[2]
         tokens = self.from_quantizer(rearrange(latents, "b d k 1 -> b k d")) + self.token_pos[:k]
         masks = self.mask_token + self.patch_pos + torch.einsum("pk,bkd->bpd", self.write[:, :k], tokens)
+        if self.config.dense_prompt:
+            masks = masks + self.prompts.dense(prompt, b, self.side, latents.device)
         h = self.decoder(torch.cat([masks, tokens, self.prompts(prompt, b, latents.device)], 1))
         return rearrange(h[:, : self.side**2], "b (h w) d -> b d h w", h=self.side)
 
