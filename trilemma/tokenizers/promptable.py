@@ -52,10 +52,11 @@ class PromptableConfig:
     quantizer: dict[str, Any] = field(default_factory=lambda: {"name": "vq", "codebook_size": 512, "codebook_dim": 8})
     fourier_bands: int = 16  # random Fourier features per coordinate pair (SAM)
     max_boxes: int = 1
-    # Prompts also as dense embeddings added at the grid positions they cover (PromptEncoder.dense),
-    # beside the prompt tokens, in both the encoder and the decoder.
-    dense_prompt: bool = True
     max_points: int = 4
+    # Prompts also as dense embeddings added at the grid positions they cover (PromptEncoder.dense),
+    # beside the prompt tokens, in both the encoder and the decoder. Measured (VQ on ae-f4 latents,
+    # 300 steps of 32): 18.2 dB at the full budget against 17.6 without; no gain inside the box yet.
+    dense_prompt: bool = True
     prompt_prob: float = 0.5  # training: share of images given a random box or points
     region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
     tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
