@@ -91,15 +91,19 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 # thread beside another training, batch 64 for 800 steps (378 s) read 77 / 99 / 99 / 100% (mean
 # 94%), batch 32 for 1200 steps (306 s) 69 / 99 / 99 / 100% (92%), against 25-45% at 330-400 steps of
 # 64. So Muse gets the long run (batch 32, 1200 steps) and the others give way. runs/demo12 (vq 600,
-# 900 / 400 / 330 / 500 steps, muse at batch 64): 832 s, 61 / 24 / 25 / 10%. This plan (runs/demo13):
-# 791 s; muse 69 / 99 / 99 / 100% (mean 91%, FID 4.25, floor 3.91), dalle 55%, parti 17%, diffusion 9%.
+# 900 / 400 / 330 / 500 steps, muse at batch 64): 832 s, 61 / 24 / 25 / 10%. runs/demo13 (promptable
+# 30 steps, diffusion 400): 791 s; muse 69 / 99 / 99 / 100% (mean 91%, FID 4.25, floor 3.91), dalle
+# 55%, parti 17%, diffusion 9%, the promptable tokenizer flat at 15.0 dB across budgets. This plan
+# (runs/demo15) moves ~70 s from diffusion to the promptable tokenizer: 842 s; the same token
+# generators; diffusion at 250 steps 4 / 3 / 10 / 19% (mean 9%, FID 9.5); promptable 15.2 -> 16.5 dB
+# from k = 1 to 32.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
-    tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 30},
+    tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32},
-    generator_steps={"dalle": 600, "parti": 300, "muse": 1200, "diffusion": 400},
+    generator_steps={"dalle": 600, "parti": 300, "muse": 1200, "diffusion": 250},
     generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10)},
