@@ -118,11 +118,10 @@ class PromptEncoder(nn.Module):
             absent = (boxes < 0).any(-1).repeat_interleave(2, dim=1)  # a box of -1s: no box (training)
             kinds[:, : 2 * n] = torch.where(absent, EMPTY, corners)
         if prompt is not None and prompt.points is not None:
-            points = prompt.points.to(device).float().expand(batch, -1, -1)
+            points, foreground = _points(prompt, batch, device)
             n, start = points.shape[1], 2 * self.max_boxes
             xy[:, start : start + n] = points
-            labels = prompt.point_labels.to(device).expand(batch, -1) if prompt.point_labels is not None else torch.ones(batch, n, device=device)
-            kinds[:, start : start + n] = torch.where(labels > 0, POINT_FG, POINT_BG).long()
+            kinds[:, start : start + n] = torch.where(foreground, POINT_FG, POINT_BG).long()
         angles = 2 * math.pi * (2 * xy - 1) @ self.freqs
         features = self.proj(torch.cat([angles.sin(), angles.cos()], -1))
         return torch.where((kinds == EMPTY)[..., None], 0.0, features) + self.types(kinds)
@@ -139,13 +138,21 @@ class PromptEncoder(nn.Module):
         if inside is not None:
             out = out + rearrange(inside, "b 1 h w -> b (h w) 1") * self.inside
         if prompt.points is not None:
-            points = prompt.points.to(device).float().expand(batch, -1, -1)
+            points, foreground = _points(prompt, batch, device)
             cells = (points * side).long().clamp(0, side - 1)
             index = cells[..., 1] * side + cells[..., 0]  # [B, P]
-            labels = prompt.point_labels.to(device).expand(batch, -1) if prompt.point_labels is not None else torch.ones_like(index)
-            marks = self.point_marks((labels > 0).long())  # [B, P, dim]
+            marks = self.point_marks(foreground.long())  # [B, P, dim]
             out = out.scatter_add(1, index[..., None].expand_as(marks), marks)
         return out
+
+
+def _points(prompt: Prompt, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prompt's points [B, P, 2] for every image and whether each is foreground [B, P] (the
+    default when no labels are given)."""
+    points = prompt.points.to(device).float().expand(batch, -1, -1)
+    if prompt.point_labels is None:
+        return points, torch.ones(points.shape[:2], dtype=torch.bool, device=device)
+    return points, prompt.point_labels.to(device).expand(batch, -1) > 0
 
 
 @registry.register("tokenizer", "promptable")
