@@ -190,3 +190,27 @@ def test_region_study_measures_inside_and_outside_the_box():
     recon = images[:1] + 0.5 * mask
     assert masked_psnr(recon, images[:1], 1 - mask).isinf().all()
     assert abs(masked_psnr(recon, images[:1], mask).item() - 10 * math.log10(4 / 0.25)) < 1e-6
+
+
+def test_a_generator_trains_at_a_budget_and_an_autoregressive_one_stops_early(tmp_path, capsys):
+    torch.manual_seed(0)
+    tok_dir = str(checkpoint.save(registry.build("tokenizer", "promptable-tiny"), tmp_path / "tok"))
+    common = ["--tokenizer", tok_dir, "--steps", "2", "--batch-size", "8", "--num-images", "16"]
+    gen = str(tmp_path / "gen")
+    assert main(["train", "generator", "--kind", "dalle", "--preset", "dalle-tiny", *common, "--budget", "4", "--out", gen]) == 0
+    meta = checkpoint.read_config(tmp_path / "gen" / "model", kind="generator")
+    assert meta["budget"] == 4 and meta["context"]["spec"]["max_tokens"] == 4  # models the first 4 of 8 tokens
+    for k in ("2", "4"):
+        assert main(["generate", "a red circle", "--generator", gen, "--n", "2", "--budget", k, "--seed", "0",
+                     "--out", str(tmp_path / f"g{k}.png")]) == 0
+        assert Image.open(tmp_path / f"g{k}.png").size[0] > 0
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--generator", gen, "--budget", "5", "--out", str(tmp_path / "x.png")]) == 1
+    assert "1 <= budget <= 4" in capsys.readouterr().err
+    assert main(["train", "generator", "--kind", "muse", "--preset", "muse-tiny", *common, "--budget", "9",
+                 "--out", str(tmp_path / "m")]) == 1
+    assert "--budget must be in [1, 8]" in capsys.readouterr().err
+    vq = str(checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq"))
+    assert main(["train", "generator", "--kind", "dalle", "--preset", "dalle-tiny", "--tokenizer", vq, "--budget", "4",
+                 "--out", str(tmp_path / "v")]) == 1
+    assert "needs a promptable tokenizer" in capsys.readouterr().err

@@ -29,7 +29,9 @@ class TokenSpec:
     latent_dim: int | None = None  # continuous: size of each latent vector
     grid: tuple[int, int] | None = None  # (h, w) when tokens form a raster grid, else None
     levels: int = 1  # ids per position (residual depth, or channels of a patch token)
-    sparse: bool = False  # tokens carry positions (promptable tokenizers)
+    # Ordered 1D tokens (a promptable tokenizer): any prefix of the max_tokens decodes, so a generator
+    # may model only the first k (trained at a budget) and still decode through this tokenizer.
+    sparse: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("discrete", "continuous"):

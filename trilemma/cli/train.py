@@ -34,6 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-length", type=positive_int, default=None,
                    help="text positions, eos included (default: the longest training caption + eos, at most "
                         f"{generator_training.AUTO_TEXT_LENGTH_MAX}); longer prompts are truncated, with a notice")
+    p.add_argument("--budget", type=positive_int, default=None, metavar="K",
+                   help="on a promptable tokenizer: model its first K ordered tokens (default: all)")
     options.add_training(p, generator_training.DEFAULTS)
 
     p = command(train, "decoder", "train a diffusion decoder on a discrete tokenizer's tokens (replaces its decoder)",
@@ -61,7 +63,8 @@ def run_tokenizer(args: argparse.Namespace) -> dict:
 def run_generator(args: argparse.Namespace) -> dict:
     result = generator_training.train_generator(
         args.kind, args.tokenizer, args.data, Path(args.out), options.training(args), preset=args.preset,
-        num_images=args.num_images, text_length=args.text_length, resume=args.resume, **options.overrides(args.set),
+        num_images=args.num_images, text_length=args.text_length, resume=args.resume, budget=args.budget,
+        **options.overrides(args.set),
     )
     print(f"generator checkpoint: {result['checkpoint']} (step {result['step']}), samples in {Path(args.out) / 'samples'}")
     return result

@@ -225,7 +225,7 @@ class PromptableTokenizer(Tokenizer):
 
     @property
     def spec(self) -> TokenSpec:
-        return TokenSpec("discrete", self.config.num_tokens, vocab_size=self.quantizer.vocab_size)
+        return TokenSpec("discrete", self.config.num_tokens, vocab_size=self.quantizer.vocab_size, sparse=True)
 
     # ------------------------------------------------------------------ the two halves
 

@@ -3,6 +3,7 @@ in ``loop.py`` optimises ``generator.loss`` on (image tokens, caption ids) pairs
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from trilemma.data.text import TextTokenizer, words
 from trilemma.files import atomic_write_bytes
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokenizers.base import Tokenizer
-from trilemma.tokens import Tokens
+from trilemma.tokens import Prompt, Tokens, TokenSpec
 from trilemma.training.loop import Task, TrainConfig, TrainingError, check_run_dir, init_distributed, train
 
 # What `trilemma train generator` uses when a flag is not given.
@@ -41,12 +42,14 @@ class _Indices(Dataset):
 
 
 def tokenize_dataset(
-    tokenizer: Tokenizer, dataset: Any, n: int, cache_dir: Path, data_key: str, batch_size: int = 128
+    tokenizer: Tokenizer, dataset: Any, n: int, cache_dir: Path, data_key: str, batch_size: int = 128,
+    budget: int | None = None,
 ) -> tuple[Tokens, list[str]]:
-    """Encode the first ``n`` items once; reuse the cache when tokenizer weights and data match."""
+    """Encode the first ``n`` items once (the first ``budget`` tokens of a promptable tokenizer);
+    reuse the cache when tokenizer weights, data and budget match."""
     tok_dir = getattr(tokenizer, "checkpoint_dir", None)
     tok_id = checkpoint.content_hash(tok_dir) if tok_dir else "unsaved"
-    key = hashlib.sha256(json.dumps([tok_id, data_key, n]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([tok_id, data_key, n] + ([budget] if budget else [])).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens-{key}.safetensors"
     captions_path = path.with_suffix(".json")
     if path.is_file() and captions_path.is_file():
@@ -55,7 +58,8 @@ def tokenize_dataset(
     tokenizer.eval()
     for start in tqdm(range(0, n, batch_size), desc="tokenize dataset", dynamic_ncols=True):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        parts.append(tokenizer.encode(torch.stack([it["image"] for it in items])))
+        images = torch.stack([it["image"] for it in items])
+        parts.append(tokenizer.encode(images, Prompt(budget=budget)) if budget else tokenizer.encode(images))
         captions += [it["caption"] for it in items]
     tokens = Tokens.cat(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,10 +141,23 @@ def _check_same_tokenizer(out: Path, tok_dir: Path) -> None:
         )
 
 
+def budget_spec(spec: TokenSpec, budget: int | None) -> TokenSpec:
+    """What a generator trained at ``budget`` models: the first ``budget`` of a promptable
+    tokenizer's ordered tokens (the whole spec when None)."""
+    if budget is None:
+        return spec
+    if not spec.sparse:
+        raise ValueError(f"--budget needs a promptable tokenizer (ordered 1D tokens); this one makes "
+                         f"{'a grid of' if spec.grid else 'a fixed number of'} tokens")
+    if not 1 <= budget <= spec.max_tokens:
+        raise ValueError(f"--budget must be in [1, {spec.max_tokens}] (the tokenizer's full budget), got {budget}")
+    return dataclasses.replace(spec, max_tokens=budget)
+
+
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
     num_images: int = NUM_IMAGES, text_length: int | None = None, resume: bool = False,
-    cache_dir: Path | None = None, dataset: Any = None, **overrides: Any,
+    cache_dir: Path | None = None, dataset: Any = None, budget: int | None = None, **overrides: Any,
 ) -> dict[str, Any]:
     """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``.
 
@@ -149,7 +166,9 @@ def train_generator(
     ``text_length`` (text positions, eos included) defaults to the longest training caption + eos,
     up to ``AUTO_TEXT_LENGTH_MAX``: positions no caption reaches would never be trained.
     ``dataset``: the training images when not ``data``'s train split (e.g. a ``data.InMemory`` pool
-    of it shared by several runs); ``data`` still names the data and gives the evaluation prompts."""
+    of it shared by several runs); ``data`` still names the data and gives the evaluation prompts.
+    ``budget``: on a promptable tokenizer's ordered tokens, model only the first ``budget`` (any
+    prefix decodes), fixed for the run."""
     from trilemma.data import load_dataset
 
     out = Path(out)
@@ -161,24 +180,28 @@ def train_generator(
     has_run = check_run_dir(out, resume)
     if has_run:  # checked before any work
         _check_same_tokenizer(out, tok_dir)
+        trained_at = checkpoint.read_config(out / "model").get("budget")
+        if trained_at != budget:
+            raise ValueError(f"--resume: {out} was trained at --budget {trained_at}; resume with the same budget")
         text = _saved_text(out, text_length)
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")
-    registry.model_class("generator", kind).check_spec(tok.spec)  # before minutes of tokenizing
+    spec = budget_spec(tok.spec, budget)
+    registry.model_class("generator", kind).check_spec(spec)  # before minutes of tokenizing
     if dataset is None:
         dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
     n = min(num_images + VAL_ITEMS, len(dataset))
     if n <= VAL_ITEMS:
         raise ValueError(f"{data} has {len(dataset)} training images; a generator needs more than {VAL_ITEMS}")
-    tokens, captions = tokenize_dataset(tok, dataset, n, cache_dir or out / "cache", data_key=repr(dataset))
+    tokens, captions = tokenize_dataset(tok, dataset, n, cache_dir or out / "cache", data_key=repr(dataset), budget=budget)
     if not has_run:
         text = _built_text(captions, text_length)
     torch.manual_seed(cfg.seed)
-    generator = registry.build("generator", preset, spec=tok.spec, text=text, **overrides)
+    generator = registry.build("generator", preset, spec=spec, text=text, **overrides)
     generator.fit(tokens[: len(captions) - VAL_ITEMS])  # a resumed run loads what this measured
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
     prompts = [val[i]["caption"] for i in range(min(EVAL_PROMPTS, len(val)))]
-    extra = {"tokenizer": checkpoint.tokenizer_record(tok_dir), "data": data}
+    extra = {"tokenizer": checkpoint.tokenizer_record(tok_dir), "data": data, "budget": budget}
     task = GeneratorTask(generator, tok, tokens, captions, prompts, extra)
     if not has_run:
         out.mkdir(parents=True, exist_ok=True)
