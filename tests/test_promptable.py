@@ -89,13 +89,32 @@ def test_training_weights_errors_inside_a_prompted_box_and_samples_every_budget(
     # The extra term is region_weight x the error inside the box, over the mean of every pixel.
     assert out.losses["region"].item() == pytest.approx(3.0 * (err * inside).mean().item(), rel=1e-4)
     assert "region" not in tok(images, Prompt(budget=8)).losses  # no box, no extra weight
-    budgets = [random_prompt(2, tok.config, images.device).budget for _ in range(400)]
+    budgets = [random_prompt(images[:2], tok.config).budget for _ in range(400)]
     assert set(budgets) == set(range(1, 9))  # uniform over 1..K: every prefix is trained
-    log = [random_prompt(2, registry.build("tokenizer", "promptable-tiny", budget_sampling="log").config, images.device).budget
+    log = [random_prompt(images[:2], registry.build("tokenizer", "promptable-tiny", budget_sampling="log").config).budget
            for _ in range(400)]
     assert sum(log) / len(log) < sum(budgets) / len(budgets)  # log-uniform favours short prefixes
     with pytest.raises(ValueError, match="budget_sampling must be"):
         registry.build("tokenizer", "promptable-tiny", budget_sampling="geometric")
+
+
+def test_training_boxes_go_where_the_image_has_content():
+    from trilemma.tokenizers.promptable import content_points, random_prompt
+
+    torch.manual_seed(0)
+    images = -torch.ones(64, 3, 32, 32)
+    images[:, :, 20:28, 24:32] = 1.0  # one white object, bottom right, on a plain background
+    xy = content_points(images)
+    assert ((xy[:, 0] >= 0.75) & (xy[:, 1] >= 0.5) & (xy[:, 1] <= 0.875)).float().mean() > 0.9
+    config = registry.build("tokenizer", "promptable-tiny", prompt_prob=1.0).config
+    boxes = random_prompt(images, config).boxes[:, 0]
+    assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2] > 0.75).all()  # every box covers the object's side
+    plain = content_points(-torch.ones(2000, 3, 32, 32))  # no content: anywhere
+    assert 0.45 < plain.mean().item() < 0.55 and plain.min() < 0.05 and plain.max() > 0.95
+    uniform = random_prompt(images, registry.build("tokenizer", "promptable-tiny", prompt_prob=1.0, prompt_boxes="uniform").config)
+    assert (uniform.boxes[:, 0, 2] < 0.75).any()  # uniform boxes ignore the content
+    with pytest.raises(ValueError, match="prompt_boxes must be"):
+        registry.build("tokenizer", "promptable-tiny", prompt_boxes="saliency")
 
 
 def test_dense_prompts_mark_the_positions_a_box_covers_and_a_point_falls_on():

@@ -58,6 +58,11 @@ class PromptableConfig:
     # 300 steps of 32): 18.2 dB at the full budget against 17.6 without; no gain inside the box yet.
     dense_prompt: bool = True
     prompt_prob: float = 0.5  # training: share of images given a random box or points
+    # Where training boxes go: "content" centres them where the image departs from its median colour
+    # (where users point: at objects, not at the background), "uniform" anywhere. Measured (VQ on
+    # ae-f4 latents, 300 steps of 32, the first object's cell as the prompt): inside that cell +1.0 /
+    # +0.5 dB at k = 2 / 8 with the box against unprompted (uniform: -0.05 / -0.04 dB).
+    prompt_boxes: str = "content"
     region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
     tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
     # That budget: "uniform" over 1..K, or "log" (log-uniform: mean ~K/3, small budgets far more
@@ -167,6 +172,8 @@ class PromptableTokenizer(Tokenizer):
         self.config = c = config
         if c.budget_sampling not in ("uniform", "log"):
             raise ValueError(f"budget_sampling must be 'uniform' or 'log', got {c.budget_sampling!r}")
+        if c.prompt_boxes not in ("content", "uniform"):
+            raise ValueError(f"prompt_boxes must be 'content' or 'uniform', got {c.prompt_boxes!r}")
         self.side = c.image_size // c.patch
         patches = self.side**2
         qcfg = dict(c.quantizer)
@@ -339,7 +346,7 @@ class PromptableTokenizer(Tokenizer):
         self._check(images, prompt)
         c = self.config
         if prompt is None and self.training:
-            prompt = random_prompt(images.shape[0], c, images.device)
+            prompt = random_prompt(images, c)
         q = self._encode(images, prompt)
         k = (prompt.budget if prompt is not None and prompt.budget else c.num_tokens)
         grid = self._decode_grid(q.quantized[:, :, :k], prompt)
@@ -393,10 +400,11 @@ def _frozen_base(c: PromptableConfig) -> tuple[nn.Module, PromptableConfig]:
     return base.eval(), c
 
 
-def random_prompt(batch: int, config: PromptableConfig, device: torch.device) -> Prompt:
-    """A training prompt: a budget (``budget_sampling`` over 1..K when tail dropout is on) and, with
-    probability ``prompt_prob`` per image, one random box; the other images get none (a box of -1s,
-    which only training builds: user prompts are checked to lie in [0, 1])."""
+def random_prompt(images: torch.Tensor, config: PromptableConfig) -> Prompt:
+    """A training prompt for ``images``: a budget (``budget_sampling`` over 1..K when tail dropout is
+    on) and, with probability ``prompt_prob`` per image, one random box (``prompt_boxes``); the other
+    images get none (a box of -1s, which only training builds: user prompts are checked to lie in [0, 1])."""
+    batch, device = images.shape[0], images.device
     k = config.num_tokens
     budget = k
     if config.tail_dropout and config.budget_sampling == "uniform":
@@ -405,12 +413,26 @@ def random_prompt(batch: int, config: PromptableConfig, device: torch.device) ->
         budget = int(round(2 ** (torch.rand(()).item() * math.log2(k))))
     if config.prompt_prob <= 0:
         return Prompt(budget=budget)
-    size = torch.rand(batch, 2, device=device) * 0.4 + 0.2
-    corner = torch.rand(batch, 2, device=device) * (1 - size)
+    size = torch.rand(batch, 2, device=device) * 0.3 + 0.2
+    if config.prompt_boxes == "content":
+        corner = torch.minimum((content_points(images) - size / 2).clamp_min(0), 1 - size)
+    else:
+        corner = torch.rand(batch, 2, device=device) * (1 - size)
     boxes = torch.cat([corner, corner + size], -1)[:, None]
     none = torch.rand(batch, device=device) >= config.prompt_prob
     boxes[none] = -1.0  # these images see the "no prompt" embedding, as unprompted encoding does
     return Prompt(budget=budget, boxes=boxes)
+
+
+def content_points(images: torch.Tensor, cells: int = 8) -> torch.Tensor:
+    """[B, 2] random points (x, y) in [0, 1], one per image, drawn cell by cell of a ``cells`` x
+    ``cells`` grid with probability growing with how far the cell departs from the image's median
+    colour (uniform over a plain image)."""
+    median = images.float().flatten(2).median(-1).values[..., None, None]
+    far = nn.functional.adaptive_avg_pool2d((images.float() - median).abs().mean(1, keepdim=True), cells).flatten(1)
+    cell = torch.multinomial(far + 1e-3, 1)[:, 0]
+    xy = torch.stack([cell % cells, cell // cells], -1).float()
+    return (xy + torch.rand_like(xy)) / cells
 
 
 def box_mask(prompt: Prompt | None, batch: int, size: int, device: torch.device) -> torch.Tensor | None:
