@@ -182,7 +182,7 @@ def train_generator(
         _check_same_tokenizer(out, tok_dir)
         trained_at = checkpoint.read_config(out / "model").get("budget")
         if trained_at != budget:
-            raise ValueError(f"--resume: {out} was trained at --budget {trained_at}; resume with the same budget")
+            raise ValueError(f"--resume: {out} was trained at budget {trained_at or 'full'}; resume with the same --budget")
         text = _saved_text(out, text_length)
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")
