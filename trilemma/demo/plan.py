@@ -96,15 +96,18 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 # 55%, parti 17%, diffusion 9%, the promptable tokenizer flat at 15.0 dB across budgets. This plan
 # (runs/demo15) moves ~70 s from diffusion to the promptable tokenizer: 842 s; the same token
 # generators; diffusion at 250 steps 4 / 3 / 10 / 19% (mean 9%, FID 9.5); promptable 15.2 -> 16.5 dB
-# from k = 1 to 32.
+# from k = 1 to 32. Parti then went from batch 32 x 300 steps at lr 1e-3 to batch 16 x 600 at 2e-3, as
+# DALL-E trains: on demo15's VQ, one thread beside another run, 300 prompts, it read 9 / 17 / 22 /
+# 39% after 137 s of training, where demo15's Parti read 9 / 11 / 20 / 30% (its task: 175 s); batch
+# 32 x 300 at 2e-3 read 5 / 10 / 14 / 27%, lr 3e-3 8 / 4 / 17 / 29%, 6 decoder blocks 8 / 13 / 17 / 31%.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
-    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32},
-    generator_steps={"dalle": 600, "parti": 300, "muse": 1200, "diffusion": 250},
-    generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
+    generator_batch={"dalle": 16, "parti": 16, "muse": 32, "diffusion": 32},
+    generator_steps={"dalle": 600, "parti": 600, "muse": 1200, "diffusion": 250},
+    generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10)},
 )
