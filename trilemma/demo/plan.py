@@ -100,6 +100,7 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 # DALL-E trains: on demo15's VQ, one thread beside another run, 300 prompts, it read 9 / 17 / 22 /
 # 39% after 137 s of training, where demo15's Parti read 9 / 11 / 20 / 30% (its task: 175 s); batch
 # 32 x 300 at 2e-3 read 5 / 10 / 14 / 27%, lr 3e-3 8 / 4 / 17 / 29%, 6 decoder blocks 8 / 13 / 17 / 31%.
+# runs/demo16 (this plan): 836 s; Parti 9 / 17 / 22 / 39% (mean 22%), the rest as in demo15.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
