@@ -52,6 +52,10 @@ class DemoPlan:
     contrastive_images: int  # the first images of the pool it trains on
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)  # per family, where not SAMPLING
 
+    def sampling_for(self, kind: str) -> SamplingConfig:
+        """How family ``kind`` samples everywhere in the demo (its grid, evaluation, edits, reranking)."""
+        return self.sampling.get(kind, SAMPLING)
+
 
 # Tokenizers: the presets' full-resolution ResNet blocks cost 80% of a step. Without them
 # (channels 32, num_res_blocks 0: 0.08 s a step of 32 against 0.35 s), vq-f4 reached 36.3 dB in
@@ -79,6 +83,14 @@ _TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, 
 # The generators' widths in the standard and full demos: smaller than the presets, more steps a minute.
 _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
               "diffusion": {"channels": (32, 64)}}
+
+# DALL-E samples at temperature 0.5 in make demo. Measured on runs/demo16's DALL-E (300 prompts, shape
+# / colour / size / position, FID with floor 3.91), guidance 3: temperature 1.0 28 / 48 / 60 / 83%
+# (FID 6.0), 0.7 29 / 52 / 67 / 85% (5.9), 0.5 29 / 56 / 69 / 89% (5.8), 0.3 29 / 54 / 69 / 88%
+# (5.9); top-k 8 at 1.0 28 / 51 / 65 / 84%; guidance 5 at 1.0 or 0.7 and guidance 2 at 0.5 lower.
+# Parti at 0.5 fell (8 / 15 / 19 / 33%, FID 13.0 against 9 / 17 / 22 / 39%, 8.2) and Muse stayed
+# (68 / 98 / 99 / 100%), so they keep SAMPLING; --full keeps it too (not measured there).
+DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 
 # make demo, on two one-thread workers (run.py). Sequentially (runs/demo8, demo9: 860 and 900 s; vq
 # 600 steps, generators 650 / 400 / 300 / 150 steps) mean adherence read DALL-E 59%, Muse 39%, Parti
@@ -110,7 +122,8 @@ STANDARD = DemoPlan(
     generator_steps={"dalle": 600, "parti": 600, "muse": 1200, "diffusion": 250},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
-    contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10)},
+    contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10),
+                                       "dalle": DALLE_SAMPLING},
 )
 QUICK = DemoPlan(
     name="quick", pool=768,

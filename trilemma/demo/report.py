@@ -58,8 +58,15 @@ def _settings(plan: DemoPlan) -> str:
     return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. Tokenizers (batch 32; vq at its preset's "
             f"widths, the other conv tokenizers with {arch(plan.conv_tokenizer) or 'the preset widths'}) trained for {tok} "
             f"steps; generators (`*-{plan.generator_preset}` presets) for {gen} steps. The study reconstructs "
-            f"{plan.study_images} held-out images; generation is evaluated on {plan.eval_images}. Sampling: temperature "
-            f"{SAMPLING.temperature:g}, guidance {SAMPLING.cfg_scale:g}, seed {SAMPLING.seed}.\n\n![data](data.png)")
+            f"{plan.study_images} held-out images; generation is evaluated on {plan.eval_images}. Sampling (seed "
+            f"{SAMPLING.seed}): {_sampling(plan)}.\n\n![data](data.png)")
+
+
+def _sampling(plan: DemoPlan) -> str:
+    def one(s) -> str:
+        return f"temperature {s.temperature:g}, guidance {s.cfg_scale:g}" + (f", {s.steps} steps" if s.steps else "")
+
+    return "; ".join(f"{kind} {one(plan.sampling_for(kind))}" for kind in GENERATORS)
 
 
 def _study(study: dict, plan: DemoPlan) -> list[str]:

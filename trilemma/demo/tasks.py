@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from trilemma import checkpoint
-from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PROMPTS, SAMPLING, TOKENIZERS, DemoPlan
+from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PROMPTS, TOKENIZERS, DemoPlan
 from trilemma.training.loop import TrainConfig
 
 _MADE: dict[tuple, object] = {}  # per worker process: the pool and the benchmark, made on first use
@@ -143,7 +143,7 @@ def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
                     cache_dir=out / "token_cache", dataset=pool(plan),
                     resume=(run / "model" / checkpoint.CONFIG_FILE).exists(), **plan.generator_arch.get(kind, {}))
     pipe = Pipeline.load(run)
-    sampling = plan.sampling.get(kind, SAMPLING)
+    sampling = plan.sampling_for(kind)
     captions = [p for p in PROMPTS for _ in range(4)]
     save_grid(pipe(captions, sampling), out / f"{kind}_samples.png", captions=captions, nrow=4)
     return evaluate_generation(pipe, bench(out, plan), sampling, progress=False)
@@ -176,7 +176,7 @@ def editing(out: Path, plan: DemoPlan) -> dict:
         pipe = Pipeline.load(out / kind)
         if pipe.generator.spec.kind != "discrete":
             continue
-        edit = edit_study(pipe, init, [EDIT_PROMPT] * 4, EDIT_BOX, SAMPLING)
+        edit = edit_study(pipe, init, [EDIT_PROMPT] * 4, EDIT_BOX, plan.sampling_for(kind))
         results[kind] = {k: edit[k] for k in ("psnr_outside", "psnr_inside")}
         rows += [init.float(), edit["reconstruction"], edit["edited"]]
         captions += ["held-out image", "its reconstruction"] + [f"{kind} edit"] * 4
@@ -191,4 +191,4 @@ def rerank(out: Path, plan: DemoPlan) -> dict:
     from trilemma.pipeline import Pipeline
 
     return rerank_study(Pipeline.load(out / "dalle"), bench(out, plan), _scorer(out, plan), plan.rerank_candidates,
-                        plan.rerank_n, SAMPLING)
+                        plan.rerank_n, plan.sampling_for("dalle"))
