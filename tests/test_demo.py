@@ -42,6 +42,7 @@ def test_quick_demo_writes_a_report(tmp_path):
     report = (out / "report.md").read_text()
     for needle in ("trilemma study", "Prompted region", "Generation", "diffusion (ae)", "Editing", "Reranking", "Time"):
         assert needle in report, needle
+    assert "diffusion temperature 1, guidance 3, 4 steps" in report  # each family's sampling, as the plan sets it
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 8 and "<table>" in page
     # The text length defaults to the longest training caption + eos (no never-trained positions).
@@ -67,3 +68,11 @@ def test_plans_name_every_study_model():
         assert set(plan.tokenizer_steps) == set(plan.tokenizer_lr) == set(TOKENIZERS) - {"patch"}
         assert set(plan.generator_steps) == set(plan.generator_lr) == set(plan.generator_batch) == set(GENERATORS)
         assert plan.pool > 256  # the generators hold out their last 256 items for validation
+
+
+def test_each_family_samples_as_its_plan_says_and_falls_back_to_the_shared_settings():
+    from trilemma.demo.plan import SAMPLING, STANDARD
+    from trilemma.demo.report import _sampling
+
+    assert STANDARD.sampling_for("dalle").temperature == 0.5 and STANDARD.sampling_for("parti") is SAMPLING
+    assert "dalle temperature 0.5, guidance 3; parti temperature 1, guidance 3" in _sampling(STANDARD)
