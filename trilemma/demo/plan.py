@@ -115,16 +115,17 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # runs/demo16: 836 s; Parti 9 / 17 / 22 / 39% (mean 22%), the rest as in demo15. runs/demo17 (this
 # plan, DALL-E at temperature 0.5): 806 s; DALL-E 29 / 56 / 69 / 89% (mean 61%, FID 5.8), its edit
 # 41.8 dB outside the box (37.4 at 1.0), reranked best of 4: 36 / 63 / 78 / 95% against 28 / 55 / 67 / 86%.
-# Then a narrower Parti for more steps (same conditions as above): dim 128, batch 32, 800 steps read
-# 13 / 30 / 36 / 48% (FID 7.4) after 215 s, batch 64 x 400 13 / 27 / 30 / 44% after 202 s; at
-# temperature 0.8, guidance 5 or top-k 64 demo17's Parti stayed at 22%.
+# A narrower Parti for more steps (dim 128, batch 32, 800 steps; alone, one thread beside another run:
+# 13 / 30 / 36 / 48% after 215 s) read the same in runs/demo18 (mean 32%), but its task took 292 s
+# and the demo 930 s, over 15 minutes: not kept. Guidance 5, temperature 0.8 or top-k 64 left
+# demo17's Parti at 22%.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
-    generator_arch={**_DEMO_ARCH, "parti": {"dim": 128, "heads": 2}},
-    generator_batch={"dalle": 16, "parti": 32, "muse": 32, "diffusion": 32},
-    generator_steps={"dalle": 600, "parti": 800, "muse": 1200, "diffusion": 250},
+    generator_arch=_DEMO_ARCH,
+    generator_batch={"dalle": 16, "parti": 16, "muse": 32, "diffusion": 32},
+    generator_steps={"dalle": 600, "parti": 600, "muse": 1200, "diffusion": 250},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10),
