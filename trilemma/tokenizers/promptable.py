@@ -55,7 +55,8 @@ class PromptableConfig:
     max_points: int = 4
     # Prompts also as dense embeddings added at the grid positions they cover (PromptEncoder.dense),
     # beside the prompt tokens, in both the encoder and the decoder. Measured (VQ on ae-f4 latents,
-    # 300 steps of 32): 18.2 dB at the full budget against 17.6 without; no gain inside the box yet.
+    # 300 steps of 32): 18.2 dB at the full budget against 17.6 without; with uniform training
+    # boxes no gain inside the box (content boxes, below, brought it).
     dense_prompt: bool = True
     prompt_prob: float = 0.5  # training: share of images given a random box or points
     # Where training boxes go: "content" centres them where the image departs from its median colour

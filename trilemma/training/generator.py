@@ -58,8 +58,7 @@ def tokenize_dataset(
     tokenizer.eval()
     for start in tqdm(range(0, n, batch_size), desc="tokenize dataset", dynamic_ncols=True):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        images = torch.stack([it["image"] for it in items])
-        parts.append(tokenizer.encode(images, Prompt(budget=budget)) if budget else tokenizer.encode(images))
+        parts.append(tokenizer.encode(torch.stack([it["image"] for it in items]), Prompt(budget=budget) if budget else None))
         captions += [it["caption"] for it in items]
     tokens = Tokens.cat(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
