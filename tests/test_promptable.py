@@ -94,8 +94,14 @@ def test_training_weights_errors_inside_a_prompted_box_and_samples_every_budget(
     log = [random_prompt(images[:2], registry.build("tokenizer", "promptable-tiny", budget_sampling="log").config).budget
            for _ in range(400)]
     assert sum(log) / len(log) < sum(budgets) / len(budgets)  # log-uniform favours short prefixes
+    assert 0.45 < sum(k == 8 for k in budgets) / len(budgets) < 0.65  # full_budget_prob 0.5: 0.5 + 0.5 / 8 at K
+    plain = [random_prompt(images[:2], registry.build("tokenizer", "promptable-tiny", full_budget_prob=0.0).config).budget
+             for _ in range(400)]
+    assert sum(k == 8 for k in plain) / len(plain) < 0.25  # 1 / 8 at K without it
     with pytest.raises(ValueError, match="budget_sampling must be"):
         registry.build("tokenizer", "promptable-tiny", budget_sampling="geometric")
+    with pytest.raises(ValueError, match="full_budget_prob must be in"):
+        registry.build("tokenizer", "promptable-tiny", full_budget_prob=1.5)
 
 
 def test_training_boxes_go_where_the_image_has_content():
