@@ -1,9 +1,12 @@
-"""Training-step cost: one optimizer step (bf16 autocast forward + backward + AdamW) of each
-tokenizer and generator preset the demo trains, on synthetic inputs of the demo's shapes. This is
-what picks model sizes for a time budget: steps a minute, side by side, in one run.
+"""Training-step cost: one optimizer step (forward + backward + AdamW) of each tokenizer and
+generator preset the demo trains, on synthetic inputs of the demo's shapes, in fp32 and under bf16
+autocast. This is what picks model sizes and precisions for a time budget: steps a minute, side by
+side, in one run. bf16 does not pay everywhere on a CPU (measured on a Xeon with AMX, one thread:
+2.2x faster for vq-f4, 1.4x for DALL-E, 0.5x for the diffusers UNet), so the demo picks per model.
 
     .venv/bin/python bench/bench_steps.py [--models tokenizer:vq-f4-shapes generator:dalle-shapes ...]
         (a model may carry --set values: generator:dalle-shapes@dim=128@heads=2) [--batch-tokenizer 32] [--batch-generator 64]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ DEFAULT = ["tokenizer:vq-f4-shapes", "tokenizer:rvq-f4-shapes", "tokenizer:fsq-f
            "generator:diffusion-shapes@channels=[32,64]"]
 
 
-def _step(model: torch.nn.Module, loss_fn) -> callable:
+def _step(model: torch.nn.Module, loss_fn, bf16: bool) -> callable:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn()["loss"]
         loss.backward()
         opt.step()
@@ -55,7 +58,10 @@ def main() -> None:
     ap.add_argument("--batch-generator", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--name", default="steps")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; the demo's workers use 1)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = ShapesDataset(split="train", size=32)
     images = torch.stack([data[i]["image"] for i in range(max(args.batch_tokenizer, args.batch_generator))])
     captions = [data[i]["caption"] for i in range(args.batch_generator)]
@@ -71,7 +77,7 @@ def main() -> None:
         if kind == "tokenizer":
             model = registry.build(kind, name, **fields).train()
             x = images[: args.batch_tokenizer]
-            step, batch = _step(model, lambda: _tokenizer_loss(model, x)), x.shape[0]
+            loss_fn, batch = (lambda: _tokenizer_loss(model, x)), x.shape[0]
         else:
             continuous = registry.get_preset(kind, name).model == "diffusion"
             tokenizer = tokenizers["continuous" if continuous else "discrete"]
@@ -80,12 +86,13 @@ def main() -> None:
                 tokens = tokenizer.encode(images[: args.batch_generator])
             model.fit(tokens)
             inp = model.model_input(tokens)
-            step, batch = _step(model, lambda: model(inp, text_ids)), args.batch_generator
-        seconds = best_time(step, repeat=args.repeat, warmup=2)
+            loss_fn, batch = (lambda: model(inp, text_ids)), args.batch_generator
+        fp32, bf16 = (best_time(_step(model, loss_fn, bf16), repeat=args.repeat, warmup=2) for bf16 in (False, True))
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        rows.append({"model": spec, "params_m": params, "batch": batch, "step_s": seconds, "steps_per_min": 60 / seconds})
+        rows.append({"model": spec, "params_m": params, "batch": batch, "step_s_fp32": fp32, "step_s_bf16": bf16,
+                     "bf16_speedup": fp32 / bf16, "steps_per_min": 60 / min(fp32, bf16)})
         print(rows[-1], flush=True)
-    report(args.name, rows, ["model", "params_m", "batch", "step_s", "steps_per_min"])
+    report(args.name, rows, ["model", "params_m", "batch", "step_s_fp32", "step_s_bf16", "bf16_speedup", "steps_per_min"])
 
 
 if __name__ == "__main__":
