@@ -2,7 +2,7 @@
 generator preset the demo trains, on synthetic inputs of the demo's shapes, in fp32 and under bf16
 autocast. This is what picks model sizes and precisions for a time budget: steps a minute, side by
 side, in one run. bf16 does not pay everywhere on a CPU (measured on a Xeon with AMX, one thread:
-2.2x faster for vq-f4, 1.4x for DALL-E, 0.5x for the diffusers UNet), so the demo picks per model.
+1.9x faster for vq-f4, 1.5x for the demo's DALL-E, 0.53x for its diffusion UNet).
 
     .venv/bin/python bench/bench_steps.py [--models tokenizer:vq-f4-shapes generator:dalle-shapes ...]
         (a model may carry --set values: generator:dalle-shapes@dim=128@heads=2) [--batch-tokenizer 32] [--batch-generator 64]
