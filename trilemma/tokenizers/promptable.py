@@ -415,7 +415,8 @@ def _frozen_base(c: PromptableConfig) -> tuple[nn.Module, PromptableConfig]:
 def random_prompt(images: torch.Tensor, config: PromptableConfig) -> Prompt:
     """A training prompt for ``images``: a budget (with tail dropout, K with probability
     ``full_budget_prob``, else ``budget_sampling`` over 1..K; without it, K) and, with probability
-    ``prompt_prob`` per image, one random box (``prompt_boxes``); the other images get none (a box of -1s, which only training builds: user prompts are checked to lie in [0, 1])."""
+    ``prompt_prob`` per image, one random box (``prompt_boxes``); the other images get none (a box
+    of -1s, which only training builds: user prompts are checked to lie in [0, 1])."""
     batch, device = images.shape[0], images.device
     k = config.num_tokens
     full = config.full_budget_prob > 0 and torch.rand(()).item() < config.full_budget_prob
