@@ -74,11 +74,14 @@ class PromptableConfig:
     # Share of training steps at the full budget K, whatever ``budget_sampling`` draws otherwise.
     # Under uniform budgets token j is decoded in only (K - j + 1) / K of the steps (the last token
     # in 1 of 32), so the late tokens, which carry the fine detail, learn slowest. Measured (this
-    # preset on the demo's AE, 1600 steps of 32, fp32, 500 held-out images), 0.5 against 0: PSNR at
-    # k = 1 / 2 / 4 / 8 / 16 / 32 15.8 / 16.0 / 17.1 / 19.7 / 21.4 / 22.5 dB against 15.8 / 16.5 /
-    # 17.8 / 20.0 / 20.8 / 20.9; the cost of ordering (no tail dropout: 24.0 dB) 1.5 dB against 3.1;
-    # --budget auto at 20 dB reached on 75% of images against 59%; the box gain alike.
-    full_budget_prob: float = 0.5
+    # preset on the demo's AE, 1600 steps of 32, fp32, 500 held-out images; PSNR at k = 1 / 2 / 4 /
+    # 8 / 16 / 32; the cost of ordering against no tail dropout, 24.0 dB; --budget auto at 20 dB;
+    # the box's gain inside at k = 1 / 2 / 4 / 8):
+    #   0     15.8 / 16.5 / 17.8 / 20.0 / 20.8 / 20.9 dB   cost 3.1 dB   auto 59%   +1.4 / +1.3 / +1.0 / +0.3 dB
+    #   0.5   15.8 / 16.0 / 17.1 / 19.7 / 21.4 / 22.5      cost 1.5      auto 75%   +1.2 / +1.5 / +1.4 / +0.5
+    #   0.75  15.9 / 16.3 / 17.3 / 20.4 / 22.6 / 23.8      cost 0.2      auto 89%   +1.0 / +1.1 / +1.1 / +0.5
+    #   0.9   15.6 / 16.0 / 16.7 / 18.9 / 21.6 / 23.7      cost 0.3      auto 87%   +0.4 / +0.5 / +0.5 / +0.4
+    full_budget_prob: float = 0.75
     # A trained continuous autoencoder whose latent grid the tokens describe (FlexTok's recipe: 1D
     # tokens over a VAE's latents), frozen: a directory (`--set base=runs/ae`) when training, saved
     # as its config (its weights go with this model's). None: a convolutional stem and head trained
