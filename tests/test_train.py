@@ -279,3 +279,11 @@ def test_outputs_follow_the_umask(tmp_path, tokenizer_run):
     assert stat.S_IMODE(report.stat().st_mode) == 0o644
     assert stat.S_IMODE(saved.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in saved.iterdir())
+
+
+def test_runs_of_another_precision_follow_in_one_process(tmp_path):
+    # accelerate keeps one state per process; the demo's workers train under bf16, then in fp32.
+    for i, precision in enumerate(["bf16", "no", "bf16"]):
+        result = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / f"run{i}", _cfg(1, mixed_precision=precision),
+                                 overrides=TINY, eval_images=8)
+        assert result["step"] == 1

@@ -258,7 +258,6 @@ def _check_resumable(model: nn.Module, ckpt_dir: Path) -> dict[str, Any]:
 
 def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns {"step", "metrics", "eval", "checkpoint", "replicas"}."""
-    from accelerate import Accelerator
     from accelerate.utils import send_to_device, set_seed
 
     out = Path(out_dir)
@@ -271,8 +270,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             print(f"{ckpt_dir} is already at step {state['step']} >= --steps {cfg.steps}; nothing to do")
             return {"step": int(state["step"]), "metrics": {}, "eval": {}, "checkpoint": ckpt_dir, "replicas": []}
 
-    # Without a GPU, accelerate only goes multi-process (gloo) when told it is on the CPU.
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = _accelerator(cfg.mixed_precision)
     main, device = acc.is_main_process, acc.device
     set_seed(cfg.seed, device_specific=False)  # same init on every rank
     model, critic = task.model, task.critic
@@ -407,6 +405,19 @@ def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path)
 
 
 @torch.no_grad()
+def _accelerator(mixed_precision: str | None) -> Any:
+    """A new ``Accelerator`` for one training run. accelerate keeps one ``AcceleratorState`` per
+    process and refuses a second run with another mixed precision (a notebook, or the demo's
+    workers, training one model in fp32 after another under bf16), so the previous run's state is
+    cleared first; the distributed state (``PartialState``: the process group) is kept. Without a
+    GPU, accelerate only goes multi-process (gloo) when told it is on the CPU."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # what accelerate's own tests call between runs
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     d = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
