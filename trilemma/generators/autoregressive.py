@@ -19,7 +19,7 @@ from torch import nn
 from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SamplingConfig, sample_logits
-from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_weights
+from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
 
 
@@ -50,6 +50,7 @@ class Dalle(Generator):
         self.text_head = nn.Linear(config.dim, text.vocab_size, bias=False)
         self.image_head = nn.Linear(config.dim, spec.vocab_size, bias=False)
         self.apply(init_weights)
+        init_text_embeddings(self.text_emb, self.text_pos)
 
     def _embed_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         return self.text_emb(text_ids) + self.text_pos(torch.arange(text_ids.shape[1], device=text_ids.device))

@@ -128,6 +128,7 @@ class Diffusion(TextEncoderMixin, Generator):
         self._add_text_encoder(text.vocab_size, text.max_length,
                                TransformerConfig(config.text_dim, config.text_depth, config.text_heads))
         self.apply(init_weights)  # the prompt encoder; the denoiser keeps diffusers' initialisation
+        self.init_text_embeddings()
         self.net = _denoiser_net(config, spec)
         self.noise_schedule = make_scheduler("ddpm", config)
         # Latent normalisation, measured on the training set by ``fit``; saved with the weights.

@@ -44,6 +44,7 @@ class Parti(TextEncoderMixin, Generator):
         self.bos = spec.vocab_size  # one extra input id starts every image
         self._add_text_conditioned_layers(config, spec, text, config.decoder_depth, name="decoder")
         self.apply(init_weights)
+        self.init_text_embeddings()
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         memory = self.encode_text(self.drop_captions(text_ids)[0])

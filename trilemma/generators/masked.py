@@ -51,6 +51,7 @@ class Muse(TextEncoderMixin, Generator):
         self.mask_id = spec.vocab_size  # one extra input id: [MASK]
         self._add_text_conditioned_layers(config, spec, text, config.depth, name="transformer")
         self.apply(init_weights)
+        self.init_text_embeddings()
 
     def _logits(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         return self.image_head(self.transformer(self.image_emb(ids), context=memory)).float()
