@@ -29,6 +29,11 @@ TOKENIZERS = {"vq": "vq-f4-shapes", "rvq": "rvq-f4-shapes", "fsq": "fsq-f4-shape
               "ae": "ae-f4-shapes", "patch": "patch4-8bit", "promptable": "promptable-shapes"}
 # One generator of each family, and the study tokenizer it trains on.
 GENERATORS = {"dalle": "vq", "parti": "vq", "muse": "vq", "diffusion": "ae"}
+# The models that train in fp32; every other trains under bf16 autocast. One thread, the demo's
+# sizes (bench/results/steps.json, bf16 time against fp32): the diffusion UNet 0.53x (slower under
+# bf16), the promptable tokenizer 0.97x; the conv tokenizers 1.3-2.6x and DALL-E / Parti / Muse
+# 1.0-1.5x faster.
+FP32 = frozenset({"diffusion", "promptable"})
 
 
 @dataclass(frozen=True)
@@ -119,13 +124,17 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # 13 / 30 / 36 / 48% after 215 s) read the same in runs/demo18 (mean 32%), but its task took 292 s
 # and the demo 930 s, over 15 minutes: not kept. Guidance 5, temperature 0.8 or top-k 64 left
 # demo17's Parti at 22%.
+# runs/demo22 (this plan, after prompt embeddings at unit variance; DALL-E 1200 steps, Parti 900, Muse
+# 800, diffusion 450 in fp32, the promptable tokenizer in fp32), Xeon with AMX: 478 s; shape / colour /
+# size / position: DALL-E 47 / 78 / 73 / 90% (mean 72%, FID 5.25, floor 3.92), Parti 53 / 83 / 81 / 92%
+# (77%), Muse 80 / 99 / 100 / 100% (95%), diffusion 6 / 6 / 12 / 22% (11%); edits 41.8 dB outside the box.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 16, "muse": 32, "diffusion": 32},
-    generator_steps={"dalle": 600, "parti": 600, "muse": 1200, "diffusion": 250},
+    generator_steps={"dalle": 1200, "parti": 900, "muse": 800, "diffusion": 450},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10),

@@ -10,17 +10,18 @@ from pathlib import Path
 import torch
 
 from trilemma import checkpoint
-from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PROMPTS, TOKENIZERS, DemoPlan
+from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, FP32, GENERATORS, PROMPTS, TOKENIZERS, DemoPlan
 from trilemma.training.loop import TrainConfig
 
 _MADE: dict[tuple, object] = {}  # per worker process: the pool and the benchmark, made on first use
 
 
-def _cfg(steps: int, batch: int, lr: float) -> TrainConfig:
-    """Short runs: one evaluation at the end (the demo evaluates every model itself), a checkpoint
-    halfway and at the end (an interrupted demo resumes its finished runs)."""
+def _cfg(name: str, steps: int, batch: int, lr: float) -> TrainConfig:
+    """Short runs of model ``name``: one evaluation at the end (the demo evaluates every model
+    itself), a checkpoint halfway and at the end (an interrupted demo resumes its finished runs),
+    under bf16 autocast unless the model is in ``FP32``."""
     return TrainConfig(steps=steps, batch_size=batch, lr=lr, eval_every=steps, save_every=max(1, steps // 2),
-                       mixed_precision="bf16")
+                       mixed_precision="no" if name in FP32 else "bf16")
 
 
 def pool(plan: DemoPlan):
@@ -67,7 +68,7 @@ def tokenizer(out: Path, plan: DemoPlan, name: str) -> dict:
     if model == "promptable":  # tokens over the study's continuous autoencoder (trained first)
         overrides["base"] = str(tokenizer_run(out, "ae") / "model")
     steps = plan.tokenizer_steps.get(name, 1)
-    train_tokenizer(preset, "shapes", run, _cfg(steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
+    train_tokenizer(preset, "shapes", run, _cfg(name, steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
                     dataset=pool(plan), resume=started)  # a finished run is left as it is, a cut one continues
     return {"steps": steps}
 
@@ -137,7 +138,7 @@ def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
     from trilemma.training.generator import VAL_ITEMS, train_generator
 
     run = out / kind
-    cfg = _cfg(plan.generator_steps[kind], plan.generator_batch[kind], plan.generator_lr[kind])
+    cfg = _cfg(kind, plan.generator_steps[kind], plan.generator_batch[kind], plan.generator_lr[kind])
     train_generator(kind, tokenizer_run(out, GENERATORS[kind]), "shapes", run, cfg,
                     preset=f"{kind}-{plan.generator_preset}", num_images=plan.pool - VAL_ITEMS,
                     cache_dir=out / "token_cache", dataset=pool(plan),
