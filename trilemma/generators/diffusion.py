@@ -24,7 +24,7 @@ from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SCHEDULERS, SamplingConfig
 from trilemma.generators.text_encoder import TextEncoderMixin
-from trilemma.nn.transformer import TransformerConfig, init_weights
+from trilemma.nn.transformer import TransformerConfig, init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
 
 PREDICTIONS = ("epsilon", "v_prediction")
@@ -128,7 +128,7 @@ class Diffusion(TextEncoderMixin, Generator):
         self._add_text_encoder(text.vocab_size, text.max_length,
                                TransformerConfig(config.text_dim, config.text_depth, config.text_heads))
         self.apply(init_weights)  # the prompt encoder; the denoiser keeps diffusers' initialisation
-        self.init_text_embeddings()
+        init_text_embeddings(self.text_emb, self.text_pos)
         self.net = _denoiser_net(config, spec)
         self.noise_schedule = make_scheduler("ddpm", config)
         # Latent normalisation, measured on the training set by ``fit``; saved with the weights.

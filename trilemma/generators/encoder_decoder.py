@@ -19,7 +19,7 @@ from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SamplingConfig, sample_logits
 from trilemma.generators.text_encoder import TextEncoderMixin
-from trilemma.nn.transformer import init_weights
+from trilemma.nn.transformer import init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
 
 
@@ -44,7 +44,7 @@ class Parti(TextEncoderMixin, Generator):
         self.bos = spec.vocab_size  # one extra input id starts every image
         self._add_text_conditioned_layers(config, spec, text, config.decoder_depth, name="decoder")
         self.apply(init_weights)
-        self.init_text_embeddings()
+        init_text_embeddings(self.text_emb, self.text_pos)
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         memory = self.encode_text(self.drop_captions(text_ids)[0])

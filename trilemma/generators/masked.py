@@ -22,7 +22,7 @@ from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, remask_least_confident, sample_logits
 from trilemma.generators.text_encoder import TextEncoderMixin
-from trilemma.nn.transformer import init_weights
+from trilemma.nn.transformer import init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
 
 
@@ -51,7 +51,7 @@ class Muse(TextEncoderMixin, Generator):
         self.mask_id = spec.vocab_size  # one extra input id: [MASK]
         self._add_text_conditioned_layers(config, spec, text, config.depth, name="transformer")
         self.apply(init_weights)
-        self.init_text_embeddings()
+        init_text_embeddings(self.text_emb, self.text_pos)
 
     def _logits(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         return self.image_head(self.transformer(self.image_emb(ids), context=memory)).float()

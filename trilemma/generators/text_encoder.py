@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_text_embeddings
+from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig
 
 
 class TextEncoderMixin:
@@ -31,10 +31,6 @@ class TextEncoderMixin:
         self.text_emb = nn.Embedding(vocab_size, cfg.dim)
         self.text_pos = nn.Embedding(max_length, cfg.dim)
         self.encoder = Transformer(cfg)
-
-    def init_text_embeddings(self) -> None:
-        """After ``init_weights``: the prompt's embeddings at unit variance (``init_text_embeddings``)."""
-        init_text_embeddings(self.text_emb, self.text_pos)
 
     def encode_text(self, text_ids: torch.Tensor) -> torch.Tensor:
         """Text ids [B, L] -> encodings [B, L, dim] (every position attends to every other)."""

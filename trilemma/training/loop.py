@@ -404,7 +404,6 @@ def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path)
     )
 
 
-@torch.no_grad()
 def _accelerator(mixed_precision: str | None) -> Any:
     """A new ``Accelerator`` for one training run. accelerate keeps one ``AcceleratorState`` per
     process and refuses a second run with another mixed precision (a notebook, or the demo's
@@ -418,6 +417,7 @@ def _accelerator(mixed_precision: str | None) -> Any:
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
+@torch.no_grad()
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     d = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
