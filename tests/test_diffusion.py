@@ -5,7 +5,7 @@ import torch
 
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
-from trilemma.generators.diffusion import make_scheduler
+from trilemma.generators.diffusion import PREDICTIONS, clip_prediction, make_scheduler
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokens import Tokens, TokenSpec
 
@@ -24,18 +24,37 @@ def latents(b=2, seed=1):
     return Tokens(latents=torch.randn(b, 16, 4, generator=g) * 3 + 0.5)
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def noised(gen, t=700, scale=1.0):
+    """x_0, x_t and the true target of ``gen``'s prediction type at timestep ``t``."""
+    torch.manual_seed(2)
+    x0 = torch.randn(2, 4, 4, 4) * scale
+    noise = torch.randn_like(x0)
+    t = torch.tensor([t, t])
+    xt = gen.noise_schedule.add_noise(x0, noise, t)
+    target = {"epsilon": noise, "v_prediction": gen.noise_schedule.get_velocity(x0, noise, t), "sample": x0}
+    return x0, xt, target[gen.config.prediction]
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_noising_then_a_step_with_the_true_target_recovers_x0(prediction):
     gen, _ = tiny(prediction=prediction)
-    x0 = torch.randn(2, 4, 4, 4)
-    noise = torch.randn_like(x0)
-    t = torch.tensor([700, 700])
-    xt = gen.noise_schedule.add_noise(x0, noise, t)
-    target = noise if prediction == "epsilon" else gen.noise_schedule.get_velocity(x0, noise, t)
+    x0, xt, target = noised(gen)
     sampler = make_scheduler("ddim", gen.config)
     sampler.set_timesteps(1000)  # every training timestep, so 700 is one of them
     out = sampler.step(target, 700, xt)
     assert torch.allclose(out.pred_original_sample, x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_clipping_bounds_the_implied_x0_and_keeps_a_prediction_inside_the_bound(prediction):
+    gen, _ = tiny(prediction=prediction)
+    x0, xt, target = noised(gen, t=950, scale=2.0)  # some of x_0 beyond the bound 3
+    sampler = make_scheduler("ddim", gen.config)
+    sampler.set_timesteps(1000)
+    clipped = clip_prediction(target, xt, torch.tensor(950), sampler, 3.0)
+    implied = sampler.step(clipped, 950, xt).pred_original_sample
+    assert torch.allclose(implied, x0.clamp(-3, 3), atol=1e-3) and (x0.abs() > 3).any()
+    assert torch.allclose(clip_prediction(target, xt, torch.tensor(950), sampler, 100.0), target, atol=1e-4)
 
 
 def test_guidance_scale_one_is_the_conditional_model_and_sampling_is_seeded():
@@ -81,7 +100,7 @@ def test_a_tiny_model_overfits_one_batch(cfg):
 
 
 def test_min_snr_weights_lower_the_loss_and_a_huge_gamma_is_the_plain_loss():
-    gen, text = tiny()
+    gen, text = tiny(prediction="epsilon")
     tokens, ids = latents(), text.encode(CAPTIONS)
     gen.fit(tokens)
 
