@@ -81,7 +81,8 @@ LITE = {"channels": 32, "num_res_blocks": 0}
 #   parti  dim 192, batch 32, 600 steps, lr 1e-3   25 / 50 / 58 / 78%   184 s
 #   muse   dim 128, batch 64, 400 steps, lr 2e-3   27 / 57 / 76 / 90%   128 s
 #   diffusion UNet 64-128, batch 64, 250 steps      8 /  6 / 15 / 28%   ~180 s (32-64 at 400 steps, lr 2e-3: the same)
-# Diffusion needs far longer (1400 steps: 48 / 31 / 50 / 57%, bench/results/diffusion.json).
+# Diffusion with epsilon needed far longer (1400 steps: 48 / 31 / 50 / 57%, bench/results/diffusion.json); x_0
+# prediction learns far faster (below).
 # The conv tokenizers take 2e-3 (lite vq-f4: 36.3 dB at 1600 steps); the promptable one 1e-3 (its
 # measured run on the base autoencoder).
 _TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
@@ -128,13 +129,17 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # 800, diffusion 450 in fp32, the promptable tokenizer in fp32), Xeon with AMX: 478 s; shape / colour /
 # size / position: DALL-E 47 / 78 / 73 / 90% (mean 72%, FID 5.25, floor 3.92), Parti 53 / 83 / 81 / 92%
 # (77%), Muse 80 / 99 / 100 / 100% (95%), diffusion 6 / 6 / 12 / 22% (11%); edits 41.8 dB outside the box.
+# Diffusion then moved to predicting x_0 (generators/diffusion.py): alone, fp32, on the demo's AE (300
+# steps, 24.3 dB, shape ceiling 61%), 450 steps read 70% mean and 900 steps 86%; on an AE of 600 steps
+# (36 s alone), 900 steps 63 / 98 / 94 / 98% (88%, FID 5.1 against 7.0). So the AE trains 600 steps
+# and diffusion 900, filling the second worker's idle time before Parti ends.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
-    tokenizer_steps={"vq": 600, "ae": 300, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
+    tokenizer_steps={"vq": 600, "ae": 600, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 16, "muse": 32, "diffusion": 32},
-    generator_steps={"dalle": 1200, "parti": 900, "muse": 800, "diffusion": 450},
+    generator_steps={"dalle": 1200, "parti": 900, "muse": 800, "diffusion": 900},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10),
@@ -158,7 +163,7 @@ QUICK = DemoPlan(
 # / 98%, dalle 68 / 82 / 82 / 93% (best of 8 reranked: 84 / 94 / 93 / 98%), diffusion 9 / 15 / 21 / 29%.
 FULL = DemoPlan(
     name="full", pool=20256,
-    tokenizer_steps={"vq": 2000, "ae": 1000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 400},
+    tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 400},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
     generator_steps={"dalle": 3000, "parti": 1500, "muse": 1500, "diffusion": 2500},
