@@ -95,7 +95,7 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 # (FID 6.0), 0.7 29 / 52 / 67 / 85% (5.9), 0.5 29 / 56 / 69 / 89% (5.8), 0.3 29 / 54 / 69 / 88%
 # (5.9); top-k 8 at 1.0 28 / 51 / 65 / 84%; guidance 5 at 1.0 or 0.7 and guidance 2 at 0.5 lower.
 # Parti at 0.5 fell (8 / 15 / 19 / 33%, FID 13.0 against 9 / 17 / 22 / 39%, 8.2) and Muse stayed
-# (68 / 98 / 99 / 100%), so they keep SAMPLING; --full keeps it too (not measured there).
+# (68 / 98 / 99 / 100%), so they keep SAMPLING; --full samples as make demo does.
 DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 
 # make demo, on two one-thread workers (run.py). Sequentially (runs/demo8, demo9: 860 and 900 s; vq
@@ -165,10 +165,11 @@ FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 400},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch=_DEMO_ARCH,
-    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
-    generator_steps={"dalle": 3000, "parti": 1500, "muse": 1500, "diffusion": 2500},
-    generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 2e-3},
+    generator_batch={"dalle": 16, "parti": 16, "muse": 64, "diffusion": 32},
+    generator_steps={"dalle": 4000, "parti": 3000, "muse": 1500, "diffusion": 2500},
+    generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
     eval_images=1000, study_images=500, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
-    contrastive_images=12000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=20)},
+    contrastive_images=12000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=20),
+                                        "dalle": DALLE_SAMPLING},
 )
 PLANS = {"quick": QUICK, "standard": STANDARD, "full": FULL}
