@@ -44,6 +44,23 @@ def test_it_learns_and_decodes_repeatably():
     assert a.shape == (4, 3, 16, 16) and torch.equal(a, b) and a.abs().max() <= 1
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_its_loss_is_zero_for_the_true_target_of_each_prediction_type(prediction, monkeypatch):
+    dec = tiny(prediction=prediction)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    seen = {}
+
+    def oracle(x, t):  # the UNet replaced by the exact answer, worked out from the noisy input
+        xt, a = x[:, :3], dec.noise_schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noise = (xt - a.sqrt() * images) / (1 - a).sqrt()
+        seen["t"] = t
+        out = {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * images, "sample": images}
+        return type("Out", (), {"sample": out[prediction]})
+
+    monkeypatch.setattr(dec.unet, "forward", oracle)
+    assert dec(images, ids())["loss"].item() < 1e-6 and "t" in seen
+
+
 def test_it_refuses_what_it_cannot_decode(tiny_vq):
     with pytest.raises(ValueError, match="discrete"):
         registry.build("decoder", "token-diffusion-tiny", spec=TokenSpec("continuous", 16, latent_dim=4, grid=(4, 4)))

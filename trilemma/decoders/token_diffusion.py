@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from trilemma import registry
-from trilemma.generators.diffusion import PREDICTIONS, denoise, make_scheduler
+from trilemma.generators.diffusion import PREDICTIONS, denoise, make_scheduler, training_target
 from trilemma.generators.sampling import SamplingConfig, make_generator
 from trilemma.tokens import Tokens, TokenSpec
 
@@ -32,7 +32,7 @@ class TokenDiffusionConfig:
     channels: tuple[int, ...] = (64, 128, 128)  # UNet widths per level; self-attention on the last
     layers_per_block: int = 1
     heads_dim: int = 32  # channels per attention head
-    prediction: str = "epsilon"  # "epsilon" or "v_prediction"
+    prediction: str = "epsilon"  # "epsilon", "v_prediction" or "sample" (x_0)
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     scheduler: str = "dpm++"  # default sampler: "dpm++" or "ddim"
@@ -91,7 +91,7 @@ class TokenDiffusionDecoder(nn.Module):
         noise = torch.randn_like(images)
         t = torch.randint(0, self.config.train_timesteps, (images.shape[0],), device=images.device)
         xt = self.noise_schedule.add_noise(images, noise, t)
-        target = noise if self.config.prediction == "epsilon" else self.noise_schedule.get_velocity(images, noise, t)
+        target = training_target(self.noise_schedule, self.config.prediction, images, noise, t)
         prediction = self.unet(torch.cat([xt, cond.to(xt.dtype)], 1), t).sample
         return {"loss": F.mse_loss(prediction.float(), target.float())}
 

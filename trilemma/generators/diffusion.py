@@ -83,6 +83,16 @@ def make_scheduler(name: str, config: Any) -> Any:
     raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
+def training_target(schedule: Any, prediction: str, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a denoiser of ``prediction`` type learns to output for x_t = ``schedule.add_noise(x0,
+    noise, t)``: the noise, the velocity (Salimans & Ho 2022) or x_0 itself."""
+    if prediction == "epsilon":
+        return noise
+    if prediction == "v_prediction":
+        return schedule.get_velocity(x0, noise, t)
+    return x0
+
+
 def denoise(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: Any, noise: torch.Tensor,
             steps: int, generator: torch.Generator | None = None, clip_x0: float = 0.0) -> torch.Tensor:
     """The sampling loop: from pure ``noise`` (scaled by the scheduler's initial sigma) through
@@ -185,7 +195,7 @@ class Diffusion(TextEncoderMixin, Generator):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.config.train_timesteps, (x0.shape[0],), device=x0.device)
         xt = self.noise_schedule.add_noise(x0, noise, t)
-        target = self._target(x0, noise, t)
+        target = training_target(self.noise_schedule, self.config.prediction, x0, noise, t)
         prediction = self.denoiser(xt, t, memory)
         per_row = (prediction.float() - target.float()).pow(2).mean((1, 2, 3))
         if self.config.snr_gamma > 0:
@@ -199,13 +209,6 @@ class Diffusion(TextEncoderMixin, Generator):
             else:
                 per_row = per_row * snr.clamp(max=gamma)
         return {"loss": per_row.mean()}
-
-    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.config.prediction == "epsilon":
-            return noise
-        if self.config.prediction == "v_prediction":
-            return self.noise_schedule.get_velocity(x0, noise, t)
-        return x0
 
     # ------------------------------------------------------------------ sampling
 
