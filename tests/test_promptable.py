@@ -139,6 +139,22 @@ def test_dense_prompts_mark_the_positions_a_box_covers_and_a_point_falls_on():
     assert not enc.dense(None, 2, side, torch.device("cpu")).any()
 
 
+def test_box_crops_read_the_grid_inside_a_box_and_pastes_draw_only_inside_it():
+    from trilemma.tokenizers.promptable import box_crops, box_mask, paste_crops
+
+    side = 8
+    grid = torch.zeros(2, side, side, 3)
+    grid[:, 2:4, 4:8] = 5.0  # rows 2-3, columns 4-7: the box of image 1, at the box's scale
+    grid[:, 6:8, 0:2] = -7.0  # elsewhere
+    prompt = Prompt(boxes=torch.tensor([[[0.5, 0.25, 1.0, 0.5]], [[-1.0, -1.0, -1.0, -1.0]]]))
+    crops = box_crops(grid.flatten(1, 2), prompt, side, 4).reshape(2, 4, 4, 3)
+    assert torch.allclose(crops[0, 1:3, 1:3], torch.tensor(5.0))  # inner cells: the box's content alone
+    assert (crops[0] > 0).all() and not crops[1].any()  # edges blend bilinearly; no box, no crop
+    pasted = paste_crops(torch.arange(1.0, 17.0)[None, :, None].expand(2, 16, 3), prompt, side).reshape(2, side, side, 3)
+    assert torch.equal(pasted[..., 0] != 0, box_mask(prompt, 2, side, torch.device("cpu"))[:, 0] > 0)
+    assert pasted[0, 2, 4, 0] < pasted[0, 2, 7, 0] < pasted[0, 3, 7, 0]  # the crop's order kept: left to right, top down
+
+
 def test_training_learns_and_the_cli_takes_budgets_boxes_and_points(tmp_path, capsys):
     from trilemma.training.loop import TrainConfig
     from trilemma.training.tokenizer import train_tokenizer

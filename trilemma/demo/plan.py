@@ -163,7 +163,7 @@ QUICK = DemoPlan(
 # / 98%, dalle 68 / 82 / 82 / 93% (best of 8 reranked: 84 / 94 / 93 / 98%), diffusion 9 / 15 / 21 / 29%.
 FULL = DemoPlan(
     name="full", pool=20256,
-    tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 400},
+    tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 1600},
     tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 16, "muse": 64, "diffusion": 32},
     generator_steps={"dalle": 4000, "parti": 3000, "muse": 1500, "diffusion": 2500},
