@@ -161,6 +161,12 @@ QUICK = DemoPlan(
 # scorer, diffusion 1158, then muse 868). VQ 46.1 dB (ceiling 100% on every attribute); shape /
 # colour / size / position: muse 99.9 / 99.9 / 100 / 100% (FID 1.98, floor 1.98), parti 87 / 96 / 94
 # / 98%, dalle 68 / 82 / 82 / 93% (best of 8 reranked: 84 / 94 / 93 / 98%), diffusion 9 / 15 / 21 / 29%.
+# This plan (runs/full2, Xeon with AMX): 1929 s (32 min; vq 613 s, promptable 709, muse 529, parti
+# 458, dalle 455, diffusion 403). VQ 43.9 dB, AE 39.8 dB (ceilings 100% on every attribute); shape /
+# colour / size / position: muse 100 / 100 / 100 / 100% (FID 1.96, floor 1.96), diffusion 100 / 100 /
+# 100 / 100% (2.36), parti 94 / 96 / 96 / 98% (2.20), dalle 83 / 92 / 90 / 94% (2.58; best of 8
+# reranked 93 / 98 / 97 / 99%); the promptable tokenizer 15.6 -> 27.0 dB from k = 1 to 32, the box
+# +3.7 / +3.7 / +3.4 / +1.1 dB inside at k = 1 / 2 / 4 / 8.
 FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 1600},
