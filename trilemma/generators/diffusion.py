@@ -116,10 +116,10 @@ def clip_prediction(prediction: torch.Tensor, x: torch.Tensor, t: torch.Tensor, 
     multiplies any error in eps by up to ~1/sqrt(a): measured here, DDIM and DPM-Solver++ from pure
     noise drew coloured fog, while the same model denoising from t = 900 drew clean shapes. Bounding
     x_0 (DDIM's ``clip_sample``, made scheduler-independent) fixes the first steps."""
+    if scheduler.config.prediction_type == "sample":  # the prediction is x_0 itself
+        return prediction.clamp(-limit, limit)
     a = scheduler.alphas_cumprod.to(x.device)[int(t)].float()
     s_a, s_1a = a.sqrt(), (1 - a).sqrt()
-    if scheduler.config.prediction_type == "sample":
-        return prediction.clamp(-limit, limit)
     if scheduler.config.prediction_type == "epsilon":
         x0 = ((x - s_1a * prediction) / s_a).clamp(-limit, limit)
         return (x - s_a * x0) / s_1a
