@@ -109,6 +109,12 @@ class PromptableConfig:
     # so on a good base the share trades the box's gain against the cost of ordering; 0.75 is kept
     # (what the demo and --full numbers were measured with).
     full_budget_prob: float = 0.75
+    # Each training step also decodes the full budget K beside the sampled prefix and adds its
+    # reconstruction error (Matryoshka representation learning, Kusupati et al. 2022, sums the losses
+    # of nested prefixes in one step): the last tokens learn every step instead of in
+    # ``full_budget_prob`` of them, and small budgets and prompts are no longer drawn less often to
+    # make room. It costs a second decoder pass per step. Used with full_budget_prob 0.
+    full_pass: bool = False
     # A trained continuous autoencoder whose latent grid the tokens describe (FlexTok's recipe: 1D
     # tokens over a VAE's latents), frozen: a directory (`--set base=runs/ae`) when training, saved
     # as its config (its weights go with this model's). None: a convolutional stem and head trained
@@ -408,30 +414,39 @@ class PromptableTokenizer(Tokenizer):
             prompt = random_prompt(images, c)
         q = self._encode(images, prompt)
         k = (prompt.budget if prompt is not None and prompt.budget else c.num_tokens)
-        grid = self._decode_grid(q.quantized[:, :, :k], prompt)
-        losses = dict(q.losses)
         if self.base is None:
-            recon, target, size = self.patch_out(grid), images, self.image_size
+            target, size = images, self.image_size
         else:
             # The loss is on the base's normalised latents; the pixels (through the frozen base
             # decoder, no gradient) are what the task logs and evaluates.
-            target, size, recon = self._latents(images), self.side, self.patch_out(grid)
-            losses["latent"] = (recon.float() - target).pow(2).mean()
+            target, size = self._latents(images), self.side
         region = box_mask(prompt, images.shape[0], size, images.device)
+        losses = dict(q.losses)
+        grid = self._decode_grid(q.quantized[:, :, :k], prompt)
+        recon = self.patch_out(grid)
+        if self.base is not None:
+            losses["latent"] = (recon.float() - target).pow(2).mean()
         if region is not None and c.region_weight > 0:
-            # Errors inside prompted boxes count 1 + region_weight times, all over one mean (the plain
-            # term is the reconstruction loss, on pixels or latents). Measured (continuous 6-d
-            # bottleneck, 150 steps, no tail dropout): the mean over the boxes alone, at weight 4,
-            # kept the latents at the mean image (error 0.92 of their variance against 0.43 without
-            # prompts), its noise swamping the rest; over one mean they learned (PSNR 17.4 dB
-            # against 15.5, 18.3 without prompts).
-            err = (recon.float() - target.float()).pow(2).mean(1, keepdim=True)
-            losses["region"] = c.region_weight * (err * region).mean()
+            losses["region"] = self._region_loss(recon, target, region)
+        if self.training and c.full_pass and k < c.num_tokens:
+            full = self.patch_out(self._decode_grid(q.quantized, prompt))
+            losses["full_budget"] = (full.float() - target.float()).pow(2).mean()
+            if region is not None and c.region_weight > 0:
+                losses["full_budget"] = losses["full_budget"] + self._region_loss(full, target, region)
         if self.base is not None:
             with torch.no_grad():
                 recon = self._grid_out(grid)
         ids = q.ids[:, :k, 0]
         return TokenizerOutput(recon, Tokens(ids=ids, prompt=prompt), losses, q.usage)
+
+    def _region_loss(self, recon: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Errors inside prompted boxes count 1 + region_weight times, all over one mean (the plain
+        term is the reconstruction loss, on pixels or latents). Measured (continuous 6-d bottleneck,
+        150 steps, no tail dropout): the mean over the boxes alone, at weight 4, kept the latents at
+        the mean image (error 0.92 of their variance against 0.43 without prompts), its noise
+        swamping the rest; over one mean they learned (PSNR 17.4 dB against 15.5, 18.3 without prompts)."""
+        err = (recon.float() - target.float()).pow(2).mean(1, keepdim=True)
+        return self.config.region_weight * (err * region).mean()
 
 
 def _frozen_base(c: PromptableConfig) -> tuple[nn.Module, PromptableConfig]:
