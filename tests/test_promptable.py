@@ -108,7 +108,7 @@ def test_the_full_pass_trains_the_last_tokens_at_every_sampled_budget(images):
     torch.manual_seed(0)
     grads = {}
     for full_pass in (False, True):
-        tok = registry.build("tokenizer", "promptable-tiny", full_pass=full_pass).train()
+        tok = registry.build("tokenizer", "promptable-tiny", full_budget_weight=float(full_pass)).train()
         out = tok(images, Prompt(budget=2, boxes=BOX))
         assert out.tokens.ids.shape == (4, 2)  # what the step returns is the sampled prefix
         sum(out.losses.values()).backward()

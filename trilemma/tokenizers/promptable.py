@@ -109,12 +109,12 @@ class PromptableConfig:
     # so on a good base the share trades the box's gain against the cost of ordering; 0.75 is kept
     # (what the demo and --full numbers were measured with).
     full_budget_prob: float = 0.75
-    # Each training step also decodes the full budget K beside the sampled prefix and adds its
-    # reconstruction error (Matryoshka representation learning, Kusupati et al. 2022, sums the losses
-    # of nested prefixes in one step): the last tokens learn every step instead of in
-    # ``full_budget_prob`` of them, and small budgets and prompts are no longer drawn less often to
-    # make room. It costs a second decoder pass per step. Used with full_budget_prob 0.
-    full_pass: bool = False
+    # > 0: each training step also decodes the full budget K beside the sampled prefix and adds its
+    # reconstruction error at this weight (Matryoshka representation learning, Kusupati et al. 2022,
+    # sums the losses of nested prefixes in one step): the last tokens learn at every step instead
+    # of in ``full_budget_prob`` of them, so small budgets and prompts need not be drawn less often to
+    # make room. It costs a second decoder pass per step; used with full_budget_prob 0.
+    full_budget_weight: float = 0.0
     # A trained continuous autoencoder whose latent grid the tokens describe (FlexTok's recipe: 1D
     # tokens over a VAE's latents), frozen: a directory (`--set base=runs/ae`) when training, saved
     # as its config (its weights go with this model's). None: a convolutional stem and head trained
@@ -218,6 +218,8 @@ class PromptableTokenizer(Tokenizer):
         self.config = c = config
         if c.budget_sampling not in ("uniform", "log"):
             raise ValueError(f"budget_sampling must be 'uniform' or 'log', got {c.budget_sampling!r}")
+        if c.full_budget_weight < 0:
+            raise ValueError(f"full_budget_weight must be >= 0, got {c.full_budget_weight!r}")
         if not 0 <= c.full_budget_prob <= 1:
             raise ValueError(f"full_budget_prob must be in [0, 1], got {c.full_budget_prob!r}")
         if c.prompt_boxes not in ("content", "uniform"):
@@ -428,11 +430,12 @@ class PromptableTokenizer(Tokenizer):
             losses["latent"] = (recon.float() - target).pow(2).mean()
         if region is not None and c.region_weight > 0:
             losses["region"] = self._region_loss(recon, target, region)
-        if self.training and c.full_pass and k < c.num_tokens:
+        if self.training and c.full_budget_weight > 0 and k < c.num_tokens:
             full = self.patch_out(self._decode_grid(q.quantized, prompt))
-            losses["full_budget"] = (full.float() - target.float()).pow(2).mean()
+            error = (full.float() - target.float()).pow(2).mean()
             if region is not None and c.region_weight > 0:
-                losses["full_budget"] = losses["full_budget"] + self._region_loss(full, target, region)
+                error = error + self._region_loss(full, target, region)
+            losses["full_budget"] = c.full_budget_weight * error
         if self.base is not None:
             with torch.no_grad():
                 recon = self._grid_out(grid)
