@@ -107,15 +107,17 @@ def test_training_weights_errors_inside_a_prompted_box_and_samples_every_budget(
 def test_the_full_pass_trains_the_last_tokens_at_every_sampled_budget(images):
     torch.manual_seed(0)
     grads = {}
-    for full_pass in (False, True):
-        tok = registry.build("tokenizer", "promptable-tiny", full_budget_weight=float(full_pass)).train()
+    for weight in (0.0, 2.0):
+        tok = registry.build("tokenizer", "promptable-tiny", full_budget_weight=weight).train()
         out = tok(images, Prompt(budget=2, boxes=BOX))
         assert out.tokens.ids.shape == (4, 2)  # what the step returns is the sampled prefix
         sum(out.losses.values()).backward()
-        grads[full_pass] = tok.write.grad[:, 2:].abs().sum().item()  # the tokens past the prefix
-        assert ("full_budget" in out.losses) == full_pass
-    assert grads[False] == 0 < grads[True]
+        grads[weight] = tok.write.grad[:, 2:].abs().sum().item()  # the tokens past the prefix
+        assert ("full_budget" in out.losses) == (weight > 0)
+    assert grads[0.0] == 0 < grads[2.0]
     assert "full_budget" not in tok(images, Prompt(budget=8)).losses  # at K one pass is the full one
+    with pytest.raises(ValueError, match="full_budget_weight must be"):
+        registry.build("tokenizer", "promptable-tiny", full_budget_weight=-1.0)
 
 
 def test_training_boxes_go_where_the_image_has_content():
