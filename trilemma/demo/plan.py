@@ -135,6 +135,10 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # and diffusion 900, filling the second worker's idle time before Parti ends. runs/demo24 (this plan,
 # with the promptable tokenizer's box crops), Xeon: 515 s; diffusion 63 / 99 / 94 / 99% (mean 89%, FID
 # 5.15), the token generators as in demo22; the box +2.3 / +2.6 / +3.0 / +2.7 dB inside at k = 1 / 2 / 4 / 8.
+# runs/demo25 (the promptable presets' full-budget pass): 615 s on a slower Xeon (every unchanged task
+# 10-17% slower than in demo24; the promptable tokenizer 122 s against 79), the generators' numbers
+# unchanged; the box +4.1 / +4.9 / +5.1 / +5.1 dB inside and +1.0 / +0.8 / +0.6 / +0.6 outside (at 180
+# steps its unprompted curve is still near the mean image, 15.2 dB).
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 600, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 180},
@@ -168,7 +172,8 @@ QUICK = DemoPlan(
 # colour / size / position: muse 100 / 100 / 100 / 100% (FID 1.96, floor 1.96), diffusion 100 / 100 /
 # 100 / 100% (2.36), parti 94 / 96 / 96 / 98% (2.20), dalle 83 / 92 / 90 / 94% (2.58; best of 8
 # reranked 93 / 98 / 97 / 99%); the promptable tokenizer 15.6 -> 27.0 dB from k = 1 to 32, the box
-# +3.7 / +3.7 / +3.4 / +1.1 dB inside at k = 1 / 2 / 4 / 8.
+# +3.7 / +3.7 / +3.4 / +1.1 dB inside at k = 1 / 2 / 4 / 8. Since then the promptable preset decodes the
+# full budget at every step: alone, its 1600 steps take 600 s against 430 (not re-run inside --full).
 FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 1600},
