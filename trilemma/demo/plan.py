@@ -81,8 +81,8 @@ LITE = {"channels": 32, "num_res_blocks": 0}
 #   parti  dim 192, batch 32, 600 steps, lr 1e-3   25 / 50 / 58 / 78%   184 s
 #   muse   dim 128, batch 64, 400 steps, lr 2e-3   27 / 57 / 76 / 90%   128 s
 #   diffusion UNet 64-128, batch 64, 250 steps      8 /  6 / 15 / 28%   ~180 s (32-64 at 400 steps, lr 2e-3: the same)
-# Diffusion with epsilon needed far longer (1400 steps: 48 / 31 / 50 / 57%, bench/results/diffusion.json); x_0
-# prediction learns far faster (below).
+# Diffusion with epsilon needed far longer (1400 steps: 48 / 31 / 50 / 57%); x_0 prediction learns far
+# faster (below; bench/results/diffusion.json is the demo's x_0 model, runs/demo25).
 # The conv tokenizers take 2e-3 (lite vq-f4: 36.3 dB at 1600 steps); the promptable one 1e-3 (its
 # measured run on the base autoencoder).
 _TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
