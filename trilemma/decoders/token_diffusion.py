@@ -35,8 +35,8 @@ class TokenDiffusionConfig:
     # What the UNet predicts: "epsilon", "v_prediction" or "sample" (x_0), as the diffusion generator
     # (generators/diffusion.py; the same `training_target`). Measured (this preset on runs/full2's VQ,
     # 43.7 dB, 600 steps of 32, fp32, 64 held-out images decoded in 10 DPM-Solver++ steps): x_0 33.4 dB,
-    # epsilon 8.4 dB (coloured blobs that ignore the tokens: predicting the noise, the UNet had not
-    # yet learned to read them). The GPU preset predicts v, as diffusion-base does.
+    # epsilon 8.4 dB (coloured blobs unrelated to the tokens). The GPU preset predicts v, as
+    # diffusion-base does.
     prediction: str = "sample"
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
