@@ -120,6 +120,26 @@ def test_the_full_pass_trains_the_last_tokens_at_every_sampled_budget(images):
         registry.build("tokenizer", "promptable-tiny", full_budget_weight=-1.0)
 
 
+def test_the_outside_term_is_the_log_error_outside_the_box_of_prompted_images(images):
+    from trilemma.tokenizers.promptable import box_mask
+
+    torch.manual_seed(0)
+    tok = registry.build("tokenizer", "promptable-tiny", region_weight=3.0, outside_weight=0.5).train()
+    out = tok(images, Prompt(budget=8, boxes=BOX))
+    err = (out.recon - images).pow(2).mean(1, keepdim=True)
+    inside = box_mask(Prompt(boxes=BOX), 4, 32, images.device)
+    outside = (err * (1 - inside)).flatten(1).sum(1) / (1 - inside).flatten(1).sum(1)
+    expected = 3.0 * (err * inside).mean() + 0.5 * outside.log().mean()
+    assert out.losses["region"].item() == pytest.approx(expected.item(), rel=1e-4)
+    # Images without a box (training gives them boxes of -1s: an empty region) add nothing.
+    region = inside.clone()
+    region[2:] = 0
+    alone = tok._region_loss(out.recon, images, region)
+    assert alone.item() == pytest.approx((3.0 * (err * region).mean() + 0.5 * outside[:2].log().sum() / 4).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="outside_weight must be"):
+        registry.build("tokenizer", "promptable-tiny", outside_weight=-1.0)
+
+
 def test_training_boxes_go_where_the_image_has_content():
     from trilemma.tokenizers.promptable import content_points, random_prompt
 
