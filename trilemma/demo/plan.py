@@ -135,7 +135,7 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # and diffusion 900, filling the second worker's idle time before Parti ends. runs/demo24 (this plan,
 # with the promptable tokenizer's box crops), Xeon: 515 s; diffusion 63 / 99 / 94 / 99% (mean 89%, FID
 # 5.15), the token generators as in demo22; the box +2.3 / +2.6 / +3.0 / +2.7 dB inside at k = 1 / 2 / 4 / 8.
-# runs/demo25 (the promptable presets' full-budget pass): 615 s on a slower Xeon (every unchanged task
+# runs/demo25 (the promptable presets' full-budget pass, before their outside term): 615 s on a slower Xeon (every unchanged task
 # 10-17% slower than in demo24; the promptable tokenizer 122 s against 79), the generators' numbers
 # unchanged; the box +4.1 / +4.9 / +5.1 / +5.1 dB inside and +1.0 / +0.8 / +0.6 / +0.6 outside (at 180
 # steps its unprompted curve is still near the mean image, 15.2 dB).
