@@ -78,7 +78,8 @@ def test_auto_budget_is_the_smallest_k_reaching_the_target(tok, images):
 
 
 def test_training_weights_errors_inside_a_prompted_box_and_samples_every_budget(images):
-    from trilemma.tokenizers.promptable import box_mask, random_prompt
+    from trilemma.tokenizers.promptable import random_prompt
+    from trilemma.tokenizers.prompts import box_mask
 
     torch.manual_seed(0)
     tok = registry.build("tokenizer", "promptable-tiny", region_weight=3.0).train()
@@ -121,7 +122,7 @@ def test_the_full_pass_trains_the_last_tokens_at_every_sampled_budget(images):
 
 
 def test_the_outside_term_is_the_log_error_outside_the_box_of_prompted_images(images):
-    from trilemma.tokenizers.promptable import box_mask
+    from trilemma.tokenizers.prompts import box_mask
 
     torch.manual_seed(0)
     tok = registry.build("tokenizer", "promptable-tiny", region_weight=3.0, outside_weight=0.5).train()
@@ -176,7 +177,7 @@ def test_dense_prompts_mark_the_positions_a_box_covers_and_a_point_falls_on():
 
 
 def test_box_crops_read_the_grid_inside_a_box_and_pastes_draw_only_inside_it():
-    from trilemma.tokenizers.promptable import box_crops, box_mask, paste_crops
+    from trilemma.tokenizers.prompts import box_crops, box_mask, paste_crops
 
     side = 8
     grid = torch.zeros(2, side, side, 3)

@@ -10,7 +10,7 @@ import torch
 from trilemma.eval.metrics import psnr
 from trilemma.eval.prompted import masked_psnr
 from trilemma.generators.sampling import SamplingConfig
-from trilemma.tokenizers.promptable import box_mask
+from trilemma.tokenizers.prompts import box_mask
 from trilemma.tokens import Prompt
 
 

@@ -39,7 +39,7 @@ def region_study(tok, images: torch.Tensor, boxes: torch.Tensor, budgets: list[i
     """One row per budget ``k``: ``psnr`` of the whole image (unprompted), and inside / outside the
     boxes without and with them as prompts (``psnr_in_box``, ``psnr_in_box_prompted``,
     ``psnr_outside``, ``psnr_outside_prompted``), means over images, in dB."""
-    from trilemma.tokenizers.promptable import box_mask
+    from trilemma.tokenizers.prompts import box_mask
 
     inside = box_mask(Prompt(boxes=boxes), len(images), images.shape[-1], images.device)
     rows = []
