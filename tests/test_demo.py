@@ -43,6 +43,9 @@ def test_quick_demo_writes_a_report(tmp_path):
     for needle in ("trilemma study", "Prompted region", "Generation", "diffusion (ae)", "Editing", "Reranking", "Time"):
         assert needle in report, needle
     assert "diffusion temperature 1, guidance 3, 4 steps" in report  # each family's sampling, as the plan sets it
+    # each tokenizer trains at its plan's batch (32 where the plan names none)
+    assert json.loads((out / "tokenizers" / "promptable" / "train_config.json").read_text())["batch_size"] == 16
+    assert "promptable 10 (batch 16, lr 0.001)" in report and "rvq 10 (batch 32, lr 0.002)" in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 8 and "<table>" in page
     # The text length defaults to the longest training caption + eos (no never-trained positions).
@@ -66,6 +69,7 @@ def test_quick_demo_writes_a_report(tmp_path):
 def test_plans_name_every_study_model():
     for plan in PLANS.values():
         assert set(plan.tokenizer_steps) == set(plan.tokenizer_lr) == set(TOKENIZERS) - {"patch"}
+        assert set(plan.tokenizer_batch) <= set(plan.tokenizer_steps)
         assert set(plan.generator_steps) == set(plan.generator_lr) == set(plan.generator_batch) == set(GENERATORS)
         assert plan.pool > 256  # the generators hold out their last 256 items for validation
 
