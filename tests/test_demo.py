@@ -43,9 +43,6 @@ def test_quick_demo_writes_a_report(tmp_path):
     for needle in ("trilemma study", "Prompted region", "Generation", "diffusion (ae)", "Editing", "Reranking", "Time"):
         assert needle in report, needle
     assert "diffusion temperature 1, guidance 3, 4 steps" in report  # each family's sampling, as the plan sets it
-    # each tokenizer trains at its plan's batch (32 where the plan names none)
-    assert json.loads((out / "tokenizers" / "promptable" / "train_config.json").read_text())["batch_size"] == 16
-    assert "promptable 10 (batch 16, lr 0.001)" in report and "rvq 10 (batch 32, lr 0.002)" in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 8 and "<table>" in page
     # The text length defaults to the longest training caption + eos (no never-trained positions).
@@ -69,7 +66,6 @@ def test_quick_demo_writes_a_report(tmp_path):
 def test_plans_name_every_study_model():
     for plan in PLANS.values():
         assert set(plan.tokenizer_steps) == set(plan.tokenizer_lr) == set(TOKENIZERS) - {"patch"}
-        assert set(plan.tokenizer_batch) <= set(plan.tokenizer_steps)
         assert set(plan.generator_steps) == set(plan.generator_lr) == set(plan.generator_batch) == set(GENERATORS)
         assert plan.pool > 256  # the generators hold out their last 256 items for validation
 
@@ -80,3 +76,14 @@ def test_each_family_samples_as_its_plan_says_and_falls_back_to_the_shared_setti
 
     assert STANDARD.sampling_for("dalle").temperature == 0.5 and STANDARD.sampling_for("parti") is SAMPLING
     assert "dalle temperature 0.5, guidance 3; parti temperature 1, guidance 3" in _sampling(STANDARD)
+
+
+def test_graph_runs_every_task_once_and_the_ae_trainings_before_the_vq_generators(tmp_path):
+    from trilemma.demo.run import graph
+
+    for plan in PLANS.values():
+        names = [t.name for t in graph(tmp_path, plan)]
+        assert sorted(names) == sorted([*TOKENIZERS, *GENERATORS, "probe", "contrastive", "study", "rerank", "editing"])
+        on_vq = [names.index(g) for g, tok in GENERATORS.items() if tok == "vq"]
+        on_ae = [names.index(g) for g, tok in GENERATORS.items() if tok == "ae"] + [names.index("promptable")]
+        assert max(on_ae) < min(on_vq)  # the ae is ready long before the vq: its trainings fill the wait

@@ -52,11 +52,10 @@ def _settings(plan: DemoPlan) -> str:
     def arch(fields: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in fields.items())
 
-    tok = ", ".join(f"{k} {v} (batch {plan.batch_for(k)}, lr {plan.tokenizer_lr[k]:g})"
-                    for k, v in plan.tokenizer_steps.items())
+    tok = ", ".join(f"{k} {v} (lr {plan.tokenizer_lr[k]:g})" for k, v in plan.tokenizer_steps.items())
     gen = ", ".join(f"{k} {plan.generator_steps[k]} (batch {plan.generator_batch[k]}, lr {plan.generator_lr[k]:g}"
                     + (f"; {arch(plan.generator_arch[k])}" if plan.generator_arch.get(k) else "") + ")" for k in GENERATORS)
-    return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. Tokenizers (vq at its preset's "
+    return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. Tokenizers (batch 32; vq at its preset's "
             f"widths, the other conv tokenizers with {arch(plan.conv_tokenizer) or 'the preset widths'}) trained for {tok} "
             f"steps; generators (`*-{plan.generator_preset}` presets) for {gen} steps. The study reconstructs "
             f"{plan.study_images} held-out images; generation is evaluated on {plan.eval_images}. Sampling (seed "
@@ -76,8 +75,8 @@ def _study(study: dict, plan: DemoPlan) -> list[str]:
              "rFID in the shapes probe's features) and discrete (ids from a finite vocabulary). The promptable "
              "tokenizer is one row per token budget, drawn as a line. Continuous latents have no bit count and "
              "are plotted at float32 storage. Training steps: "
-             + ", ".join(f"{k} {v} (batch {plan.batch_for(k)})" for k, v in plan.tokenizer_steps.items())
-             + ": the generators' VQ and AE get the most, so at short schedules a point says as much "
+             + ", ".join(f"{k} {v}" for k, v in plan.tokenizer_steps.items())
+             + " (batch 32): the generators' VQ and AE get the most, so at short schedules a point says as much "
              "about its training time as about its family (`--full` trains each of them 3-13x longer).", "",
              markdown_table(study["rows"]), "",
              "![PSNR vs bits](tradeoff/psnr_vs_bits.png)", "", "![trilemma](tradeoff/trilemma.png)", "",

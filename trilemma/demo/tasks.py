@@ -68,7 +68,7 @@ def tokenizer(out: Path, plan: DemoPlan, name: str) -> dict:
     if model == "promptable":  # tokens over the study's continuous autoencoder (trained first)
         overrides["base"] = str(tokenizer_run(out, "ae") / "model")
     steps = plan.tokenizer_steps.get(name, 1)
-    train_tokenizer(preset, "shapes", run, _cfg(name, steps, plan.batch_for(name), plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
+    train_tokenizer(preset, "shapes", run, _cfg(name, steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
                     dataset=pool(plan), resume=started)  # a finished run is left as it is, a cut one continues
     return {"steps": steps}
 
