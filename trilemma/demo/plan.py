@@ -153,7 +153,10 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # It sits on the mean image until it finds a way off, after a number of steps that varies from seed to
 # seed: at batch 16 (and its VQ's 512 codes then get 1 vector each a batch, under the dead-code
 # threshold) seeds 0 / 1 / 2 reached 20.6 / 16.0 / 21.8 dB at K with the presets' recipe (16.4
-# inside runs/demo26), at batch 32 22.7 / 22.5 / 23.0. So batch 32 for 360 steps (runs/demo27).
+# inside runs/demo26), at batch 32 22.7 / 22.5 / 23.0. So batch 32 for 360 steps. runs/demo28 (this
+# plan, the task order of run.graph): 634 s on a Xeon with AMX (the promptable task 226 s), the
+# generators' numbers as in demo24; the promptable tokenizer 15.1 -> 22.0 dB from k = 1 to 32, the box
+# +4.8 / +5.5 / +5.7 / +5.1 dB inside at k = 1 / 2 / 4 / 8 and +0.9 / +0.7 / -0.5 / -0.9 outside.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 600, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 360},
