@@ -191,7 +191,10 @@ QUICK = DemoPlan(
 # 100 / 100% (2.36), parti 94 / 96 / 96 / 98% (2.20), dalle 83 / 92 / 90 / 94% (2.58; best of 8
 # reranked 93 / 98 / 97 / 99%); the promptable tokenizer 15.6 -> 27.0 dB from k = 1 to 32, the box
 # +3.7 / +3.7 / +3.4 / +1.1 dB inside at k = 1 / 2 / 4 / 8. Since then the promptable preset decodes the
-# full budget at every step: alone, its 1600 steps take 600 s against 430 (not re-run inside --full).
+# full budget at every step and prompts three training images in four. runs/full3 (this plan, the task
+# order of run.graph): 2201 s (37 min; vq 659 s, promptable 1013, muse 583, parti 526, dalle 510,
+# diffusion 459), the generators' numbers as in full2; the promptable tokenizer 15.4 -> 29.8 dB, the box
+# +6.3 / +7.0 / +6.2 / +2.6 dB inside at k = 1 / 2 / 4 / 8 and +4.0 / +5.0 / +2.6 / +0.1 outside.
 FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 1600},
