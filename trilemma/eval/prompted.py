@@ -1,6 +1,6 @@
 """The promptable tokenizer's region study: PSNR inside a box with and without the box as a prompt,
-and what the prompt costs outside it, at small budgets. Shared by the demo and
-``bench/bench_promptable.py``. The box of a shapes image is the grid cell of its first object
+and what the prompt costs outside it, at the budgets asked for (the demo: k <= K/4; the bench: every
+k). Shared by the demo and ``bench/bench_promptable.py``. The box of a shapes image is the grid cell of its first object
 (shapes places objects in a 3x3 grid)."""
 
 from __future__ import annotations
