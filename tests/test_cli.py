@@ -76,7 +76,7 @@ def test_version_module_entry_point_defaults_and_debug_after_the_subcommand(tmp_
     with pytest.raises(SystemExit):
         main(["train", "tokenizer", "--help"])
     help_text = capsys.readouterr().out
-    assert "(default: 2000)" in help_text and "--fp16" in help_text
+    assert "(default: the preset's recipe, else 2000)" in " ".join(help_text.split()) and "--fp16" in help_text
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     help_text = capsys.readouterr().out
@@ -292,3 +292,25 @@ def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypat
     assert any(line.split()[:4] == ["fid", "10", "2.5", "0.5"] for line in out.splitlines())
     runs = json.loads((tmp_path / "generation.json").read_text())["runs"]
     assert [r["sampling"]["cfg_scale"] for r in runs] == [1.0, 4.0] and runs[1]["metrics"]["fid"] == 2.5
+
+
+def test_train_takes_the_presets_recipe_where_no_flag_is_given(tmp_path, monkeypatch, capsys):
+    """--steps / --batch-size / --lr default to what the preset was measured with; a flag wins, and a
+    preset without a recipe trains with the command's defaults."""
+    from trilemma.training import tokenizer as tokenizer_training
+
+    seen = []
+    monkeypatch.setattr(tokenizer_training, "train_tokenizer",
+                        lambda preset, data, out, cfg, *a, **k: seen.append(cfg) or {"checkpoint": out, "step": 0, "eval": {}})
+    recipe = registry.get_preset("tokenizer", "promptable-shapes").recipe
+    assert recipe["lr"] != tokenizer_training.DEFAULTS.lr  # else this test could not tell the two apart
+    out = ["--out", str(tmp_path / "run")]
+    assert main(["train", "tokenizer", "--preset", "promptable-shapes", *out]) == 0
+    assert (seen[-1].lr, seen[-1].steps) == (recipe["lr"], recipe["steps"])
+    assert f"--lr {recipe['lr']:g}" in capsys.readouterr().out  # says where the settings came from
+    assert main(["train", "tokenizer", "--preset", "promptable-shapes", "--lr", "3e-4", *out]) == 0
+    assert (seen[-1].lr, seen[-1].steps) == (3e-4, recipe["steps"])
+    assert not registry.get_preset("tokenizer", "fsq-f4-shapes").recipe
+    assert main(["train", "tokenizer", "--preset", "fsq-f4-shapes", *out]) == 0
+    defaults = tokenizer_training.DEFAULTS
+    assert (seen[-1].lr, seen[-1].steps, seen[-1].batch_size) == (defaults.lr, defaults.steps, defaults.batch_size)

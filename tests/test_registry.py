@@ -32,3 +32,9 @@ def test_every_tokenizer_preset_names_its_quantizer_and_factor(name):
         qname = preset.config.quantizer["name"]
         assert name.split("-")[0] in {"vq": ["vq"], "rvq": ["rvq"], "fsq": ["fsq"], "lfq": ["lfq"], "none": ["ae"]}[qname]
         assert f"-f{preset.config.factor}-" in name
+
+
+def test_a_preset_recipe_names_only_training_flags():
+    with pytest.raises(registry.RegistryError, match="recipe fields \\['momentum'\\]"):
+        registry.register_preset("tokenizer", "recipe-check", "vqvae", recipe={"lr": 1e-3, "momentum": 0.9})
+    assert "recipe-check" not in registry.preset_names("tokenizer")

@@ -24,7 +24,13 @@ class Preset:
     model: str  # registered model name this preset configures
     config: Any  # an instance of the model's Config dataclass
     description: str = ""
+    # The training settings this preset was measured with (TrainConfig fields, e.g. {"lr": 2e-3}):
+    # `trilemma train` takes them where no flag is given, so a preset trains as measured by default.
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+
+# What a preset's recipe may set: the `trilemma train` flags --steps, --batch-size and --lr.
+RECIPE_FIELDS = ("steps", "batch_size", "lr")
 
 _MODELS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 _PRESETS: dict[str, dict[str, Preset]] = {k: {} for k in KINDS}
@@ -57,12 +63,17 @@ def register(kind: str, name: str) -> Callable[[type], type]:
     return decorator
 
 
-def register_preset(kind: str, name: str, model: str, description: str = "", **fields: Any) -> Preset:
-    """Name a config of a registered model (``model`` must be registered before presets use it)."""
+def register_preset(kind: str, name: str, model: str, description: str = "", recipe: dict[str, Any] | None = None,
+                    **fields: Any) -> Preset:
+    """Name a config of a registered model (``model`` must be registered before presets use it);
+    ``recipe``: the training settings it was measured with (``Preset.recipe``)."""
     cls = model_class(kind, model)
     if name in _PRESETS[kind] or name in _MODELS[kind]:
         raise RegistryError(f"{kind} preset {name!r} clashes with an existing name")
-    preset = Preset(kind, name, model, cls.Config(**fields), description)
+    unknown = set(recipe or {}) - set(RECIPE_FIELDS)
+    if unknown:
+        raise RegistryError(f"{kind} preset {name!r}: recipe fields {sorted(unknown)} are not among {RECIPE_FIELDS}")
+    preset = Preset(kind, name, model, cls.Config(**fields), description, dict(recipe or {}))
     _PRESETS[kind][name] = preset
     return preset
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from trilemma import registry
+from trilemma.cli import options
 from trilemma.cli.options import command, group, positive_int, seed
 
 
@@ -27,7 +28,8 @@ def run_list(args: argparse.Namespace) -> None:
                 for name in registry.preset_names(kind)]
         width = max(len(name) for name, _ in rows)
         for name, preset in rows:
-            print(f"{name:<{width}}  {preset.kind} {preset.model}: {preset.description}".rstrip(": "))
+            recipe = f" (trains with {options.recipe_flags(preset.recipe)})" if preset.recipe else ""
+            print(f"{name:<{width}}  {preset.kind} {preset.model}: {preset.description}".rstrip(": ") + recipe)
         return
     for name in registry.names(args.what[:-1]):
         print(name)

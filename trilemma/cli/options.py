@@ -107,11 +107,16 @@ def device(args: argparse.Namespace) -> torch.device:
 
 
 def add_training(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """The training flags. --steps, --batch-size and --lr default to the preset's recipe
+    (``Preset.recipe``, what it was measured with) where it has one, else to ``defaults``."""
+    p.set_defaults(training_defaults=defaults)
     p.add_argument("--data", default="shapes", help="'shapes' or a directory of images")
-    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="images per process and micro-batch")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default: the preset's recipe, else {defaults.steps})")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"images per process and micro-batch (default: the preset's recipe, else {defaults.batch_size})")
     p.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (warm-up, then cosine decay)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate, warm-up then cosine decay (default: the preset's recipe, else {defaults.lr:g})")
     p.add_argument("--warmup", type=positive_int, default=None, help="warm-up steps (default: min(100, steps/10))")
     p.add_argument("--ema", type=float, default=defaults.ema_decay, help="EMA decay of the saved weights (0 = off)")
     precision = p.add_mutually_exclusive_group()
@@ -127,14 +132,27 @@ def add_training(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
                    help="override a model config field, e.g. --set channels=32 --set quantizer.codebook_size=512 (JSON values)")
 
 
-def training(args: argparse.Namespace) -> TrainConfig:
-    """Without --bf16 / --fp16, mixed precision is what `accelerate launch` / `accelerate config` chose."""
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+def training(args: argparse.Namespace, recipe: dict | None = None) -> TrainConfig:
+    """The flags as a TrainConfig: --steps / --batch-size / --lr where given, else ``recipe``'s (the
+    preset's), else the command's defaults. Without --bf16 / --fp16, mixed precision is what
+    `accelerate launch` / `accelerate config` chose."""
+    defaults, recipe = args.training_defaults, recipe or {}
+    given = lambda name: getattr(args, name) if getattr(args, name) is not None else recipe.get(name, getattr(defaults, name))  # noqa: E731
+    cfg = TrainConfig(
+        steps=given("steps"), batch_size=given("batch_size"), grad_accum=args.grad_accum, lr=given("lr"),
         warmup_steps=args.warmup, ema_decay=args.ema,
         mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, num_workers=args.workers,
     )
+    taken = {name: value for name, value in recipe.items() if getattr(args, name) is None}
+    if taken:
+        print(f"from the preset's recipe: {recipe_flags(taken)}")
+    return cfg
+
+
+def recipe_flags(recipe: dict) -> str:
+    """A preset's recipe as the flags it stands for: {"lr": 2e-3} -> "--lr 0.002"."""
+    return " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in recipe.items())
 
 
 def overrides(pairs: list[str]) -> dict:

@@ -49,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run_tokenizer(args: argparse.Namespace) -> dict:
     from trilemma.tokenizers.losses import LossConfig
 
-    cfg = options.training(args)
+    cfg = options.training(args, _recipe("tokenizer", args.preset))
     loss = LossConfig(perceptual_weight=args.perceptual, gan_weight=args.gan,
                       gan_start=args.gan_start if args.gan_start is not None else cfg.steps // 2)
     result = tokenizer_training.train_tokenizer(args.preset, args.data, Path(args.out), cfg, loss, size=args.size,
@@ -61,8 +61,9 @@ def run_tokenizer(args: argparse.Namespace) -> dict:
 
 
 def run_generator(args: argparse.Namespace) -> dict:
+    recipe = _recipe("generator", args.preset or f"{args.kind}-shapes")
     result = generator_training.train_generator(
-        args.kind, args.tokenizer, args.data, Path(args.out), options.training(args), preset=args.preset,
+        args.kind, args.tokenizer, args.data, Path(args.out), options.training(args, recipe), preset=args.preset,
         num_images=args.num_images, text_length=args.text_length, resume=args.resume, budget=args.budget,
         **options.overrides(args.set),
     )
@@ -71,9 +72,14 @@ def run_generator(args: argparse.Namespace) -> dict:
 
 
 def run_decoder(args: argparse.Namespace) -> dict:
-    result = decoder_training.train_decoder(args.tokenizer, args.data, Path(args.out), options.training(args),
+    result = decoder_training.train_decoder(args.tokenizer, args.data, Path(args.out), options.training(args, _recipe("decoder", args.preset)),
                                             preset=args.preset, resume=args.resume, overrides=options.overrides(args.set))
     print(f"decoder checkpoint: {result['checkpoint']} (step {result['step']}); use it with --decoder {args.out}")
     if result["eval"]:
         print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
     return result
+
+
+def _recipe(kind: str, preset: str) -> dict:
+    """The preset's training recipe; {} for a name the training function will refuse with its own error."""
+    return registry.get_preset(kind, preset).recipe if preset in registry.preset_names(kind) else {}

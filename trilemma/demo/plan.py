@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trilemma import registry
 from trilemma.generators.sampling import SamplingConfig
 
 PROMPTS = [
@@ -83,9 +84,10 @@ LITE = {"channels": 32, "num_res_blocks": 0}
 #   diffusion UNet 64-128, batch 64, 250 steps      8 /  6 / 15 / 28%   ~180 s (32-64 at 400 steps, lr 2e-3: the same)
 # Diffusion with epsilon needed far longer (1400 steps: 48 / 31 / 50 / 57%); x_0 prediction learns far
 # faster (below; bench/results/diffusion.json is the demo's x_0 model, runs/demo25).
-# The conv tokenizers take 2e-3 (lite vq-f4: 36.3 dB at 1600 steps); the promptable one 1e-3 (its
-# measured run on the base autoencoder).
-_TOKENIZER_LR = {"vq": 1e-3, "rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3, "promptable": 1e-3}
+# The lite conv tokenizers take 2e-3 (lite vq-f4: 36.3 dB at 1600 steps); the generators' VQ and the
+# promptable tokenizer their presets' recipes (Preset.recipe: what `trilemma train` uses by default).
+_TOKENIZER_LR = {"rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3,
+                 **{name: registry.get_preset("tokenizer", TOKENIZERS[name]).recipe["lr"] for name in ("vq", "promptable")}}
 # The generators' widths in the standard and full demos: smaller than the presets, more steps a minute.
 _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
               "diffusion": {"channels": (32, 64)}}
@@ -160,7 +162,7 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 600, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 360},
-    tokenizer_lr={**_TOKENIZER_LR, "promptable": 2e-3}, conv_tokenizer=LITE, generator_preset="shapes",
+    tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
     generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 16, "muse": 32, "diffusion": 32},
     generator_steps={"dalle": 1200, "parti": 900, "muse": 800, "diffusion": 900},
