@@ -159,6 +159,10 @@ DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 # plan, the task order of run.graph): 634 s on a Xeon with AMX (the promptable task 226 s), the
 # generators' numbers as in demo24; the promptable tokenizer 15.1 -> 22.0 dB from k = 1 to 32, the box
 # +4.8 / +5.5 / +5.7 / +5.1 dB inside at k = 1 / 2 / 4 / 8 and +0.9 / +0.7 / -0.5 / -0.9 outside.
+# runs/demo29 (the presets' box weight 8, from 4), on a Xeon 10-17% slower per task: 735 s (the
+# promptable task 263 s), the generators' numbers as in demo24; the promptable tokenizer 15.1 -> 20.5
+# dB (weight 8 costs this short schedule 1.4-1.7 dB at k = 16 / 32), the box +5.1 / +5.8 / +6.3 / +5.7
+# dB inside at k = 1 / 2 / 4 / 8 and +0.5 / +0.0 / -0.2 / +0.0 outside.
 STANDARD = DemoPlan(
     name="standard", pool=12256,
     tokenizer_steps={"vq": 600, "ae": 600, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 360},
@@ -197,6 +201,10 @@ QUICK = DemoPlan(
 # order of run.graph): 2201 s (37 min; vq 659 s, promptable 1013, muse 583, parti 526, dalle 510,
 # diffusion 459), the generators' numbers as in full2; the promptable tokenizer 15.4 -> 29.8 dB, the box
 # +6.3 / +7.0 / +6.2 / +2.6 dB inside at k = 1 / 2 / 4 / 8 and +4.0 / +5.0 / +2.6 / +0.1 outside.
+# runs/full4 (the promptable preset's recipe: lr 2e-3, the box weighted 8), on a Xeon 10-17% slower
+# per task than full3's: 2467 s (41 min; vq 732 s, promptable 1117, muse 632, parti 613, dalle 564,
+# diffusion 498), the generators' numbers as in full2; the promptable tokenizer 15.4 -> 30.6 dB, the
+# box +6.6 / +7.7 / +6.8 / +4.4 dB inside at k = 1 / 2 / 4 / 8 and +2.1 / +2.4 / +1.5 / +0.1 outside.
 FULL = DemoPlan(
     name="full", pool=20256,
     tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 1600},
