@@ -72,8 +72,9 @@ def run_generator(args: argparse.Namespace) -> dict:
 
 
 def run_decoder(args: argparse.Namespace) -> dict:
-    result = decoder_training.train_decoder(args.tokenizer, args.data, Path(args.out), options.training(args, _recipe("decoder", args.preset)),
-                                            preset=args.preset, resume=args.resume, overrides=options.overrides(args.set))
+    cfg = options.training(args, _recipe("decoder", args.preset))
+    result = decoder_training.train_decoder(args.tokenizer, args.data, Path(args.out), cfg, preset=args.preset,
+                                            resume=args.resume, overrides=options.overrides(args.set))
     print(f"decoder checkpoint: {result['checkpoint']} (step {result['step']}); use it with --decoder {args.out}")
     if result["eval"]:
         print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))

@@ -67,7 +67,7 @@ class PromptableConfig:
     # 17.2 dB at k = 8) and the unprompted curve 0.2-0.9 dB less at k = 1-16, the full budget the
     # same: the presets take 0.75, the one recipe that met the box's +3 dB at k = 8 (K/4) on the bench's
     # 500 test images; on --full's 500 study images (runs/full3) it read +2.6 dB there, so the margin
-    # was thin (at lr 2e-3 the presets also weight the box 8: the table at ``_RECIPE``).
+    # was thin (at lr 2e-3 the presets also weight the box 8: the table below ``_PROMPT_TRAINING``).
     prompt_prob: float = 0.5
     # Where training boxes go: "content" centres them where the image departs from its median colour
     # (where users point: at objects, not at the background), "uniform" anywhere. Measured (this
@@ -75,7 +75,7 @@ class PromptableConfig:
     # +1.4 / +1.3 / +1.1 / +0.4 dB inside that cell at k = 1 / 2 / 4 / 8 (uniform: +0.0) and +0.1 to
     # +1.5 dB outside; unprompted, 0.5 dB lower at the full budget (21.6 against 22.1 dB).
     prompt_boxes: str = "content"
-    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box (the presets: 8, at ``_RECIPE``)
+    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box (the presets: 8, at ``_PROMPT_TRAINING``)
     # > 0: prompted images also add this weight x the log of their squared error outside the box (a
     # PSNR term: what a box costs outside is judged in dB, and there the error is small enough that
     # squared error hardly weighs it: without it the outside lost 2 dB at k = 8 even on images whose
@@ -483,12 +483,12 @@ def _preset(name: str, description: str, recipe: dict | None = None, **fields: A
     registry.register_preset("tokenizer", name, "promptable", description, recipe=recipe, **fields)
 
 
-# The presets' training recipe (measured beside ``full_budget_weight``, ``outside_weight``,
-# ``prompt_prob`` and here): three images in four prompted, their box's error weighted 8 (``region_weight``),
-# log-uniform budgets, the full budget decoded at every step at weight 8, and a log term for the
-# error outside prompted boxes at 0.15.
-_RECIPE = dict(prompt_prob=0.75, region_weight=8.0, budget_sampling="log", full_budget_prob=0.0, full_budget_weight=8.0,
-               outside_weight=0.15)
+# How the presets train their prompts and budgets (config fields, measured beside
+# ``full_budget_weight``, ``outside_weight``, ``prompt_prob`` and below): three images in four
+# prompted, their box's error weighted 8 (``region_weight``), log-uniform budgets, the full budget
+# decoded at every step at weight 8, and a log term for the error outside prompted boxes at 0.15.
+_PROMPT_TRAINING = dict(prompt_prob=0.75, region_weight=8.0, budget_sampling="log", full_budget_prob=0.0,
+                        full_budget_weight=8.0, outside_weight=0.15)
 # promptable-shapes' training recipe (`trilemma train` takes it where no flag is given): 1600 steps of
 # 32 at lr 2e-3, over an AE (from pixels it sat at the mean image after 400 steps). Measured over
 # --full's AE (runs/full2), 500 held-out images; PSNR at k = 1 / 2 / 4 / 8 / 16 / 32, the box's gain
@@ -505,9 +505,9 @@ _RECIPE = dict(prompt_prob=0.75, region_weight=8.0, budget_sampling="log", full_
 # for 0.6-0.8 dB of the unprompted curve at k >= 8 against weight 6 and 0.9 more tokens under
 # --budget auto; the unordered twin at 2e-3 and weight 8 reads 31.5 dB, 0.4 above the ordered tokens.
 _preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / point prompts, 32x32; train it over an AE (--set base=DIR)",
-        recipe={"steps": 1600, "lr": 2e-3}, box_crop=4, **_RECIPE)
+        recipe={"steps": 1600, "lr": 2e-3}, box_crop=4, **_PROMPT_TRAINING)
 _preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,
         fourier_bands=4, conv_channels=8, quantizer={"name": "vq", "codebook_size": 64, "codebook_dim": 4}, box_crop=2)
 _preset("promptable-256", "GPU: 128 ordered tokens (VQ 4096 codes), ViT-B-like halves on 16x16 patches of 256x256",
         image_size=256, patch=16, dim=768, encoder_depth=12, decoder_depth=12, heads=12, num_tokens=128, conv_channels=64,
-        quantizer={"name": "vq", "codebook_size": 4096, "codebook_dim": 8}, fourier_bands=64, box_crop=8, **_RECIPE)
+        quantizer={"name": "vq", "codebook_size": 4096, "codebook_dim": 8}, fourier_bands=64, box_crop=8, **_PROMPT_TRAINING)
