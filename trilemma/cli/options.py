@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from trilemma import registry
 from trilemma.generators.sampling import SCHEDULERS, SamplingConfig
 from trilemma.training.loop import TrainConfig
 
@@ -136,18 +137,17 @@ def training(args: argparse.Namespace, recipe: dict | None = None) -> TrainConfi
     """The flags as a TrainConfig: --steps / --batch-size / --lr where given, else ``recipe``'s (the
     preset's), else the command's defaults. Without --bf16 / --fp16, mixed precision is what
     `accelerate launch` / `accelerate config` chose."""
-    defaults, recipe = args.training_defaults, recipe or {}
-    given = lambda name: getattr(args, name) if getattr(args, name) is not None else recipe.get(name, getattr(defaults, name))  # noqa: E731
-    cfg = TrainConfig(
-        steps=given("steps"), batch_size=given("batch_size"), grad_accum=args.grad_accum, lr=given("lr"),
-        warmup_steps=args.warmup, ema_decay=args.ema,
+    flags = {name: getattr(args, name) for name in registry.RECIPE_FIELDS}
+    taken = {name: value for name, value in (recipe or {}).items() if flags[name] is None}
+    settings = {name: getattr(args.training_defaults, name) for name in flags}
+    settings.update(taken, **{name: value for name, value in flags.items() if value is not None})
+    if taken:
+        print(f"from the preset's recipe: {recipe_flags(taken)}")
+    return TrainConfig(
+        **settings, grad_accum=args.grad_accum, warmup_steps=args.warmup, ema_decay=args.ema,
         mixed_precision="bf16" if args.bf16 else "fp16" if args.fp16 else None,
         eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, num_workers=args.workers,
     )
-    taken = {name: value for name, value in recipe.items() if getattr(args, name) is None}
-    if taken:
-        print(f"from the preset's recipe: {recipe_flags(taken)}")
-    return cfg
 
 
 def recipe_flags(recipe: dict) -> str:

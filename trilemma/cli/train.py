@@ -61,7 +61,7 @@ def run_tokenizer(args: argparse.Namespace) -> dict:
 
 
 def run_generator(args: argparse.Namespace) -> dict:
-    recipe = _recipe("generator", args.preset or f"{args.kind}-shapes")
+    recipe = _recipe("generator", args.preset or generator_training.default_preset(args.kind))
     result = generator_training.train_generator(
         args.kind, args.tokenizer, args.data, Path(args.out), options.training(args, recipe), preset=args.preset,
         num_images=args.num_images, text_length=args.text_length, resume=args.resume, budget=args.budget,

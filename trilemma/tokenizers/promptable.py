@@ -479,8 +479,8 @@ def content_points(images: torch.Tensor, cells: int = 8) -> torch.Tensor:
     return (xy + torch.rand_like(xy)) / cells
 
 
-def _preset(name: str, description: str, recipe: dict | None = None, **fields: Any) -> None:
-    registry.register_preset("tokenizer", name, "promptable", description, recipe=recipe, **fields)
+def _preset(name: str, description: str, **fields: Any) -> None:
+    registry.register_preset("tokenizer", name, "promptable", description, **fields)
 
 
 # How the presets train their prompts and budgets (config fields, measured beside

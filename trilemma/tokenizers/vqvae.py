@@ -143,8 +143,8 @@ class VQVAE(Tokenizer):
         return self.decoder(z.float())
 
 
-def _preset(name: str, description: str, recipe: dict | None = None, **fields: Any) -> None:
-    registry.register_preset("tokenizer", name, "vqvae", description, recipe=recipe, **fields)
+def _preset(name: str, description: str, **fields: Any) -> None:
+    registry.register_preset("tokenizer", name, "vqvae", description, **fields)
 
 
 # CPU presets: 32x32 shapes, train in minutes on 2 cores.

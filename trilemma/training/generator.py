@@ -153,6 +153,11 @@ def budget_spec(spec: TokenSpec, budget: int | None) -> TokenSpec:
     return dataclasses.replace(spec, max_tokens=budget)
 
 
+def default_preset(kind: str) -> str:
+    """The generator preset a ``kind`` trains with when none is named."""
+    return f"{kind}-shapes"
+
+
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
     num_images: int = NUM_IMAGES, text_length: int | None = None, resume: bool = False,
@@ -171,7 +176,7 @@ def train_generator(
     from trilemma.data import load_dataset
 
     out = Path(out)
-    preset = preset or f"{kind}-shapes"
+    preset = preset or default_preset(kind)
     model_kind = registry.get_preset("generator", preset).model
     if model_kind != kind:
         raise ValueError(f"preset {preset} is a {model_kind} generator, not {kind}")
