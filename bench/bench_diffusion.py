@@ -2,11 +2,12 @@
 and seconds per image against the number of denoising steps, for DDIM and DPM-Solver++; and the
 token-conditioned decoder against its tokenizer's own decoder on the same tokens.
 
-    .venv/bin/python bench/bench_diffusion.py --generator runs/diffusion [--decoder runs/decoder] \
+    .venv/bin/python bench/bench_diffusion.py --generator GEN_DIR [--decoder DEC_DIR] \
         [--n 500] [--steps 5 10 20 50] [--cfg-scale 3]
 
-Both runs are trained beforehand (README / the issue's closing note give the commands); the shapes
-probe is cached in runs/bench-probe. Writes bench/results/diffusion.json.
+Both runs are trained beforehand (the README's tour gives the commands: `trilemma train generator
+--kind diffusion`, `trilemma train decoder`); the shapes probe is trained on first use and cached
+(``probe_dir`` below). Writes bench/results/diffusion.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
-from trilemma.eval.generation import benchmark, evaluate_generation  # noqa: E402
+from trilemma.studies.generation import benchmark, evaluate_generation  # noqa: E402
 from trilemma.generators.sampling import SCHEDULERS, SamplingConfig  # noqa: E402
 from trilemma.pipeline import Pipeline  # noqa: E402
 
@@ -58,7 +59,7 @@ def decode_table(decoder: str, bench) -> list[dict]:
     """PSNR, SSIM and domain rFID of the tokenizer's own decoder and of the diffusion decoder, on the
     same tokens of the reference images."""
     from trilemma import checkpoint
-    from trilemma.eval.reconstruction import evaluate_reconstruction
+    from trilemma.metrics.reconstruction import evaluate_reconstruction
     from trilemma.pipeline import load_tokenizer
 
     tok_dir = checkpoint.recorded_tokenizer(checkpoint.resolve_checkpoint(decoder))

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from trilemma import registry
-from trilemma.eval.features import extract
-from trilemma.eval.metrics import fid_from_features
+from trilemma.metrics.features import extract
+from trilemma.metrics.scores import fid_from_features
 
 RESULTS = Path(__file__).parent / "results" / "fid.json"
 CLOSE_FEATURE_ERROR = 0.02  # relative L2 error of bf16 features below which bf16 counts as close

@@ -2,8 +2,11 @@
 (the same network trained without tail dropout), a fixed tokenizer at the same bits, the gain of a
 box prompt inside the box (and what it costs outside), and --budget auto.
 
-    .venv/bin/python bench/bench_promptable.py --tokenizer runs/promptable \
-        [--unordered runs/promptable-flat] [--fixed runs/vq-320] [--n 500] [--target-psnr 25]
+    .venv/bin/python bench/bench_promptable.py --tokenizer TOK_DIR \
+        [--unordered FLAT_DIR] [--fixed VQ_DIR] [--n 500] [--target-psnr 25]
+
+TOK_DIR is a trained promptable tokenizer, FLAT_DIR the same preset trained with
+``--set tail_dropout=false``, VQ_DIR a fixed tokenizer at about the same bits per image.
 
 The box of an image is the grid cell of its first object (shapes draws objects in a 3x3 grid).
 Writes bench/results/promptable.json.
@@ -22,9 +25,9 @@ from common import report  # noqa: E402
 
 from trilemma import checkpoint  # noqa: E402
 from trilemma.data import load_dataset  # noqa: E402
-from trilemma.eval.metrics import psnr  # noqa: E402
-from trilemma.eval.prompted import first_object_boxes, reconstruct, region_study  # noqa: E402
-from trilemma.eval.tradeoff import budget_sweep  # noqa: E402
+from trilemma.metrics.scores import psnr  # noqa: E402
+from trilemma.metrics.prompted import first_object_boxes, reconstruct, region_study  # noqa: E402
+from trilemma.studies.tradeoff import budget_sweep  # noqa: E402
 
 
 def main() -> None:

@@ -37,16 +37,16 @@ def vq_dir(tmp_path, tiny_vq):
 
 @pytest.fixture
 def reconstruction_api(monkeypatch):
-    """The real ``trilemma.eval.reconstruction`` when present, else the stand-in of test_tradeoff."""
+    """The real ``trilemma.metrics.reconstruction`` when present, else the stand-in of test_tradeoff."""
     try:
-        import trilemma.eval.reconstruction  # noqa: F401
+        import trilemma.metrics.reconstruction  # noqa: F401
     except ModuleNotFoundError:
         sys.path.insert(0, str(Path(__file__).parent))
         from test_tradeoff import _standin_evaluate
 
-        module = types.ModuleType("trilemma.eval.reconstruction")
+        module = types.ModuleType("trilemma.metrics.reconstruction")
         module.evaluate_reconstruction = _standin_evaluate
-        monkeypatch.setitem(sys.modules, "trilemma.eval.reconstruction", module)
+        monkeypatch.setitem(sys.modules, "trilemma.metrics.reconstruction", module)
 
 
 def test_help_in_a_subprocess_lists_the_subcommands():
@@ -133,7 +133,7 @@ def test_generate_cfg_scale_travels_to_the_sampler_checked_once(tmp_path, tiny_v
 def test_generate_edits_a_box_and_reranks(tmp_path, tiny_vq, capsys):
     from PIL import Image
 
-    from trilemma.eval.contrastive import ContrastiveModel
+    from trilemma.metrics.contrastive import ContrastiveModel
 
     text = _saved_generator(tmp_path, tiny_vq, "muse-tiny")
     scorer = checkpoint.save(ContrastiveModel(ContrastiveModel.Config(channels=(8, 8), image_dim=8, text_dim=8, text_depth=0,
@@ -221,7 +221,7 @@ def test_eval_generation_error_names_the_missing_generator(tmp_path, capsys):
 
 def _stub_generation(monkeypatch, bench, evaluate):
     from trilemma import pipeline
-    from trilemma.eval import generation
+    from trilemma.studies import generation
 
     fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32))
     fake_pipe.to = lambda device: fake_pipe
@@ -232,7 +232,7 @@ def _stub_generation(monkeypatch, bench, evaluate):
 
 def test_eval_generation_builds_one_checked_sampling_config(tmp_path, monkeypatch, capsys):
     """The command's plumbing, with the pipeline, the benchmark and the evaluation replaced by stand-ins."""
-    from trilemma.eval.generation import Benchmark
+    from trilemma.studies.generation import Benchmark
     from trilemma.generators.sampling import SamplingConfig
 
     seen = {}
@@ -261,8 +261,8 @@ def test_eval_generation_builds_one_checked_sampling_config(tmp_path, monkeypatc
 def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypatch, capsys):
     """Several --cfg-scale values: one evaluation each on the same prompts, the real sets' features
     extracted once, one table, one run per scale in generation.json."""
-    from trilemma.eval.features import FeatureExtractor
-    from trilemma.eval.generation import Benchmark
+    from trilemma.metrics.features import FeatureExtractor
+    from trilemma.studies.generation import Benchmark
 
     class MeanColour(FeatureExtractor):
         dim = 3

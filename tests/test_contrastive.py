@@ -1,19 +1,28 @@
 """The small CLIP: it learns to match shapes captions, scores pairs, ranks captions, checkpoints."""
 
 import functools
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from trilemma import checkpoint, registry
 from trilemma.data import TextTokenizer, load_dataset
-from trilemma.eval.contrastive import ContrastiveModel, train_contrastive
+from trilemma.metrics.contrastive import ContrastiveModel
+from trilemma.training.scorers import contrastive_config, train_contrastive
+
+
+def _trained(dataset, cfg, **kwargs) -> ContrastiveModel:
+    out = Path(tempfile.mkdtemp()) / "contrastive"
+    train_contrastive(out, dataset, cfg, **kwargs)
+    return checkpoint.load(out / "model", kind="features").eval()
 
 
 @functools.cache
 def quick_model() -> ContrastiveModel:
     """80 steps of 64 pairs (~12 s on one busy core): ~99% R-precision@32 on held-out shapes."""
-    return train_contrastive(load_dataset("shapes", "train"), steps=80, batch_size=64, seed=0, progress=False)
+    return _trained(load_dataset("shapes", "train"), contrastive_config(steps=80, batch_size=64))
 
 
 @functools.cache
@@ -79,6 +88,6 @@ def test_trains_on_any_captioned_dataset():
     text = TextTokenizer.build([d["caption"] for d in data], max_length=8)
     tiny = ContrastiveModel.Config(image_size=16, channels=(8,), image_dim=16, text_dim=16, text_depth=1,
                                    text_heads=2, embed_dim=8)
-    model = train_contrastive(data, text=text, steps=2, batch_size=4, progress=False, config=tiny)
-    assert model.text is text and 0 <= model.r_precision(torch.stack([d["image"] for d in data]),
+    model = _trained(data, contrastive_config(steps=2, batch_size=4), text=text, config=tiny)
+    assert model.text.vocab == text.vocab and 0 <= model.r_precision(torch.stack([d["image"] for d in data]),
                                                         [d["caption"] for d in data], candidates=3) <= 1

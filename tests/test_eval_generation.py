@@ -11,7 +11,7 @@ from test_contrastive import quick_model
 from test_probe import quick_probe
 
 from trilemma.data import load_dataset
-from trilemma.eval.generation import Benchmark, evaluate_generation, score_generated
+from trilemma.studies.generation import Benchmark, evaluate_generation, score_generated
 from trilemma.generators.sampling import SamplingConfig
 
 N = 200
@@ -86,7 +86,7 @@ def test_evaluate_generation_seeds_chunks_and_times_sampling():
 def test_precomputed_reference_features_give_the_same_scores():
     reference, floor, (images, _, _) = real_sets()
     features = quick_probe().features
-    from trilemma.eval.features import extract
+    from trilemma.metrics.features import extract
 
     a = score_generated(images, reference, floor, features, progress=False)
     b = score_generated(images, extract(features, reference, progress=False), floor, features, progress=False)

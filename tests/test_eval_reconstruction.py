@@ -8,8 +8,8 @@ from torch import nn
 
 from trilemma import registry
 from trilemma.data import load_dataset
-from trilemma.eval.features import DomainFeatures
-from trilemma.eval.reconstruction import KEYS, evaluate_reconstruction
+from trilemma.metrics.features import DomainFeatures
+from trilemma.metrics.reconstruction import KEYS, evaluate_reconstruction
 from trilemma.tokens import Tokens, TokenSpec
 
 
@@ -92,13 +92,13 @@ def test_codebook_usage_and_perplexity_over_the_whole_set_per_level():
 
 
 def test_lpips_is_averaged_over_images_when_available(shapes, monkeypatch):
-    from trilemma.tokenizers import losses
+    from trilemma.metrics import reconstruction
 
     class MeanAbs(nn.Module):  # stands in for LPIPS: one distance per image, shape [B, 1, 1, 1]
         def forward(self, x, y):
             return (x - y).abs().mean(dim=(1, 2, 3), keepdim=True)
 
-    monkeypatch.setattr(losses, "load_lpips", lambda net="vgg": MeanAbs())
+    monkeypatch.setattr(reconstruction, "load_lpips", lambda net="vgg": MeanAbs())
     tok = registry.build("tokenizer", "patch4-4bit")
     out = evaluate_reconstruction(tok, shapes, batch_size=20, progress=False)
     expected = (tok.reconstruct(shapes) - shapes).abs().mean().item()

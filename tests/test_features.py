@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from trilemma import registry
-from trilemma.eval import features as features_module
-from trilemma.eval.features import (
+from trilemma.metrics import features as features_module
+from trilemma.metrics.features import (
     INCEPTION_FILE,
     PT_INCEPTION_FILE,
     DomainFeatures,

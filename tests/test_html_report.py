@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trilemma.eval.html import markdown_to_html, write_html
+from trilemma.studies.html import markdown_to_html, write_html
 from trilemma.images import save_grid
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")

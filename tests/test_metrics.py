@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trilemma.eval.metrics import (
+from trilemma.metrics.scores import (
     bits_per_image,
     codebook_usage,
     feature_statistics,

@@ -1,16 +1,27 @@
 """The shapes probe: it reads real held-out images correctly, scores adherence, and checkpoints."""
 
 import functools
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from trilemma import checkpoint, registry
 from trilemma.data import attributes_to_cells, load_dataset
-from trilemma.eval import probe as probe_module
-from trilemma.eval.features import DomainFeatures, extract
-from trilemma.eval.probe import ShapesProbe, adherence, load_or_train_probe, train_probe
+from trilemma.metrics.features import DomainFeatures, extract
+from trilemma.metrics.probe import ShapesProbe, adherence
+from trilemma.studies.scorers import shapes_probe
+from trilemma.training import scorers
+from trilemma.training.scorers import probe_config, train_probe
+
+
+def _trained(cfg, **kwargs) -> ShapesProbe:
+    out = Path(tempfile.mkdtemp()) / "probe"
+    train_probe(out, cfg, **kwargs)
+    return checkpoint.load(out / "model", kind="features").eval()
 
 
 @functools.cache
@@ -20,7 +31,7 @@ def quick_probe() -> ShapesProbe:
     Without the auxiliary pooled head it converges ~2x faster: ~97% shape / 100% colour and
     size on held-out images after 150 steps (~20 s on one busy core).
     """
-    return train_probe(steps=150, seed=0, progress=False, config=ShapesProbe.Config(pooled_weight=0.0))
+    return _trained(probe_config(steps=150), config=ShapesProbe.Config(pooled_weight=0.0))
 
 
 @functools.cache
@@ -57,7 +68,7 @@ def test_default_probe_is_at_least_98_percent_right_per_attribute():
     items = load_dataset("shapes", "test", length=1000)
     images = torch.stack([items[i]["image"] for i in range(1000)])
     start = time.perf_counter()
-    probe = train_probe(seed=0, progress=False)
+    probe = _trained(probe_config())
     acc = _per_attribute_accuracy(probe, images, [items.attributes(i) for i in range(1000)])
     print(f"probe trained in {time.perf_counter() - start:.1f} s: {acc}")
     assert min(acc.values()) >= 0.98, acc
@@ -118,24 +129,45 @@ def test_checkpoint_round_trip_and_cache(tmp_path, monkeypatch):
     images, _, _ = held_out()
     assert torch.equal(loaded.predict(images[:32]), probe.predict(images[:32]))
 
+
+
+def test_a_probe_run_is_trained_once_then_loaded_and_resumes_when_cut(tmp_path, monkeypatch):
+    tiny = ShapesProbe.Config(image_size=32, channels=(8,), dim=16)
     calls = []
+    real_train = scorers.train_probe
 
-    def fake_train(size=32, steps=0, seed=0, progress=True, dataset=None):
-        calls.append(size)
-        return ShapesProbe(ShapesProbe.Config(image_size=size, channels=(8,), dim=16))
+    def counting_train(out, **kwargs):
+        calls.append(kwargs["resume"])
+        return real_train(out, config=tiny, **kwargs)
 
-    monkeypatch.setattr(probe_module, "train_probe", fake_train)
-    cached = load_or_train_probe(tmp_path / "probe", size=32)
-    assert calls == [] and torch.equal(cached.predict(images[:8]), probe.predict(images[:8]))
-    # Another size in the cache is retrained and replaced; the new one is then reused.
-    other = load_or_train_probe(tmp_path / "probe", size=48)
-    assert calls == [48] and other.config.image_size == 48
-    load_or_train_probe(tmp_path / "probe", size=48)
-    assert calls == [48]
-    assert checkpoint.read_config(tmp_path / "probe")["config"]["image_size"] == 48
+    run = tmp_path / "probe"
+    first = scorers.trained(run, counting_train, probe_config(steps=4, batch_size=8))
+    again = shapes_probe(run, size=32)  # a finished run is loaded as it is, whatever steps a caller asks
+    assert calls == [False] and isinstance(again, ShapesProbe)
+    images, _, _ = held_out()
+    assert torch.equal(first.predict(images[:8]), again.predict(images[:8]))
+    assert (run / "metrics.csv").is_file() and (run / "eval.csv").is_file()  # a run like every model's
+    # A run stopped short of its planned steps resumes with its own settings and ends there.
+    planned = json.loads((run / "train_config.json").read_text())
+    (run / "train_config.json").write_text(json.dumps({**planned, "steps": 6}))
+    scorers.trained(run, counting_train, probe_config(steps=4, batch_size=8))
+    assert calls == [False, True] and checkpoint.read_config(run / "model")["step"] == 6
+    with pytest.raises(ValueError, match="48x48"):
+        shapes_probe(run, size=48)
 
 
-def test_probe_trains_on_a_given_pool_cycling_it():
+def test_a_scorer_run_on_other_data_is_refused(tmp_path):
+    from trilemma.data import InMemory
+
+    tiny = ShapesProbe.Config(image_size=32, channels=(8,), dim=16)
+    pool = InMemory(load_dataset("shapes", split="train", size=32), 16)
+    train_probe(tmp_path / "probe", probe_config(steps=2, batch_size=8), dataset=pool, config=tiny)
+    other = InMemory(load_dataset("shapes", split="train", size=32, seed=1), 16)
+    with pytest.raises(Exception, match="trained on InMemory"):
+        scorers.trained(tmp_path / "probe", train_probe, probe_config(steps=2), data=other)
+
+
+def test_probe_trains_on_a_given_pool_only():
     from trilemma.data import InMemory, load_dataset
 
     pool = InMemory(load_dataset("shapes", split="train", size=32), 48)
@@ -149,6 +181,6 @@ def test_probe_trains_on_a_given_pool_cycling_it():
             seen.append(i)
             return pool[i]
 
-    train_probe(size=32, steps=3, batch_size=32, progress=False, dataset=Recording(),
+    train_probe(Path(tempfile.mkdtemp()) / "probe", probe_config(steps=3, batch_size=32), dataset=Recording(),
                 config=ShapesProbe.Config(image_size=32, channels=(8,), dim=16))
-    assert seen == [i % 48 for i in range(96)]  # three batches of 32 through a pool of 48
+    assert len(seen) == 96 and set(seen) <= set(range(48)) and len(set(seen)) > 24  # 3 batches of 32 drawn from the pool

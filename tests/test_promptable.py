@@ -250,7 +250,7 @@ def test_on_a_frozen_base_autoencoder_the_tokens_describe_its_latents(tmp_path, 
 
 def test_region_study_measures_inside_and_outside_the_box():
     from trilemma.data import load_dataset
-    from trilemma.eval.prompted import first_object_boxes, masked_psnr, region_study
+    from trilemma.metrics.prompted import first_object_boxes, masked_psnr, region_study
 
     ds = load_dataset("shapes", split="test", size=32)
     items = [ds[i] for i in range(6)]

@@ -12,7 +12,7 @@ from torch import nn
 
 from trilemma.registry import build, names
 from trilemma.tokenizers import quantizers  # noqa: F401  (registers the quantizers)
-from trilemma.eval.metrics import codebook_usage
+from trilemma.metrics.scores import codebook_usage
 from trilemma.tokenizers.quantizers import QuantizerOutput
 
 DIM = 16

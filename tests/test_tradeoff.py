@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from trilemma import checkpoint, registry
-from trilemma.eval import metrics
-from trilemma.eval.report import markdown_table, write_report
-from trilemma.eval.tradeoff import discrete_front, pareto_front, tradeoff, trilemma_weights
+from trilemma.metrics import scores
+from trilemma.studies.report import markdown_table, write_report
+from trilemma.studies.tradeoff import discrete_front, pareto_front, tradeoff, trilemma_weights
 
 INF = math.inf
 
@@ -126,9 +126,9 @@ def _standin_evaluate(tokenizer, images, features=None, batch_size=64, lpips=Tru
     spec = tokenizer.spec
     n = float(tokens.tokens_per_image().float().mean())
     return {
-        "psnr": metrics.psnr(recon, images).mean().item(), "ssim": metrics.ssim(recon, images).mean().item(),
+        "psnr": scores.psnr(recon, images).mean().item(), "ssim": scores.ssim(recon, images).mean().item(),
         "lpips": None, "rfid": None, "discrete": spec.discrete,
-        "codebook_usage": metrics.codebook_usage(tokens.ids, spec.vocab_size) if spec.discrete else None,
+        "codebook_usage": scores.codebook_usage(tokens.ids, spec.vocab_size) if spec.discrete else None,
         "perplexity": None, "tokens_per_image": n,
         "bits_per_image": n * spec.bits_per_token if spec.discrete else None,
         "floats_per_image": None if spec.discrete else n * spec.latent_dim,
@@ -138,13 +138,13 @@ def _standin_evaluate(tokenizer, images, features=None, batch_size=64, lpips=Tru
 
 @pytest.fixture
 def reconstruction_api(monkeypatch):
-    """The real ``trilemma.eval.reconstruction`` when present, else a stand-in module."""
+    """The real ``trilemma.metrics.reconstruction`` when present, else a stand-in module."""
     try:
-        import trilemma.eval.reconstruction  # noqa: F401
+        import trilemma.metrics.reconstruction  # noqa: F401
     except ModuleNotFoundError:
-        module = types.ModuleType("trilemma.eval.reconstruction")
+        module = types.ModuleType("trilemma.metrics.reconstruction")
         module.evaluate_reconstruction = _standin_evaluate
-        monkeypatch.setitem(sys.modules, "trilemma.eval.reconstruction", module)
+        monkeypatch.setitem(sys.modules, "trilemma.metrics.reconstruction", module)
 
 
 @pytest.fixture

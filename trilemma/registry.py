@@ -9,6 +9,7 @@ caller injects (a generator gets ``spec=`` and ``text=``). A preset is a named c
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass
@@ -182,26 +183,16 @@ def build(kind: str, name: str, **cfg: Any) -> Any:
     return cls(config, **context)
 
 
+# The packages whose class decorators fill the registry: the ground floor names them, and imports
+# them on first use (importing them here at the top would be a cycle: they import this module).
+MODEL_PACKAGES = ("trilemma.tokenizers", "trilemma.generators", "trilemma.decoders", "trilemma.metrics")
 _LOADED = False
 
 
 def _ensure_loaded() -> None:
-    """Import the modules whose decorators fill the registry (once, lazily, to avoid cycles)."""
+    """Import ``MODEL_PACKAGES`` once, on the first lookup."""
     global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-
-    for module in (
-        "trilemma.tokenizers",
-        "trilemma.generators",
-        "trilemma.decoders",
-        "trilemma.eval.features",
-    ):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            # Only tolerate the package itself not existing yet, never a broken import inside it.
-            if err.name != module:
-                raise
+    if not _LOADED:
+        _LOADED = True
+        for package in MODEL_PACKAGES:
+            importlib.import_module(package)

@@ -2,11 +2,11 @@
 
 - ``reconstruction``: one tokenizer on the held-out images; prints the metrics, writes
   ``OUT/reconstruction.json``.
-- ``generation``: a generator (and its tokenizer) on the protocol of ``trilemma.eval.generation``
+- ``generation``: a generator (and its tokenizer) on the protocol of ``trilemma.studies.generation``
   (held-out prompts, reference and real-vs-real floor, probe or contrastive adherence). Several
   ``--cfg-scale`` values are evaluated in turn on the same prompts and printed side by side. Writes
   ``OUT/generation.json`` (one run per guidance scale).
-- ``tradeoff``: several tokenizers on the same images; writes the report of ``trilemma.eval.report``
+- ``tradeoff``: several tokenizers on the same images; writes the report of ``trilemma.studies.report``
   (JSON, Markdown, PNG plots) into ``OUT``.
 
 Everything is seeded by ``--seed`` (data, tokenizer noise, sampling), so a run can be repeated.
@@ -23,7 +23,7 @@ import torch
 
 from trilemma.cli import options
 from trilemma.cli.options import Parser, command, group, positive_int, seed
-from trilemma.eval.tradeoff import check_split
+from trilemma.studies.images import check_split
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +85,7 @@ def metric_lines(*rows: dict) -> list[str]:
 
 
 def _metric_pairs(row: dict) -> list[tuple[str, str]]:
-    from trilemma.eval.report import bits_cell, psnr_cell
+    from trilemma.studies.report import bits_cell, psnr_cell
 
     pairs = [
         ("tokenizer", row["tokenizer"]),
@@ -111,8 +111,8 @@ def _metric_pairs(row: dict) -> list[tuple[str, str]]:
 
 
 def run_reconstruction(args: argparse.Namespace) -> dict:
-    from trilemma.eval.report import write_json
-    from trilemma.eval.tradeoff import settings, tradeoff
+    from trilemma.studies.report import write_json
+    from trilemma.studies.tradeoff import settings, tradeoff
 
     check_split(args.data, args.split)
     torch.manual_seed(args.seed)
@@ -135,9 +135,9 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
 
 
 def run_generation(args: argparse.Namespace) -> list[dict]:
-    from trilemma.eval.generation import benchmark, evaluate_generation
-    from trilemma.eval.report import write_json
-    from trilemma.eval.tradeoff import settings
+    from trilemma.studies.generation import benchmark, evaluate_generation
+    from trilemma.studies.report import write_json
+    from trilemma.studies.tradeoff import settings
     from trilemma.pipeline import Pipeline
 
     check_split(args.data, args.split)
@@ -205,8 +205,8 @@ def sweep_lines(results: list[dict], names: list[str]) -> list[str]:
 
 
 def run_tradeoff(args: argparse.Namespace) -> list[dict]:
-    from trilemma.eval.report import markdown_table, write_report
-    from trilemma.eval.tradeoff import discrete_front, settings, tradeoff
+    from trilemma.studies.report import markdown_table, write_report
+    from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
 
     check_split(args.data, args.split)
     torch.manual_seed(args.seed)

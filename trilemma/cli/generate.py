@@ -70,18 +70,11 @@ def run(args: argparse.Namespace) -> None:
 def _scorer(args: argparse.Namespace, size: int):
     """The contrastive model that --rerank scores with: --scorer, or one kept beside the generator."""
     from trilemma import checkpoint
-    from trilemma.data import load_dataset
-    from trilemma.eval.contrastive import load_or_train_contrastive
+    from trilemma.studies.scorers import rerank_scorer
 
     if args.scorer is not None:
         return checkpoint.load(checkpoint.resolve_checkpoint(args.scorer), kind="features")
-    gen_dir = checkpoint.resolve_checkpoint(args.generator)
-    meta = checkpoint.read_config(gen_dir, kind="generator")
-    data = meta.get("data")
-    if data is None:
-        raise ValueError(f"{gen_dir} does not record its training data; give --scorer DIR (a contrastive model)")
-    run = gen_dir.parent if gen_dir.name == "model" else gen_dir
-    return load_or_train_contrastive(load_dataset(data, split="train", size=size), run / "contrastive")
+    return rerank_scorer(args.generator, size)
 
 
 def _write_each(images, prompts: list[str], sampling, args: argparse.Namespace, out_dir: Path) -> None:

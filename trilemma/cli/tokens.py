@@ -57,7 +57,7 @@ def run_tokenize(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def run_reconstruct(args: argparse.Namespace) -> None:
-    from trilemma.eval.metrics import psnr
+    from trilemma.metrics.scores import psnr
     from trilemma.images import save_grid
 
     tok, images, dev = _inputs(args)

@@ -38,12 +38,12 @@ def pool(plan: DemoPlan):
 def bench(out: Path, plan: DemoPlan, train_probe: bool = False):
     """The generation benchmark (held-out prompts, reference and floor images, the probe cached in
     ``out/probe``); only the probe task trains the probe, the others load it."""
-    from trilemma.eval.generation import benchmark
+    from trilemma.studies.generation import benchmark
 
     key = ("bench", str(out))
     if key not in _MADE:
-        if not train_probe and not (out / "probe" / checkpoint.CONFIG_FILE).is_file():
-            raise RuntimeError(f"the probe task has not saved {out / 'probe'} yet")
+        if not train_probe and not (out / "probe" / "model" / checkpoint.CONFIG_FILE).is_file():
+            raise RuntimeError(f"the probe task has not trained {out / 'probe'} yet")
         _MADE[key] = benchmark("shapes", plan.eval_images, 32, cache_dir=out, probe_steps=plan.probe_steps,
                                probe_data=pool(plan) if train_probe else None)
     return _MADE[key]
@@ -86,9 +86,9 @@ def study(out: Path, plan: DemoPlan) -> dict:
     """The trade-off rows of every study tokenizer (the promptable one per budget), the prompted
     region table, and the adherence ceiling of each generator's tokenizer."""
     from trilemma.data import load_dataset
-    from trilemma.eval.prompted import first_object_boxes, region_study
-    from trilemma.eval.report import write_report
-    from trilemma.eval.tradeoff import settings, tradeoff
+    from trilemma.metrics.prompted import first_object_boxes, region_study
+    from trilemma.studies.report import write_report
+    from trilemma.studies.tradeoff import settings, tradeoff
 
     b, n = bench(out, plan), plan.study_images
     rows = tradeoff([tokenizer_run(out, k) / "model" for k in TOKENIZERS], "shapes", n=n, features="domain",
@@ -132,7 +132,7 @@ def _reconstruction_grid(path: Path, out: Path, images: torch.Tensor) -> None:
 def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
     """Train (or resume, or keep) one generator on its study tokenizer; its sample grid for
     ``PROMPTS`` and its scores on the benchmark."""
-    from trilemma.eval.generation import evaluate_generation
+    from trilemma.studies.generation import evaluate_generation
     from trilemma.images import save_grid
     from trilemma.pipeline import Pipeline
     from trilemma.training.generator import VAL_ITEMS, train_generator
@@ -158,16 +158,15 @@ def contrastive(out: Path, plan: DemoPlan) -> dict:
 
 def _scorer(out: Path, plan: DemoPlan):
     from trilemma.data import InMemory
-    from trilemma.eval.contrastive import load_or_train_contrastive
+    from trilemma.studies.scorers import contrastive_scorer
 
-    return load_or_train_contrastive(InMemory(pool(plan), plan.contrastive_images), out / "contrastive",
-                                     steps=plan.contrastive_steps)
+    return contrastive_scorer(out / "contrastive", InMemory(pool(plan), plan.contrastive_images), steps=plan.contrastive_steps)
 
 
 def editing(out: Path, plan: DemoPlan) -> dict:
     """Each token generator redraws ``EDIT_BOX`` of one held-out image; a grid of the image, its
     reconstruction and four edits per generator (diffusion draws continuous latents: no ids to keep)."""
-    from trilemma.eval.editing import edit_study
+    from trilemma.studies.editing import edit_study
     from trilemma.images import save_grid
     from trilemma.pipeline import Pipeline
 
@@ -188,7 +187,7 @@ def editing(out: Path, plan: DemoPlan) -> dict:
 def rerank(out: Path, plan: DemoPlan) -> dict:
     """DALL-E draws ``rerank_candidates`` images for each of ``rerank_n`` prompts and keeps the best
     by the contrastive score."""
-    from trilemma.eval.editing import rerank_study
+    from trilemma.studies.editing import rerank_study
     from trilemma.pipeline import Pipeline
 
     return rerank_study(Pipeline.load(out / "dalle"), bench(out, plan), _scorer(out, plan), plan.rerank_candidates,

@@ -20,10 +20,8 @@ LPIPS_BACKBONES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pt
 
 @dataclass
 class LossConfig:
-    # MSE by default: on sparse images (shapes: mostly background) L1 sits at its median, a blank
-    # image, for hundreds of steps (measured: 19.7 dB vs 35.8 dB for L2 after 800 steps, ae-f4-shapes).
-    l1_weight: float = 0.0  # mean absolute error in [-1, 1] pixel units
-    l2_weight: float = 1.0  # mean squared error
+    l1_weight: float = 0.0  # mean absolute error in [-1, 1] pixel units; off: on sparse shapes L1 sat at a blank image
+    l2_weight: float = 1.0  # mean squared error (docs/experiments.md, conv tokenizers and losses)
     perceptual_weight: float = 0.0  # LPIPS; needs the backbone weights on disk
     lpips_net: str = "vgg"  # "vgg" or "alex"
     gan_weight: float = 0.0  # 0 disables the discriminator

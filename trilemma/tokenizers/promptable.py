@@ -45,124 +45,22 @@ class PromptableConfig:
     decoder_depth: int = 4
     heads: int = 4
     num_tokens: int = 32  # K: the full budget
-    # VQ by default. FSQ's tokens once collapsed to one code within 30 steps (inputs at the
-    # transformer init's scale all rounded to the centre code); with unit-scale inputs (below) FSQ
-    # 8-8-8-5-5-5 learned as VQ does (on ae-f4 latents, 400 steps of 32: 16.4 against 16.3 dB), but
-    # its 64,000 codes would make every generator's vocabulary 125x larger than VQ's 512.
+    # VQ, not FSQ: they learn alike here, but FSQ's 64,000 codes would bloat every generator's vocabulary.
     quantizer: dict[str, Any] = field(default_factory=lambda: {"name": "vq", "codebook_size": 512, "codebook_dim": 8})
     fourier_bands: int = 16  # random Fourier features per coordinate pair (SAM)
     max_boxes: int = 1
     max_points: int = 4
-    # Prompts also as dense embeddings added at the grid positions they cover (PromptEncoder.dense),
-    # beside the prompt tokens, in both the encoder and the decoder. Measured (VQ on ae-f4 latents,
-    # 300 steps of 32): 18.2 dB at the full budget against 17.6 without; with uniform training
-    # boxes no gain inside the box (content boxes, below, brought it).
-    dense_prompt: bool = True
-    # Training: the share of images given a random box. Measured (the presets' recipe otherwise, over
-    # --full's AE, as the table at ``outside_weight``; PSNR at k = 1 / 2 / 4 / 8 / 16 / 32, the box's
-    # gain inside and the change outside at k = 1 / 2 / 4 / 8, --budget auto at 20 dB):
-    #   0.5   15.7 / 16.6 / 18.4 / 21.4 / 25.1 / 30.2  in +4.9 / +4.7 / +4.1 / +2.3  out +3.4 / +3.6 / +1.9 / -0.5  auto 100%
-    #   0.75  15.5 / 16.0 / 17.5 / 21.1 / 24.8 / 30.3  in +6.5 / +6.7 / +6.1 / +3.3  out +3.8 / +3.8 / +1.6 / -0.9  auto 99.6%
-    # At 0.75 the prompted tokens read 0.8-1.4 dB more inside the box at every k <= 8 (18.0 against
-    # 17.2 dB at k = 8) and the unprompted curve 0.2-0.9 dB less at k = 1-16, the full budget the
-    # same: the presets take 0.75, the one recipe that met the box's +3 dB at k = 8 (K/4) on the bench's
-    # 500 test images; on --full's 500 study images (runs/full3) it read +2.6 dB there, so the margin
-    # was thin (at lr 2e-3 the presets also weight the box 8: the table below ``_PROMPT_TRAINING``).
-    prompt_prob: float = 0.5
-    # Where training boxes go: "content" centres them where the image departs from its median colour
-    # (where users point: at objects, not at the background), "uniform" anywhere. Measured (this
-    # preset on ae-f4 latents, 1600 steps of 32, the first object's cell as the prompt): with the box,
-    # +1.4 / +1.3 / +1.1 / +0.4 dB inside that cell at k = 1 / 2 / 4 / 8 (uniform: +0.0) and +0.1 to
-    # +1.5 dB outside; unprompted, 0.5 dB lower at the full budget (21.6 against 22.1 dB).
-    prompt_boxes: str = "content"
-    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box (the presets: 8, at ``_PROMPT_TRAINING``)
-    # > 0: prompted images also add this weight x the log of their squared error outside the box (a
-    # PSNR term: what a box costs outside is judged in dB, and there the error is small enough that
-    # squared error hardly weighs it: without it the outside lost 2 dB at k = 8 even on images whose
-    # only object was in the box). Measured (full_budget_weight 8, log budgets, half prompted, over
-    # --full's AE, as the table at ``full_budget_weight``; PSNR at k = 1 / 2 / 4 / 8 / 16 / 32, the
-    # box's gain inside and the change outside at k = 1 / 2 / 4 / 8, --budget auto at 20 dB):
-    #   0     15.7 / 16.5 / 18.5 / 21.9 / 25.3 / 30.1  in +5.7 / +5.5 / +4.5 / +2.1  out +2.2 / +2.3 / -1.0 / -1.9  auto 99.8%
-    #   0.15  15.7 / 16.6 / 18.4 / 21.4 / 25.1 / 30.2  in +4.9 / +4.7 / +4.1 / +2.3  out +3.4 / +3.6 / +1.9 / -0.5  auto 100%
-    #   0.5   15.7 / 16.6 / 18.3 / 20.9 / 24.7 / 29.5  in +3.5 / +3.5 / +2.9 / +1.8  out +4.6 / +4.6 / +2.3 / +0.1  auto 99.8%
-    # The presets take 0.15: the outside gains at k <= 4 and stays within 0.5 dB at k = 8, for 0.4-0.8
-    # dB of the box's gain at k <= 4 (then three images in four prompted, ``prompt_prob``).
-    outside_weight: float = 0.0
-    # Box crops (RoIAlign, He et al. 2017, "Mask R-CNN"): the encoder's grid inside a prompted box,
-    # resampled to box_crop x box_crop cells, joins the encoder's input and has its own linear read
-    # into the latent queries; the decoder draws a box_crop x box_crop grid from its tokens and pastes
-    # it into the box (bilinear, in box coordinates). Tokens can then describe a box's content at the
-    # box's own scale wherever it lies, which the dense and token prompts alone must learn from
-    # absolute positions. 0 = off (the architecture before it; saved configs without it load so).
-    # Measured (this preset on the demo's AE, 1600 steps of 32, fp32, 500 held-out images, the first
-    # object's cell as the box; PSNR at k = 1 / 2 / 4 / 8 / 16 / 32, the box's gain inside and the
-    # change outside at k = 1 / 2 / 4 / 8, --budget auto at 20 dB):
-    #   off                 15.9 / 16.3 / 17.3 / 20.4 / 22.6 / 23.8 dB  inside +1.0 / +1.1 / +1.1 / +0.5  outside +0.9 / +0.7 / +0.5 / +0.2  auto 89%
-    #   4                   15.5 / 15.9 / 17.0 / 19.7 / 21.7 / 22.9     +2.9 / +3.0 / +2.6 / +1.4          -0.0 / -0.4 / -1.0 / -2.0          79%
-    #   4, region_weight 2  15.7 / 16.0 / 17.1 / 20.4 / 22.3 / 23.4     +1.7 / +1.8 / +1.7 / +0.5          +0.5 / +0.6 / -0.2 / -1.5          85%
-    #   4, prompt_prob 0.25 15.6 / 16.0 / 17.1 / 20.4 / 22.5 / 23.7     +1.7 / +1.8 / +2.0 / +0.9          +0.2 / +0.5 / -0.2 / -1.7          88%
-    # The presets took the last at first: the crops learn what a box asks for at every budget, and
-    # prompting a quarter of the images kept the unprompted tokens within 0.4 dB of "off" (the full
-    # budget 0.3 dB below the same network without tail dropout, 24.0 dB, against 1.1 with half of
-    # them prompted). Over a better AE (39.8 dB, --full's; runs/full2) that preset read 15.5 -> 27.0
-    # dB, the box +3.7 / +3.7 / +3.4 / +1.1 dB inside and -0.8 / +0.6 / -2.4 / -3.2 outside, but
-    # 2.8 dB under its unordered twin (29.7 dB). With the full budget decoded at every step
-    # (``full_budget_weight``, at weight 1) half the images prompted against a quarter costs the
-    # unprompted curve 0.0-0.4 dB and lifts the box's gain at k = 4 / 8 from +2.8 / +0.4 to +4.0 /
-    # +1.4 dB; the presets now prompt half.
-    box_crop: int = 0
+    dense_prompt: bool = True  # prompts also as embeddings at the grid positions they cover (encoder and decoder)
+    prompt_prob: float = 0.5  # training: the share of images given a random box
+    prompt_boxes: str = "content"  # training boxes: "content" (where the image departs from its median) or "uniform"
+    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
+    outside_weight: float = 0.0  # > 0: prompted images add this x the log of their error outside the box (a PSNR term)
+    box_crop: int = 0  # > 0: a prompted box read and written at its own scale, box_crop^2 cells; 0 = off (old configs)
     tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
-    # That budget: "uniform" over 1..K, or "log" (log-uniform: mean ~K/3, small budgets far more
-    # often). Measured (FSQ 8-8-8-5-5-5 on ae-f4 latents, 300 steps of 32): uniform 18.3 dB at the
-    # full budget, log 17.6, and the same at k = 1 and 4 (15.2-15.4, 16.5 dB). With the full budget
-    # decoded at every step (``full_budget_weight`` 8, table below) log lifts k = 1 / 2 / 4 / 8 to
-    # 15.7 / 16.5 / 18.5 / 21.9 dB from 15.5 / 16.3 / 17.8 / 21.4, and K to 30.1 from 29.9.
-    budget_sampling: str = "uniform"
-    # Share of training steps at the full budget K, whatever ``budget_sampling`` draws otherwise.
-    # Under uniform budgets token j is decoded in only (K - j + 1) / K of the steps (the last token
-    # in 1 of 32), so the late tokens, which carry the fine detail, learn slowest. Measured (this
-    # preset on the demo's AE, 1600 steps of 32, fp32, 500 held-out images; PSNR at k = 1 / 2 / 4 /
-    # 8 / 16 / 32; the cost of ordering against no tail dropout, 24.0 dB; --budget auto at 20 dB;
-    # the box's gain inside at k = 1 / 2 / 4 / 8):
-    #   0     15.8 / 16.5 / 17.8 / 20.0 / 20.8 / 20.9 dB   cost 3.1 dB   auto 59%   +1.4 / +1.3 / +1.0 / +0.3 dB
-    #   0.5   15.8 / 16.0 / 17.1 / 19.7 / 21.4 / 22.5      cost 1.5      auto 75%   +1.2 / +1.5 / +1.4 / +0.5
-    #   0.75  15.9 / 16.3 / 17.3 / 20.4 / 22.6 / 23.8      cost 0.2      auto 89%   +1.0 / +1.1 / +1.1 / +0.5
-    #   0.9   15.6 / 16.0 / 16.7 / 18.9 / 21.6 / 23.7      cost 0.3      auto 87%   +0.4 / +0.5 / +0.5 / +0.4
-    # Over --full's 39.8 dB AE the share traded the box's gain against the cost of ordering (0.75:
-    # 3.8 dB; 0.9: 0.5 dB with a third of the gain); ``full_budget_weight`` (below) removes the trade,
-    # and the presets use it with this share at 0.
-    full_budget_prob: float = 0.75
-    # > 0: each training step also decodes the full budget K beside the sampled prefix and adds its
-    # reconstruction error at this weight (Matryoshka representation learning, Kusupati et al. 2022,
-    # sums the losses of nested prefixes in one step): the last tokens learn at every step instead
-    # of in ``full_budget_prob`` of them, so small budgets and prompts need not be drawn less often to
-    # make room. On pixels (no ``base``) the task's terms score the prefix and this pass adds its
-    # squared error. It costs a second decoder pass per step (1600 steps: 600 s against 430). Measured
-    # (the shapes preset over --full's 39.8 dB AE, runs/full2, 1600 steps of 32, fp32, 500 held-out
-    # images; PSNR at k = 1 / 2 / 4 / 8 / 16 / 32; the cost of ordering against the unordered twin,
-    # 29.7 dB; the box's gain inside and the change outside at k = 1 / 2 / 4 / 8; --budget auto at 20
-    # dB; half the training images prompted unless said, full_budget_prob 0 with a weight):
-    #   prob 0.75, prompt 0.25   15.6 / 16.1 / 17.7 / 21.0 / 24.2 / 26.0  cost 3.8  in +3.4 / +3.4 / +2.2 / +0.7  out -1.0 / -0.9 / -3.1 / -3.0  auto 98%
-    #   prob 0.9, prompt 0.25    15.6 / 16.1 / 16.8 / 19.4 / 24.5 / 29.2  cost 0.5  in +1.3 / +1.5 / +1.6 / +1.4  out +0.5 / +0.2 / -0.5 / -1.8  auto 100%
-    #   weight 1, prompt 0.25    15.7 / 16.7 / 19.2 / 22.4 / 25.1 / 26.7  cost 3.0  in +4.5 / +4.1 / +2.8 / +0.4  out +0.4 / +0.3 / -1.7 / -2.7  auto 99%
-    #   weight 1                 15.6 / 16.3 / 18.9 / 22.4 / 25.1 / 26.5  cost 3.3  in +5.8 / +5.6 / +4.0 / +1.4  out +1.9 / +1.6 / -0.2 / -2.3  auto 98%
-    #   weight 3                 15.6 / 16.6 / 18.5 / 22.1 / 26.0 / 29.6  cost 0.1  in +4.9 / +4.8 / +4.5 / +2.3  out +1.7 / +1.8 / -1.0 / -2.2  auto 100%
-    #   weight 8                 15.5 / 16.3 / 17.8 / 21.4 / 25.6 / 29.9  cost -0.2 in +4.3 / +4.4 / +4.2 / +2.1  out +2.2 / +1.8 / -0.5 / -2.0  auto 100%
-    #   weight 3, log budgets    15.7 / 16.9 / 19.2 / 22.6 / 25.4 / 29.1  cost 0.6  in +6.2 / +5.6 / +4.4 / +1.5  out +3.3 / +2.8 / -0.7 / -3.0  auto 100%
-    #   weight 8, log budgets    15.7 / 16.5 / 18.5 / 21.9 / 25.3 / 30.1  cost -0.3 in +5.7 / +5.5 / +4.5 / +2.1  out +2.2 / +2.3 / -1.0 / -1.9  auto 100%
-    # Sampled alone, the full budget and the small ones compete for the steps; with the full budget
-    # in every step at weight 3-8 the ordering is free, and prompting half the images (against a
-    # quarter, at weight 1) lifts the box's gain at k = 4 / 8 from +2.8 / +0.4 to +4.0 / +1.4 dB for
-    # 0.0-0.4 dB of the unprompted curve. The presets take the last row (the full budget 0.3 dB above
-    # the unordered twin, the box +4.5 dB or more at k <= 4 with the outside within 1.0 dB) with
-    # ``outside_weight`` 0.15, which holds the outside within 0.5 dB at k = 8 too.
-    full_budget_weight: float = 0.0
-    # A trained continuous autoencoder whose latent grid the tokens describe (FlexTok's recipe: 1D
-    # tokens over a VAE's latents), frozen: a directory (`--set base=runs/ae`) when training, saved
-    # as its config (its weights go with this model's). None: a convolutional stem and head trained
-    # with the rest. Measured on shapes, VQ + tail dropout after 400 steps: 18.4 dB on ae-f4-shapes'
-    # latents, 15.6 dB (the mean image) from pixels.
-    base: str | dict | None = None
+    budget_sampling: str = "uniform"  # that budget: "uniform" over 1..K or "log" (log-uniform: small ones more often)
+    full_budget_prob: float = 0.75  # share of training steps at K (otherwise the late tokens learn slowest)
+    full_budget_weight: float = 0.0  # > 0: each training step also decodes all K, its error at this weight (Matryoshka)
+    base: str | dict | None = None  # frozen continuous AE whose latents the tokens describe (directory or config); None: pixels
 
 
 @registry.register("tokenizer", "promptable")
@@ -191,9 +89,8 @@ class PromptableTokenizer(Tokenizer):
         if not self.quantizer.discrete or self.quantizer.levels != 1:
             raise ValueError("the promptable tokenizer needs a single-level discrete quantizer (fsq, vq or lfq)")
         blocks = lambda depth: TransformerConfig(c.dim, depth, c.heads)  # noqa: E731
-        # A convolutional stem and head around the transformers (the "conv stem" of hybrid ViTs):
-        # measured on shapes, a linear patch embedding and head stayed at the mean image for 1,000
-        # steps (15.6 dB), as a ViT autoencoder does early on; convolutions draw pixels from the start.
+        # A convolutional stem and head (hybrid ViTs' "conv stem"): a linear patch head stayed at the
+        # mean image for 1,000 steps (docs/experiments.md, promptable architecture).
         levels = int(math.log2(c.patch))
         if 2**levels != c.patch:
             raise ValueError(f"patch must be a power of 2, got {c.patch}")
@@ -212,12 +109,10 @@ class PromptableTokenizer(Tokenizer):
             self.patch_in, self.patch_out = Encoder(conv, c.dim), Decoder(conv, c.dim)
         self.patch_pos = nn.Parameter(torch.zeros(patches, c.dim))
         self.queries = nn.Parameter(torch.zeros(c.num_tokens, c.dim))
-        # A linear path beside the attention: each latent query starts as a learned weighted sum of
-        # the patches, and each grid position of the decoder as a weighted sum of the k tokens present. Trained
-        # with tail dropout, this path alone is a linear autoencoder with nested dropout, which
-        # orders its codes as PCA does (Rippel et al. 2014); attention refines it. Measured on shapes
-        # latents, without quantization: 27.9 dB after 400 steps with it, 18.3 dB without (attention
-        # alone has to learn where to look before anything decodes).
+        # A linear path beside the attention: each latent query starts as a learned weighted sum of the
+        # patches, each decoder grid position as a weighted sum of the k tokens present. With tail dropout
+        # it is a linear autoencoder with nested dropout, ordered as PCA is (Rippel et al. 2014), and it
+        # decodes before attention has learned where to look (docs/experiments.md, promptable architecture).
         self.read = nn.Parameter(torch.randn(c.num_tokens, patches) * patches**-0.5)
         self.write = nn.Parameter(torch.randn(patches, c.num_tokens) * c.num_tokens**-0.5)
         if c.box_crop:  # the same two paths between the tokens and a prompted box's crop
@@ -240,9 +135,8 @@ class PromptableTokenizer(Tokenizer):
         if c.box_crop:
             for p in (self.crop_in_pos, self.crop_out_pos):
                 nn.init.normal_(p, std=0.02)
-        # Unit-scale quantizer inputs: at the transformer init's std 0.02 every token rounded to
-        # FSQ's centre code, the decoder learned to ignore its tokens, and training stayed there
-        # (measured: 1 code of 1000 used, 15.6 dB after 750 steps).
+        # Unit-scale quantizer inputs: at the transformer init's std 0.02 every token rounded to FSQ's
+        # centre code and training stayed there (docs/experiments.md, promptable architecture).
         nn.init.normal_(self.to_quantizer.weight, std=c.dim**-0.5)
 
     @property
@@ -402,10 +296,8 @@ class PromptableTokenizer(Tokenizer):
     def _region_loss(self, recon: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         """Errors inside prompted boxes count 1 + region_weight times, all over one mean (the plain
         term is the reconstruction loss, on pixels or latents), and with ``outside_weight`` prompted
-        images add the log of their error outside the box. Measured (continuous 6-d bottleneck,
-        150 steps, no tail dropout): the mean over the boxes alone, at weight 4, kept the latents at
-        the mean image (error 0.92 of their variance against 0.43 without prompts), its noise
-        swamping the rest; over one mean they learned (PSNR 17.4 dB against 15.5, 18.3 without prompts)."""
+        images add the log of their error outside the box. One mean, not the mean over the boxes
+        alone, whose noise kept training at the mean image (docs/experiments.md, promptable)."""
         err = (recon.float() - target.float()).pow(2).mean(1, keepdim=True)
         loss = self.config.region_weight * (err * region).mean()
         if self.config.outside_weight > 0:
@@ -483,27 +375,13 @@ def _preset(name: str, description: str, **fields: Any) -> None:
     registry.register_preset("tokenizer", name, "promptable", description, **fields)
 
 
-# How the presets train their prompts and budgets (config fields, measured beside
-# ``full_budget_weight``, ``outside_weight``, ``prompt_prob`` and below): three images in four
-# prompted, their box's error weighted 8 (``region_weight``), log-uniform budgets, the full budget
-# decoded at every step at weight 8, and a log term for the error outside prompted boxes at 0.15.
+# How the presets train prompts and budgets: three images in four prompted, their box's error weighted 8,
+# log-uniform budgets, all K tokens decoded at every step at weight 8, the outside term at 0.15. Each value
+# was measured against its neighbours: docs/experiments.md, "The recipe over --full's AE".
 _PROMPT_TRAINING = dict(prompt_prob=0.75, region_weight=8.0, budget_sampling="log", full_budget_prob=0.0,
                         full_budget_weight=8.0, outside_weight=0.15)
-# promptable-shapes' training recipe (`trilemma train` takes it where no flag is given): 1600 steps of
-# 32 at lr 2e-3, over an AE (from pixels it sat at the mean image after 400 steps). Measured over
-# --full's AE (runs/full2), 500 held-out images; PSNR at k = 1 / 2 / 4 / 8 / 16 / 32, the box's gain
-# inside and the change outside at k = 1 / 2 / 4 / 8, --budget auto at 20 dB (mean k for 1 / 2 / 3 shapes):
-#   lr 1e-3, region_weight 4  15.5 / 16.0 / 17.5 / 21.1 / 24.8 / 30.3  in +6.5 / +6.7 / +6.1 / +3.3  out +3.8 / +3.8 / +1.6 / -0.9  k 4.0 / 8.9 / 15.4
-#   lr 2e-3, region_weight 4  15.5 / 16.1 / 18.0 / 21.9 / 26.0 / 32.2  in +5.9 / +6.1 / +5.0 / +2.4  out +3.5 / +4.7 / +2.4 / -0.5  k 3.5 / 7.8 / 13.8
-#   lr 2e-3, region_weight 6  15.5 / 15.9 / 17.1 / 21.0 / 25.5 / 31.9  in +6.4 / +7.0 / +6.6 / +3.8  out +2.9 / +3.5 / +2.6 / -0.8  k 4.2 / 9.4 / 15.0
-#   lr 2e-3, region_weight 8  15.4 / 15.6 / 16.5 / 20.3 / 24.7 / 31.1  in +6.8 / +8.1 / +7.5 / +4.4  out +3.5 / +2.6 / +2.1 / -0.5  k 4.8 / 10.1 / 16.3
-# (--budget auto reached 20 dB on 99.6-100% of images in every row; after 500 steps lr 2e-3 read 25.2 dB
-# at K against 23.0 at 1e-3.) At 2e-3 the unprompted curve rises by up to 1.9 dB, but the box's gain at
-# k = 8 (K/4) falls under 3 dB at weight 4: the unprompted tokens learn the box's content faster than
-# the prompted ones. The presets take weight 8, the one with a margin on both box targets (+4.4 dB
-# inside, -0.5 outside, where --full's study images read 0.7 dB less inside than the bench's before),
-# for 0.6-0.8 dB of the unprompted curve at k >= 8 against weight 6 and 0.9 more tokens under
-# --budget auto; the unordered twin at 2e-3 and weight 8 reads 31.5 dB, 0.4 above the ordered tokens.
+# promptable-shapes' recipe (`trilemma train` takes it where no flag is given): 1600 steps of 32 at lr 2e-3,
+# over an AE (from pixels it sat at the mean image): docs/experiments.md, learning rate and region_weight.
 _preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / point prompts, 32x32; train it over an AE (--set base=DIR)",
         recipe={"steps": 1600, "lr": 2e-3}, box_crop=4, **_PROMPT_TRAINING)
 _preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,

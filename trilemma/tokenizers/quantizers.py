@@ -168,7 +168,12 @@ def _codebook_kwargs(cfg: "VectorQuantizer.Config") -> dict:
 
 @register("quantizer", "vq")
 class VectorQuantizer(Quantizer):
-    """Nearest-code lookup in a learned codebook (EMA-updated, k-means initialised)."""
+    """Nearest-code lookup in a learned codebook (EMA-updated, k-means initialised).
+
+    A code whose EMA count falls under ``threshold_ema_dead_code`` is re-seeded from the batch; keep
+    the threshold well under batch vectors / codebook_size (we warn otherwise). With decay 0.99 an
+    unused code is noticed after ln(count / threshold) / 0.01 steps (~140 from a count of 8).
+    """
 
     @dataclass
     class Config:
@@ -177,13 +182,8 @@ class VectorQuantizer(Quantizer):
         decay: float = 0.99  # EMA decay of the codebook updates
         kmeans_init: bool = True  # codes start as k-means centroids of the first batch
         kmeans_iters: int = 10
-        # codes whose EMA count (vectors per batch) falls below this are re-seeded from the batch;
-        # keep it well under batch vectors / codebook_size (we warn otherwise). With decay 0.99 an
-        # unused code is noticed after ln(count / threshold) / 0.01 steps (~140 from a count of 8).
-        threshold_ema_dead_code: float = 2.0
-        # l2-normalised inputs and codes (Improved VQGAN). Needs roughly centred encoder outputs:
-        # on inputs with a large common offset all directions are alike and usage drops by half.
-        use_cosine_sim: bool = True
+        threshold_ema_dead_code: float = 2.0  # re-seed codes under this EMA count (vectors per batch)
+        use_cosine_sim: bool = True  # l2-normalised inputs and codes (Improved VQGAN); needs roughly centred inputs
         commitment_weight: float = 0.25  # beta of VQ-VAE; the loss is named "commit"
         rotation_trick: bool = True  # gradient estimator: rotation trick, else plain straight-through
 

@@ -149,7 +149,7 @@ def _preset(name: str, description: str, **fields: Any) -> None:
 
 # CPU presets: 32x32 shapes, train in minutes on 2 cores.
 _SHAPES = dict(image_size=32, channels=48, channel_mult=(1, 2, 2), num_res_blocks=1, dim=64)
-# Its recipe is how `demo --full` trains the generators' VQ (43.9 dB on held-out shapes, runs/full2).
+# Its recipe is how `demo --full` trains the generators' VQ (43.9 dB on held-out shapes: docs/experiments.md).
 _preset("vq-f4-shapes", "VQ, 8x8 tokens, 256 codes (8-d cosine codebook)", recipe={"steps": 2000, "lr": 1e-3}, **_SHAPES,
         quantizer={"name": "vq", "codebook_size": 256, "codebook_dim": 8})
 _preset("vq-f8-shapes", "VQ, 4x4 tokens, 1024 codes: the compact corner", **{**_SHAPES, "channel_mult": (1, 2, 2, 2)},

@@ -1,6 +1,3 @@
-"""Training: one loop (``loop.py``, on Hugging Face accelerate) and the two tasks it runs,
-``tokenizer.py`` and ``generator.py``. ``schedule.py`` holds the learning-rate schedule that every
-optimisation in trilemma uses (the evaluation's probe and contrastive model too).
-
-Import the submodules directly; this package imports nothing, so that ``schedule`` stays light.
-"""
+"""Training: one loop (``loop.py``, on Hugging Face accelerate) and the Tasks it runs:
+``tokenizer.py``, ``generator.py``, ``decoder.py`` and ``scorers.py`` (the evaluation's probe and
+contrastive model). ``schedule.py`` is the learning-rate schedule, ``logs.py`` a run's CSV logs."""

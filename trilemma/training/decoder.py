@@ -11,8 +11,9 @@ from torch import nn
 
 from trilemma import checkpoint, registry
 from trilemma.data import load_dataset
-from trilemma.eval.metrics import psnr
 from trilemma.generators.sampling import SamplingConfig
+from trilemma.images import save_grid
+from trilemma.metrics.scores import psnr
 from trilemma.training.loop import ImageTask, TrainConfig, check_run_dir, init_distributed, train
 
 # What `trilemma train decoder` uses when a flag is not given.
@@ -43,8 +44,6 @@ class DecoderTask(ImageTask):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        from trilemma.images import save_grid
-
         tokens = self.tokenizer.encode(self.eval_images)
         own = self.tokenizer.decode(tokens).clamp(-1, 1)
         ours = model.decode(tokens, EVAL_SAMPLING)

@@ -15,9 +15,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from trilemma import checkpoint, registry
+from trilemma.data import load_dataset
 from trilemma.data.text import TextTokenizer, words
 from trilemma.files import atomic_write_bytes
 from trilemma.generators.sampling import SamplingConfig
+from trilemma.images import save_grid
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 from trilemma.training.loop import Task, TrainConfig, TrainingError, check_run_dir, init_distributed, train
@@ -97,8 +99,6 @@ class GeneratorTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: Any, step: int, out_dir: Path) -> dict[str, float]:
-        from trilemma.images import save_grid
-
         model.eval()
         device = next(model.parameters()).device
         tokens = model.sample(model.text.encode(self.eval_prompts).to(device), SamplingConfig(seed=step))
@@ -173,8 +173,6 @@ def train_generator(
     of it shared by several runs); ``data`` still names the data and gives the evaluation prompts.
     ``budget``: on a promptable tokenizer's ordered tokens, model only the first ``budget`` (any
     prefix decodes), fixed for the run."""
-    from trilemma.data import load_dataset
-
     out = Path(out)
     preset = preset or default_preset(kind)
     model_kind = registry.get_preset("generator", preset).model

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import hashlib
 import json
 import random
@@ -29,12 +28,16 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from trilemma import checkpoint
 from trilemma.files import atomic_write_bytes
+from trilemma.training.logs import RunLog
 from trilemma.training.schedule import warmup_cosine
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -95,6 +98,11 @@ class Task:
     model: nn.Module
     dataset: Dataset
     critic: nn.Module | None = None  # trained by ``critic_loss`` with its own optimizer
+    distinct_items = False  # draw each batch without replacement (a contrastive loss's negatives)
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: every parameter decayed alike unless a task says otherwise."""
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
 
     def collate(self, items: list[Any]) -> Any:
         return items
@@ -142,8 +150,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 class StepSampler(Sampler[list[int]]):
     """Yields the index batches of steps ``start..steps``, each drawn from (seed, step, micro, rank)."""
 
-    def __init__(self, n: int, cfg: TrainConfig, start: int, rank: int):
-        self.n, self.cfg, self.start, self.rank = n, cfg, start, rank
+    def __init__(self, n: int, cfg: TrainConfig, start: int, rank: int, distinct: bool = False):
+        self.n, self.cfg, self.start, self.rank, self.distinct = n, cfg, start, rank, distinct
 
     def __len__(self) -> int:
         return (self.cfg.steps - self.start) * self.cfg.grad_accum
@@ -152,7 +160,10 @@ class StepSampler(Sampler[list[int]]):
         for step in range(self.start, self.cfg.steps):
             for micro in range(self.cfg.grad_accum):
                 g = torch.Generator().manual_seed(_mix(self.cfg.seed, step, micro, self.rank))
-                yield torch.randint(self.n, (self.cfg.batch_size,), generator=g).tolist()
+                if self.distinct:
+                    yield torch.randperm(self.n, generator=g)[: self.cfg.batch_size].tolist()
+                else:
+                    yield torch.randint(self.n, (self.cfg.batch_size,), generator=g).tolist()
 
 
 def _mix(*xs: int) -> int:
@@ -174,63 +185,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class _Logger:
-    def __init__(self, out: Path, resume_step: int, enabled: bool):
-        self.enabled = enabled
-        self.files = {name: out / f"{name}.csv" for name in ("metrics", "eval")}
-        self.tb = None
-        if not enabled:
-            return
-        for path in self.files.values():  # a resumed run rewrites history past its checkpoint
-            if path.exists() and resume_step >= 0:
-                rows = list(csv.DictReader(path.open()))
-                keep = [r for r in rows if int(r["step"]) <= resume_step]
-                if keep:
-                    with path.open("w", newline="") as f:
-                        w = csv.DictWriter(f, fieldnames=list(keep[0]))
-                        w.writeheader()
-                        w.writerows(keep)
-                else:
-                    path.unlink()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            pass
-
-    def log(self, name: str, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        path = self.files[name]
-        row = {"step": step, **values}
-        new = not path.exists()
-        if not new:
-            with path.open() as f:
-                header = f.readline().strip().split(",")
-            if header != list(row):  # a new column appeared (e.g. the GAN switched on): rewrite
-                rows = list(csv.DictReader(path.open()))
-                fields = list(dict.fromkeys(header + list(row)))
-                with path.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=fields, restval="")
-                    w.writeheader()
-                    w.writerows(rows)
-                row = {k: row.get(k, "") for k in fields}
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{name}/{k}", v, step)
-
-
 def init_distributed() -> None:
     """Join the process group now (when launched by torchrun / accelerate launch), before models are
     built: quantizers decide at construction whether to all-reduce their codebook statistics."""
-    from accelerate import PartialState
-
     PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -258,8 +215,6 @@ def _check_resumable(model: nn.Module, ckpt_dir: Path) -> dict[str, Any]:
 
 def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns {"step", "metrics", "eval", "checkpoint", "replicas"}."""
-    from accelerate.utils import send_to_device, set_seed
-
     out = Path(out_dir)
     ckpt_dir = out / "model"
     state = None
@@ -278,7 +233,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         model.load_state_dict(state["model"])
         if critic is not None:
             critic.load_state_dict(state["critic"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(task.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     if critic is not None:
         copt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
         model, critic, opt, copt = acc.prepare(model, critic, opt, copt)
@@ -289,7 +244,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     ema = copy.deepcopy(raw).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     start = 0
     loader = DataLoader(
-        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, int(state["step"]) if state else 0, acc.process_index),
+        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, int(state["step"]) if state else 0, acc.process_index,
+                                                task.distinct_items),
         collate_fn=task.collate, num_workers=cfg.num_workers,
     )
     batches = iter(loader)  # draws a seed from the global RNG: before that RNG is restored
@@ -306,7 +262,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     if main:
         atomic_write_bytes(out / "train_config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
-    logger = _Logger(out, start if resume else -1, main)
+    logger = RunLog(out, start if resume else -1, main)
     last: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
 
@@ -410,9 +366,6 @@ def _accelerator(mixed_precision: str | None) -> Any:
     workers, training one model in fp32 after another under bf16), so the previous run's state is
     cleared first; the distributed state (``PartialState``: the process group) is kept. Without a
     GPU, accelerate only goes multi-process (gloo) when told it is on the CPU."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state(reset_partial_state=False)  # what accelerate's own tests call between runs
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from trilemma import checkpoint, registry
 from trilemma.data import load_dataset
-from trilemma.eval import metrics as eval_metrics
-from trilemma.eval.reconstruction import count_codes
+from trilemma.images import save_grid, side_by_side
+from trilemma.metrics import scores
+from trilemma.metrics.reconstruction import count_codes
 from trilemma.tokenizers.base import Tokenizer
 from trilemma.tokenizers.losses import LossConfig, TokenizerLoss
 from trilemma.training.loop import ImageTask, TrainConfig, TrainingError, check_run_dir, init_distributed, train
@@ -54,8 +55,6 @@ class TokenizerTask(ImageTask):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        from trilemma.images import save_grid, side_by_side
-
         model.eval()
         recons, counts = [], None
         for chunk in self.eval_images.split(64):
@@ -63,9 +62,9 @@ class TokenizerTask(ImageTask):
             recons.append(model.decode(tokens).clamp(-1, 1))
             counts = count_codes(tokens, model.spec, counts)  # [levels, vocab], None if continuous
         recon = torch.cat(recons)
-        metrics = {"psnr": float(eval_metrics.psnr(recon, self.eval_images).mean())}
+        metrics = {"psnr": float(scores.psnr(recon, self.eval_images).mean())}
         if counts is not None:  # usage of each level's codebook, averaged over levels
-            metrics["codebook_usage"] = sum(eval_metrics.codebook_usage(counts=c) for c in counts) / len(counts)
+            metrics["codebook_usage"] = sum(scores.codebook_usage(counts=c) for c in counts) / len(counts)
         grid = side_by_side(self.eval_images[:16].cpu(), recon[:16].cpu())
         save_grid(grid, Path(out_dir) / "samples" / f"recon_{step:06d}.png", nrow=8)
         return metrics

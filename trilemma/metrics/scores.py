@@ -11,7 +11,7 @@ Images are float tensors [B, 3, H, W] in [-1, 1]. Papers implemented here:
   Generative Models", NeurIPS 2019 (k-NN radii manifolds).
 - Codebook usage, perplexity and bits per image describe a discrete tokenizer's vocabulary.
 
-Feature-space metrics take features from ``trilemma.eval.features``; they never run a network.
+Feature-space metrics take features from ``trilemma.metrics.features``; they never run a network.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ bits per image against PSNR (``pareto_front``) shows which tokenizers are worth 
 Features for rFID (``features=``):
 - ``"auto"`` (default): ``"domain"`` on shapes, ``"inception"`` on a folder; a folder without the
   Inception weights is still evaluated, with rFID left empty and a notice saying why.
-- ``"domain"``: the shapes probe's CNN (``trilemma.eval.probe``), trained once and cached in
-  ``probe_cache`` (default ``out_dir/probe``). Shapes only: a folder has no attributes to train it.
+- ``"domain"``: the shapes probe's CNN (``trilemma.metrics.probe``), trained once in the run
+  directory ``probe_cache`` (default ``out_dir/probe``). Shapes only: a folder has no attributes to train it.
 - ``"inception"``: the FID Inception-v3 from disk; missing weights are an error.
 - ``None`` / ``"none"``: no rFID (fast).
 """
@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from trilemma import checkpoint
 from trilemma.checkpoint import resolve_checkpoint
+from trilemma.metrics.reconstruction import evaluate_reconstruction
+from trilemma.pipeline import load_tokenizer
+from trilemma.studies.images import load_images, resolve_features
 from trilemma.tokens import Prompt
 
-FEATURE_CHOICES = ("auto", "domain", "inception", "none")
 FLOAT_BITS = 32  # storage of one float32 latent value: where continuous tokenizers are plotted
 PSNR_FLOOR, PSNR_LOSSLESS = 10.0, 50.0  # dB mapped to fidelity 0 and 1 in the trilemma triangle
 
@@ -63,83 +64,6 @@ def discrete_front(rows: Sequence[dict], metric: str = "psnr") -> list[int]:
     discrete = [i for i, r in enumerate(rows) if r.get("discrete")]
     points = [(rows[i].get("bits_per_image"), rows[i].get(metric)) for i in discrete]
     return [discrete[k] for k in pareto_front(points, maximize=metric == "psnr")]
-
-
-# ----------------------------------------------------------------------------- data, features
-
-
-SPLITS = ("test", "val", "train", "all")
-
-
-def check_split(data: str, split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if data == "shapes" and split == "all":
-        raise ValueError("--split all takes every image of a folder; shapes is generated per split: use test, val or train")
-
-
-def load_images(data: str, n: int, size: int, seed: int = 0, split: str = "test",
-                progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
-    """The first ``n`` items of ``data``'s ``split`` (by default the held-out one): images
-    [n, 3, size, size] and the items. ``split="all"``: every image of a folder (shapes has none).
-
-    A folder whose hash-based hold-out is empty (a handful of images) falls back to every image,
-    with a notice: those include the tokenizer's training images, so scores are optimistic.
-    """
-    from trilemma.data import load_dataset
-
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    check_split(data, split)
-    if data == "shapes":
-        ds = load_dataset("shapes", split=split, size=size, seed=seed, length=n)
-    else:
-        try:
-            ds = load_dataset(data, split=split, size=size, seed=seed)
-        except ValueError as err:
-            if "split" not in str(err):
-                raise
-            print(f"notice: {data} has no held-out images; evaluating on all of them, "
-                  "which likely includes training images")
-            ds = load_dataset(data, split="all", size=size, seed=seed)
-    count = min(n, len(ds))
-    if count < n:
-        print(f"notice: {data} has {count} held-out images (asked for {n})")
-    items = [ds[i] for i in tqdm(range(count), desc="images", unit="img", disable=not progress)]
-    report = getattr(ds, "report", None)
-    if callable(report) and report():
-        print(report())
-    return torch.stack([it["image"] for it in items]), [dict(it, image=None) for it in items]
-
-
-def resolve_features(features: str | None, data: str, size: int, seed: int = 0,
-                     probe_cache: str | Path | None = None):
-    """A FeatureExtractor for rFID / FID per the rules in the module docstring, or None."""
-    choice = "none" if features is None else str(features).lower()
-    if choice not in FEATURE_CHOICES:
-        raise ValueError(f"unknown features {features!r}; choose one of {', '.join(FEATURE_CHOICES)}")
-    if choice == "auto":
-        choice = "domain" if data == "shapes" else "inception"
-        if choice == "inception":
-            try:
-                return resolve_features("inception", data, size, seed, probe_cache)
-            except FileNotFoundError as err:
-                print(f"notice: no rFID/FID for {data}: {str(err).splitlines()[0]}")
-                return None
-    if choice == "none":
-        return None
-    if choice == "domain":
-        if data != "shapes":
-            raise ValueError("domain features are a probe trained on the shapes attributes; for a folder "
-                             "use --features inception (or none)")
-        from trilemma.eval.probe import load_or_train_probe
-
-        if probe_cache is None:
-            raise ValueError("domain features need a probe cache directory (probe_cache=...)")
-        return load_or_train_probe(Path(probe_cache), size=size, seed=seed).features
-    from trilemma.eval.features import InceptionFeatures
-
-    return InceptionFeatures()
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -220,14 +144,11 @@ def tradeoff(
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
-    if evaluate is None:
-        from trilemma.eval.reconstruction import evaluate_reconstruction as evaluate
+    evaluate = evaluate if evaluate is not None else evaluate_reconstruction
     dirs = [resolve_checkpoint(d) for d in tokenizer_dirs]
     names = _unique([tokenizer_name(d) for d in dirs], dirs)
     tokenizers = [checkpoint.load(d, kind="tokenizer").to(device) for d in dirs]
     if decoder is not None:
-        from trilemma.pipeline import load_tokenizer
-
         dec_dir = resolve_checkpoint(decoder)
         own = checkpoint.recorded_tokenizer(dec_dir, kind="decoder")
         pairs = [(name, d) for name, d in zip(names, dirs) if d.resolve() == own.resolve()]

@@ -19,8 +19,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from trilemma.eval import metrics
-from trilemma.eval.features import FeatureExtractor, extract
+from trilemma.metrics import scores
+from trilemma.metrics.features import FeatureExtractor, extract
+from trilemma.tokenizers.losses import load_lpips
 
 KEYS = (
     "psnr", "ssim", "lpips", "rfid", "codebook_usage", "perplexity", "tokens_per_image", "bits_per_image",
@@ -43,7 +44,6 @@ def _sync(device: torch.device) -> None:
 def _load_lpips(enabled: bool):
     if not enabled:
         return None
-    from trilemma.tokenizers.losses import load_lpips
 
     try:
         return load_lpips()
@@ -124,8 +124,8 @@ def evaluate_reconstruction(
                 encode_s, decode_s = encode_s + t1 - t0, decode_s + time.perf_counter() - t1
                 recon = recon.float().clamp(-1, 1)
 
-                psnrs.append(metrics.psnr(recon, x).cpu())
-                ssims.append(metrics.ssim(recon, x).cpu())
+                psnrs.append(scores.psnr(recon, x).cpu())
+                ssims.append(scores.ssim(recon, x).cpu())
                 if lpips_net is not None:
                     lpipses.append(lpips_net(recon, x).flatten().float().cpu())
                 if features is not None:
@@ -143,15 +143,15 @@ def evaluate_reconstruction(
         tokens_per_image = int(tokens_per_image)
     usage = perplexity = bits = floats = None
     if spec.discrete:
-        bits = metrics.bits_per_image(tokens_per_image, spec.vocab_size, spec.levels)
+        bits = scores.bits_per_image(tokens_per_image, spec.vocab_size, spec.levels)
         if counts is not None:
-            usage = sum(metrics.codebook_usage(counts=c) for c in counts) / len(counts)
-            perplexity = sum(metrics.perplexity(counts=c) for c in counts) / len(counts)
+            usage = sum(scores.codebook_usage(counts=c) for c in counts) / len(counts)
+            perplexity = sum(scores.perplexity(counts=c) for c in counts) / len(counts)
     else:
         floats = tokens_per_image * spec.latent_dim
     rfid = None
     if features is not None:
-        rfid = metrics.fid_from_features(torch.cat(real_feats), torch.cat(fake_feats))
+        rfid = scores.fid_from_features(torch.cat(real_feats), torch.cat(fake_feats))
     return {
         "psnr": torch.cat(psnrs).double().mean().item(),
         "ssim": torch.cat(ssims).double().mean().item(),

@@ -21,10 +21,24 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from trilemma.eval.tradeoff import (FLOAT_BITS, PSNR_FLOOR, PSNR_LOSSLESS, discrete_front, pareto_front, plot_bits,
-                                    raw_bits, trilemma_weights)
-from trilemma.eval.html import write_html
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Polygon
+from matplotlib.ticker import FuncFormatter, LogLocator
+
 from trilemma.files import atomic_write_bytes
+from trilemma.studies.html import write_html
+from trilemma.studies.tradeoff import (
+    FLOAT_BITS,
+    PSNR_FLOOR,
+    PSNR_LOSSLESS,
+    discrete_front,
+    pareto_front,
+    plot_bits,
+    raw_bits,
+    trilemma_weights,
+)
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 
@@ -100,9 +114,6 @@ def markdown_table(rows: Sequence[dict], front: Sequence[int] = ()) -> str:
 
 
 def _figure(width: float = 7.5, height: float = 5.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=150)
     FigureCanvasAgg(fig)
     return fig
@@ -162,9 +173,6 @@ def _marker_style(row: dict, color: str) -> dict:
 def plot_metric_vs_bits(rows: Sequence[dict], metric: str, path: str | Path, title: str = "") -> Path | None:
     """PSNR (``metric="psnr"``, higher is better) or rFID (lower) against bits per image; None
     (and no file) when no row has both numbers."""
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
     higher = metric == "psnr"
     pts = [(i, plot_bits(r), r.get(metric)) for i, r in enumerate(rows)]
     pts = [(i, x, y) for i, x, y in pts if x is not None and y is not None and not math.isnan(y) and x > 0]
@@ -253,8 +261,6 @@ def plot_metric_vs_bits(rows: Sequence[dict], metric: str, path: str | Path, tit
 def plot_triangle(rows: Sequence[dict], path: str | Path, title: str = "") -> Path | None:
     """Each tokenizer at the barycentric position of ``trilemma_weights`` in the triangle, with
     its (c, f, d) listed beside the triangle."""
-    from matplotlib.patches import Polygon
-
     h = math.sqrt(3) / 2
     corners = {"compact": (0.5, h), "lossless": (0.0, 0.0), "discrete": (1.0, 0.0)}
     placed = [(i, w) for i, w in enumerate(trilemma_weights(rows)) if w is not None]

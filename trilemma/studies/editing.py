@@ -7,12 +7,11 @@ import math
 
 import torch
 
-from trilemma.eval.metrics import psnr
-from trilemma.eval.prompted import masked_psnr
 from trilemma.generators.sampling import SamplingConfig
+from trilemma.metrics.prompted import masked_psnr
+from trilemma.metrics.scores import psnr
 from trilemma.tokenizers.prompts import box_mask
 from trilemma.tokens import Prompt
-
 
 MAX_DB = 10 * math.log10(4.0 / 1e-12)  # ~126 dB: a mean squared error of 1e-12 on [-1, 1] images
 

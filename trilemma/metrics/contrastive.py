@@ -26,7 +26,6 @@ Scores, on a trained model:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from trilemma.data.text import TextTokenizer
-from trilemma.eval.features import DomainFeatures
+from trilemma.metrics.features import DomainFeatures
 from trilemma.nn.transformer import Transformer, TransformerConfig
 from trilemma.registry import register
-from trilemma.training.schedule import warmup_cosine
-
-VOCAB_ITEMS = 2000  # captions read to build a text vocabulary when none is given
 
 
 @register("features", "contrastive")
@@ -164,81 +159,3 @@ class ContrastiveModel(nn.Module):
         others = draws + (draws >= rows).long()
         own = sims.diagonal()[:, None]
         return (sims.gather(1, others) < own).all(1).double().mean().item()
-
-
-def _text_from(dataset, items: int) -> TextTokenizer:
-    captions = [dataset[i]["caption"] for i in range(min(items, len(dataset)))]
-    return TextTokenizer.build(captions)
-
-
-def train_contrastive(
-    dataset,
-    text: TextTokenizer | None = None,
-    steps: int = 200,
-    batch_size: int = 128,
-    seed: int = 0,
-    progress: bool = True,
-    lr: float = 1e-3,
-    bf16: bool = True,
-    config: ContrastiveModel.Config | None = None,
-) -> ContrastiveModel:
-    """Train a ``ContrastiveModel`` on ``dataset`` items ``{"image", "caption"}``.
-
-    ``text`` defaults to a vocabulary built from the first ``VOCAB_ITEMS`` captions (later unknown
-    words map to <unk>). Each step draws ``batch_size`` random items (seeded); larger batches
-    give InfoNCE more negatives. AdamW with warm-up and cosine decay; ``bf16`` autocast on CPU.
-    ``lr=2e-3`` was sometimes unstable early on; 1e-3 was not, in every run tried.
-    """
-    if len(dataset) < 2:
-        raise ValueError(f"contrastive training needs at least 2 captioned images, got {len(dataset)}")
-    text = text if text is not None else _text_from(dataset, VOCAB_ITEMS)
-    size = int(dataset[0]["image"].shape[-1])
-    config = config if config is not None else ContrastiveModel.Config(image_size=size)
-    torch.manual_seed(seed)
-    model = ContrastiveModel(config, text=text)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    warmup = max(1, min(50, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
-    gen = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, len(dataset))
-    model.train()
-    start = time.perf_counter()
-    with tqdm(range(steps), desc="contrastive", disable=not progress) as bar:
-        for step in bar:
-            items = [dataset[int(i)] for i in torch.randperm(len(dataset), generator=gen)[:batch_size]]
-            images = torch.stack([it["image"] for it in items])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(images, [it["caption"] for it in items])
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            sched.step()
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{out['loss'].item():.3f}", acc=f"{out['accuracy'].item():.2f}")
-    model.train_seconds = time.perf_counter() - start
-    return model.eval()
-
-
-def load_or_train_contrastive(dataset, cache_dir: str | Path, seed: int = 0, progress: bool = True,
-                              steps: int = 200) -> ContrastiveModel:
-    """The contrastive model saved in ``cache_dir`` when it was trained on this dataset (its
-    ``repr``) and seed; else train one on ``dataset`` and save it there (atomically)."""
-    from trilemma import checkpoint
-
-    cache_dir = Path(cache_dir)
-    key = {"data": repr(dataset), "seed": seed} | ({} if steps == 200 else {"steps": steps})
-    if (cache_dir / checkpoint.CONFIG_FILE).is_file():
-        try:
-            meta = checkpoint.read_config(cache_dir, kind="features")
-            if meta["name"] == ContrastiveModel.registry_name and meta.get("trained_on") == key:
-                return checkpoint.load(cache_dir, kind="features")
-            reason = "it was trained on other data"
-        except checkpoint.CheckpointError as err:
-            reason = str(err)
-        print(f"retraining the contrastive model in {cache_dir}: {reason}")
-    model = train_contrastive(dataset, seed=seed, progress=progress, steps=steps)
-    checkpoint.save(model, cache_dir, extra={"trained_on": key})
-    return model

@@ -10,6 +10,8 @@ import mimetypes
 import re
 from pathlib import Path
 
+import markdown
+
 from trilemma.files import atomic_write_bytes
 
 STYLE = """
@@ -39,8 +41,6 @@ def _embed(match: re.Match, base: Path) -> str:
 
 def markdown_to_html(text: str, base: str | Path, title: str = "trilemma report") -> str:
     """Markdown ``text`` -> a whole HTML page, images (paths relative to ``base``) embedded."""
-    import markdown
-
     body = markdown.markdown(text, extensions=["tables", "fenced_code"])
     body = _IMG.sub(lambda m: _embed(m, Path(base)), body)
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>\n"

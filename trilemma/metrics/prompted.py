@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from trilemma.eval.metrics import psnr
+from trilemma.data import POSITIONS
+from trilemma.metrics.scores import psnr
+from trilemma.tokenizers.prompts import box_mask
 from trilemma.tokens import Prompt
 
 
@@ -29,8 +31,6 @@ def reconstruct(tok, images: torch.Tensor, prompt: Prompt | None, batch: int = 2
 
 def first_object_boxes(items: list[dict]) -> torch.Tensor:
     """[N, 1, 4] boxes: the 3x3 grid cell of each shapes item's first object."""
-    from trilemma.data import POSITIONS
-
     cells = [POSITIONS.index(it["attributes"][0]["position"]) for it in items]
     return torch.tensor([[[c % 3 / 3, c // 3 / 3, (c % 3 + 1) / 3, (c // 3 + 1) / 3]] for c in cells])
 
@@ -39,8 +39,6 @@ def region_study(tok, images: torch.Tensor, boxes: torch.Tensor, budgets: list[i
     """One row per budget ``k``: ``psnr`` of the whole image (unprompted), and inside / outside the
     boxes without and with them as prompts (``psnr_in_box``, ``psnr_in_box_prompted``,
     ``psnr_outside``, ``psnr_outside_prompted``), means over images, in dB."""
-    from trilemma.tokenizers.prompts import box_mask
-
     inside = box_mask(Prompt(boxes=boxes), len(images), images.shape[-1], images.device)
     rows = []
     for k in budgets:

@@ -6,7 +6,7 @@ real training images and read each of the 9 cells: which shape (or empty), which
 size. Prompt adherence is then an exact per-attribute accuracy (as GenEval / T2I-CompBench score
 objects with a detector, here with a probe that is ~100% right on real images).
 
-The probe is a ``DomainFeatures`` CNN (``trilemma.eval.features``) whose last feature map is
+The probe is a ``DomainFeatures`` CNN (``trilemma.metrics.features``) whose last feature map is
 average-pooled onto the 3x3 grid, with one linear head per cell (shape: ``len(SHAPES) + 1``
 classes, 0 = empty; colour; size). Colour and size losses count only on occupied cells. An
 auxiliary head on the *globally pooled* features (the vector FID sees) makes those features carry
@@ -16,22 +16,16 @@ frozen, is ``probe.features``: the domain feature network for FID / KID / precis
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from tqdm.auto import tqdm
 
-from trilemma import checkpoint
-from trilemma.data import COLORS, POSITIONS, SHAPES, SIZES, attributes_to_cells, load_dataset
-from trilemma.eval.features import DomainFeatures, FeatureExtractor
+from trilemma.data import COLORS, POSITIONS, SHAPES, SIZES, attributes_to_cells
+from trilemma.metrics.features import DomainFeatures, FeatureExtractor
 from trilemma.registry import register
-from trilemma.training.schedule import warmup_cosine
 
 CELLS = len(POSITIONS)
 N_SHAPE, N_COLOR, N_SIZE = len(SHAPES) + 1, len(COLORS), len(SIZES)
@@ -40,7 +34,7 @@ N_OUT = N_SHAPE + N_COLOR + N_SIZE  # logits per cell: [shape | colour | size]
 
 @register("features", "shapes-probe")
 class ShapesProbe(nn.Module):
-    """DomainFeatures backbone + per-cell attribute heads. ``forward`` gives logits [B, 9, 13]."""
+    """DomainFeatures backbone + per-cell attribute heads: ``cell_logits`` [B, 9, 13], ``forward`` the training losses."""
 
     @dataclass
     class Config:
@@ -73,12 +67,13 @@ class ShapesProbe(nn.Module):
         cells = rearrange(F.adaptive_avg_pool2d(fmap, 3), "b d h w -> b (h w) d")
         return torch.einsum("bcd,cod->bco", cells, self.cell_weight.to(cells.dtype)) + self.cell_bias.to(cells.dtype)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def cell_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Per-cell logits [B, 9, 13]: shape (0 = empty) | colour | size, cells in raster order."""
         return self._cell_logits(self.backbone.feature_map(images))
 
-    def loss(self, images: torch.Tensor, cells: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Cross-entropy against ground-truth cells [B, 9, 3] (``attributes_to_cells`` format)."""
+    def forward(self, images: torch.Tensor, cells: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses: cross-entropy against ground-truth cells [B, 9, 3] (``attributes_to_cells``
+        format); ``"loss"`` is what is optimised."""
         fmap = self.backbone.feature_map(images)
         out = {"cells": _cells_loss(self._cell_logits(fmap).float(), cells)}
         if self.config.pooled_weight > 0:
@@ -99,7 +94,7 @@ class ShapesProbe(nn.Module):
         try:
             preds = []
             for x in images.split(batch_size):
-                logits = self(x.to(device=device, dtype=torch.float32)).float().cpu()
+                logits = self.cell_logits(x.to(device=device, dtype=torch.float32)).float().cpu()
                 preds.append(_decode(logits))
         finally:
             self.train(was_training)
@@ -171,77 +166,3 @@ def adherence(predicted: torch.Tensor, attributes: list[list[dict]]) -> dict:
 
 def _mean(hits: list[bool]) -> float | None:
     return sum(hits) / len(hits) if hits else None
-
-
-def _shapes_batch(dataset, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[i % len(dataset)] for i in range(start, start + count)]
-    images = torch.stack([it["image"] for it in items])
-    return images, torch.stack([attributes_to_cells(it["attributes"]) for it in items])
-
-
-def train_probe(
-    size: int = 32,
-    steps: int = 400,
-    batch_size: int = 64,
-    seed: int = 0,
-    progress: bool = True,
-    lr: float = 2e-3,
-    bf16: bool = True,
-    config: ShapesProbe.Config | None = None,
-    dataset: Any = None,
-) -> ShapesProbe:
-    """Train a probe on fresh shapes training images (split "train", dataset seed ``seed``).
-
-    AdamW with a short linear warm-up and cosine decay; every step draws the next ``batch_size``
-    images of the (infinite, deterministic) training stream, so no image is seen twice. ``bf16``
-    runs the backbone under CPU/GPU bf16 autocast (losses in fp32): ~1.6x faster on CPU with the
-    same accuracy; the weights stay fp32 and inference runs in fp32. ``dataset``: shapes items to
-    train on instead (e.g. a ``data.InMemory`` pool shared with other trainings), cycled in order.
-    """
-    config = config if config is not None else ShapesProbe.Config(image_size=size)
-    if config.image_size != size:
-        raise ValueError(f"config.image_size={config.image_size} but size={size}")
-    torch.manual_seed(seed)
-    probe = ShapesProbe(config)
-    data = dataset if dataset is not None else load_dataset("shapes", "train", size=size, seed=seed)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, min(50, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, warmup))
-    probe.train()
-    start = time.perf_counter()
-    with tqdm(range(steps), desc="shapes probe", disable=not progress) as bar:
-        for step in bar:
-            images, cells = _shapes_batch(data, step * batch_size, batch_size)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                losses = probe.loss(images, cells)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            sched.step()
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
-    probe.train_seconds = time.perf_counter() - start
-    return probe.eval()
-
-
-def load_or_train_probe(
-    cache_dir: Path, size: int = 32, steps: int = 400, seed: int = 0, progress: bool = True, dataset: Any = None
-) -> ShapesProbe:
-    """The probe saved in ``cache_dir`` if it is one for ``size``; else train one and save it there.
-
-    The save is atomic (``checkpoint.save``), so concurrent or killed runs never leave half a probe.
-    A checkpoint of another kind or size in ``cache_dir`` is replaced, with a message.
-    """
-    cache_dir = Path(cache_dir)
-    if (cache_dir / checkpoint.CONFIG_FILE).is_file():
-        try:
-            meta = checkpoint.read_config(cache_dir, kind="features")
-            if meta["name"] == ShapesProbe.registry_name and meta["config"].get("image_size") == size:
-                return checkpoint.load(cache_dir, kind="features")
-            reason = f"it holds {meta['name']} for size {meta['config'].get('image_size')}"
-        except checkpoint.CheckpointError as err:
-            reason = str(err)
-        print(f"retraining the shapes probe in {cache_dir}: {reason}, wanted shapes-probe for size {size}")
-    probe = train_probe(size=size, steps=steps, seed=seed, progress=progress, dataset=dataset)
-    checkpoint.save(probe, cache_dir, extra={"steps": steps, "seed": seed, "data": repr(dataset) if dataset is not None else "shapes"})
-    return probe

@@ -2,14 +2,14 @@
 
 - Quality: FID (Heusel et al. 2017), KID (Binkowski et al. 2018) and improved precision / recall
   (Kynkaanniemi et al. 2019) of generated images against real reference images, in any feature
-  network (``trilemma.eval.features``: Inception, or the shapes probe's domain CNN).
+  network (``trilemma.metrics.features``: Inception, or the shapes probe's domain CNN).
 - The floor: every feature metric is also computed between two disjoint real sets of the same
   size as the generated one (``floor`` vs ``reference``). FID is biased upwards at small N and the
   bias depends on N and the features, so a score only means something next to its floor: a
   perfect generator scores the floor, not 0.
-- Adherence: on shapes, the probe reads every cell (``trilemma.eval.probe``) and scores the
+- Adherence: on shapes, the probe reads every cell (``trilemma.metrics.probe``) and scores the
   prompted attributes exactly; on any captioned dataset, a small contrastive model
-  (``trilemma.eval.contrastive``) gives CLIPScore and R-precision.
+  (``trilemma.metrics.contrastive``) gives CLIPScore and R-precision.
 - Throughput: generated images per second (tokens -> images included).
 
 ``score_generated`` does everything after sampling, so it can score any image set (e.g. real
@@ -19,6 +19,7 @@ test images "as if generated": FID near the floor, adherence near 1).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trilemma.eval import metrics
-from trilemma.eval.features import FeatureExtractor, extract
+from trilemma.data import load_dataset
 from trilemma.generators.sampling import SamplingConfig
+from trilemma.metrics import scores
+from trilemma.metrics.features import FeatureExtractor, extract
+from trilemma.studies.images import check_split, load_images, resolve_features
+from trilemma.studies.scorers import contrastive_scorer, shapes_probe
 
 R_PRECISION_CANDIDATES = 32  # captions ranked per image (own + 31 others), as is common practice
 
@@ -44,9 +48,9 @@ def _features(features: FeatureExtractor, images_or_features: torch.Tensor, batc
 
 
 def _feature_scores(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    kid_mean, kid_std = metrics.kid(real, fake)
-    precision, recall = metrics.precision_recall(real, fake)
-    return {"fid": metrics.fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
+    kid_mean, kid_std = scores.kid(real, fake)
+    precision, recall = scores.precision_recall(real, fake)
+    return {"fid": scores.fid_from_features(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
             "precision": precision, "recall": recall}  # fmt: skip
 
 
@@ -156,15 +160,14 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
     the val split; a folder: its training images, as val and test coincide), and the prompts are the
     floor images' captions. Generated and floor sets then answer the same prompts, so a perfect
     generator scores the floor: prompts taken from the reference would pair each generated image
-    with its reference twin and push FID below the floor. Adherence: on shapes the probe (cached
-    in ``probe_dir``, default ``cache_dir/probe``; also the ``auto`` / ``domain`` features); on a
-    folder a contrastive text-image model trained on it (cached in ``cache_dir/contrastive``).
+    with its reference twin and push FID below the floor. Adherence: on shapes the probe (the run
+    ``probe_dir``, default ``cache_dir/probe``; also the ``auto`` / ``domain`` features); on a
+    folder a contrastive text-image model trained on its train split (the run
+    ``cache_dir/contrastive-KEY``, one per folder and size).
     ``split`` is the reference's (``test`` by default); the floor comes from another split, or, with
     ``all`` (a folder kept for testing), the folder is halved: even images the reference, odd the floor.
     ``probe_data``: shapes training items for a probe trained here (default: fresh draws).
     """
-    from trilemma.eval.tradeoff import check_split, load_images, resolve_features
-
     check_split(data, split)
     cache_dir = Path(cache_dir)
     probe_dir = Path(probe_dir) if probe_dir is not None else cache_dir / "probe"
@@ -180,21 +183,15 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
         floor, items = load_images(data, n, size, seed=seed, split=other)
     prompts = [it["caption"] for it in items]
     if shapes:
-        from trilemma.eval.probe import load_or_train_probe
-
-        kw = {} if probe_steps is None else {"steps": probe_steps}
-        if probe_data is not None:
-            kw["dataset"] = probe_data
-        probe = load_or_train_probe(probe_dir, size=size, seed=seed, **kw)
+        probe = shapes_probe(probe_dir, size=size, seed=seed, dataset=probe_data,
+                             **({} if probe_steps is None else {"steps": probe_steps}))
         choice = (features or "none").lower()
         extractor = probe.features if choice in ("auto", "domain") else resolve_features(choice, data, size, seed)
         return Benchmark(prompts, reference, floor, extractor, [it["attributes"] for it in items], probe=probe)
-    from trilemma.data import load_dataset
-    from trilemma.eval.contrastive import load_or_train_contrastive
-
     extractor = resolve_features(features, data, size, seed, probe_dir)
     train = load_dataset(data, split="train", size=size, seed=seed)
-    contrastive = load_or_train_contrastive(train, cache_dir / "contrastive", seed=seed)
+    key = hashlib.sha256(repr(train).encode()).hexdigest()[:12]  # one scorer per folder and size
+    contrastive = contrastive_scorer(cache_dir / f"contrastive-{key}", train, seed=seed)
     return Benchmark(prompts, reference, floor, extractor, contrastive=contrastive)
 
 

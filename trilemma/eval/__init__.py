@@ -1,1 +1,0 @@
-"""Evaluation: pure metric functions (metrics.py) and pluggable feature networks (features.py)."""
