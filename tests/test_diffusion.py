@@ -1,11 +1,11 @@
-"""The diffusion generator: diffusers' UNet or MMDiT and schedulers on continuous latents, our prompt encoder."""
+"""The diffusion generator: diffusers' UNet or MMDiT on continuous latents, our prompt encoder (the
+process itself, schedules, loss and clipping, is tested in test_nn_diffusion.py)."""
 
 import pytest
 import torch
 
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
-from trilemma.generators.diffusion import PREDICTIONS, clip_prediction, make_scheduler
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokens import Tokens, TokenSpec
 
@@ -22,39 +22,6 @@ def tiny(**cfg):
 def latents(b=2, seed=1):
     g = torch.Generator().manual_seed(seed)
     return Tokens(latents=torch.randn(b, 16, 4, generator=g) * 3 + 0.5)
-
-
-def noised(gen, t=700, scale=1.0):
-    """x_0, x_t and the true target of ``gen``'s prediction type at timestep ``t``."""
-    torch.manual_seed(2)
-    x0 = torch.randn(2, 4, 4, 4) * scale
-    noise = torch.randn_like(x0)
-    t = torch.tensor([t, t])
-    xt = gen.noise_schedule.add_noise(x0, noise, t)
-    target = {"epsilon": noise, "v_prediction": gen.noise_schedule.get_velocity(x0, noise, t), "sample": x0}
-    return x0, xt, target[gen.config.prediction]
-
-
-@pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_noising_then_a_step_with_the_true_target_recovers_x0(prediction):
-    gen, _ = tiny(prediction=prediction)
-    x0, xt, target = noised(gen)
-    sampler = make_scheduler("ddim", gen.config)
-    sampler.set_timesteps(1000)  # every training timestep, so 700 is one of them
-    out = sampler.step(target, 700, xt)
-    assert torch.allclose(out.pred_original_sample, x0, atol=1e-4)
-
-
-@pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_clipping_bounds_the_implied_x0_and_keeps_a_prediction_inside_the_bound(prediction):
-    gen, _ = tiny(prediction=prediction)
-    x0, xt, target = noised(gen, t=950, scale=2.0)  # some of x_0 beyond the bound 3
-    sampler = make_scheduler("ddim", gen.config)
-    sampler.set_timesteps(1000)
-    clipped = clip_prediction(target, xt, torch.tensor(950), sampler, 3.0)
-    implied = sampler.step(clipped, 950, xt).pred_original_sample
-    assert torch.allclose(implied, x0.clamp(-3, 3), atol=1e-3) and (x0.abs() > 3).any()
-    assert torch.allclose(clip_prediction(target, xt, torch.tensor(950), sampler, 100.0), target, atol=1e-4)
 
 
 def test_guidance_scale_one_is_the_conditional_model_and_sampling_is_seeded():
@@ -146,3 +113,12 @@ def test_a_discrete_tokenizer_is_refused_with_advice():
 def test_bad_sampler_names_the_option():
     with pytest.raises(ValueError, match="scheduler"):
         SamplingConfig(scheduler="euler")
+    with pytest.raises(ValueError, match="unknown scheduler 'euler'"):
+        tiny(scheduler="euler")  # a config's default sampler fails when the model is built
+
+
+def test_editing_is_refused_naming_the_argument():
+    gen, text = tiny()
+    with pytest.raises(ValueError, match="known") as err:
+        gen.sample(text.encode(CAPTIONS), SamplingConfig(seed=0), known=torch.zeros(2, 16, dtype=torch.long))
+    assert "--" not in str(err.value)

@@ -67,7 +67,7 @@ def test_loss_falls_when_fitting_a_batch(name):
     gen.train()
     losses = []
     # A masked generator sees a random mask each step (a noisy loss): it gets more steps.
-    for _ in range(60 if name in AUTOREGRESSIVE else 150):
+    for _ in range(60 if name in AUTOREGRESSIVE else 250):
         loss = gen.loss(tokens, ids)["loss"]
         opt.zero_grad()
         loss.backward()
@@ -100,6 +100,41 @@ def test_sampling_takes_a_checked_sampling_config():
         gen.sample(text.encode(CAPTIONS[:1]), {"temperature": 1.0})
     with pytest.raises(ValueError, match="top_p"):
         S(top_p=1.5)
+
+
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
+def test_a_budget_draws_a_prefix_of_ordered_1d_tokens_and_is_checked_against_them(name):
+    gen, text = tiny(name, SPECS["sequence"])
+    ids = text.encode(CAPTIONS)
+    full = gen.sample(ids, S(seed=2, cfg_scale=2.0))
+    for k in (1, 5, 12):
+        assert torch.equal(gen.sample(ids, S(seed=2, cfg_scale=2.0, budget=k)).ids, full.ids[:, :k])  # drawn in order
+    with pytest.raises(ValueError, match="sampling.budget needs ordered 1D tokens .* 1 <= budget <= 12; got 13 for 1D"):
+        gen.sample(ids, S(budget=13))
+    with pytest.raises(ValueError, match="known does not combine with sampling.budget"):
+        gen.sample(ids, S(budget=4), known=torch.full((3, 12), -1))
+    with pytest.raises(ValueError, match="sampling.budget needs ordered 1D tokens .* for grid tokens"):
+        tiny(name, SPECS["grid"])[0].sample(ids, S(budget=4))
+
+
+CONTINUOUS = TokenSpec("continuous", 16, latent_dim=4, grid=(4, 4))
+
+
+@pytest.mark.parametrize("name", registry.names("generator"))
+def test_what_a_family_cannot_take_is_refused_naming_the_generator_and_the_argument(name):
+    cls = registry.model_class("generator", name)
+    expected = {"dalle": (True, True), "parti": (True, True), "muse": (False, True), "diffusion": (False, False)}
+    assert (cls.takes_budget, cls.edits) == expected.get(name, (cls.takes_budget, cls.edits))
+    gen, text = tiny(name, SPECS["grid"] if "discrete" in cls.accepts else CONTINUOUS)
+    ids = text.encode(CAPTIONS[:2])
+    able = {c: ", ".join(n for n in registry.names("generator") if getattr(registry.model_class("generator", n), c))
+            for c in ("takes_budget", "edits")}
+    if not cls.takes_budget:
+        with pytest.raises(ValueError, match=rf"^{name} cannot take sampling.budget: .* \({able['takes_budget']} can\)$"):
+            gen.sample(ids, S(budget=4))
+    if not cls.edits:
+        with pytest.raises(ValueError, match=rf"^{name} cannot take known: .* \({able['edits']} can\)$"):
+            gen.sample(ids, S(), known=torch.full((2, 16), -1))
 
 
 def test_masked_training_masks_the_scheduled_fraction():

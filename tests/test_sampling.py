@@ -60,7 +60,8 @@ def test_condition_dropout_rate_is_what_was_asked():
         assert torch.equal(ids[~dropped], text[~dropped])
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(cfg_scale=-2), dict(steps=0)])
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5), dict(cfg_scale=-2), dict(steps=0),
+                                 dict(budget=0), dict(seed=-1), dict(scheduler="euler")])
 def test_out_of_range_sampling_options_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SamplingConfig(**bad)

@@ -4,8 +4,9 @@ their blurry average.
 
 Each token's ids are embedded (one table per residual level, summed), laid on the token grid,
 upsampled to the image size and concatenated to the noisy image as extra input channels of a
-diffusers ``UNet2DModel``, trained with DDPM noise in pixel space; sampling is ``denoise`` from the
-diffusion generator (DPM-Solver++ or DDIM). ``decode`` is deterministic (seed 0 unless told).
+diffusers ``UNet2DModel``, trained with DDPM noise in pixel space; sampling is ``denoise``
+(DPM-Solver++ or DDIM). The process is ``trilemma.nn.diffusion``'s, shared with the latent diffusion
+generator. ``decode`` is deterministic (seed 0 unless told).
 """
 
 from __future__ import annotations
@@ -20,29 +21,21 @@ from einops import rearrange
 from torch import nn
 
 from trilemma import registry
-from trilemma.generators.diffusion import PREDICTIONS, denoise, make_scheduler, training_target
 from trilemma.generators.sampling import SamplingConfig, make_generator
+from trilemma.nn.diffusion import NoiseScheduleConfig, check_noise_schedule, denoise, denoising_loss, make_scheduler
 from trilemma.tokens import Tokens, TokenSpec
 
 
 @dataclass
-class TokenDiffusionConfig:
+class TokenDiffusionConfig(NoiseScheduleConfig):
+    # NoiseScheduleConfig's fields (prediction, train_timesteps, beta_schedule, scheduler, steps,
+    # clip_x0) come first.
+    clip_x0: float = 1.0  # x_0 bound: pixels live in [-1, 1]
     image_size: int = 32  # images it draws (the tokenizer's)
     embed_dim: int = 32  # token embedding channels laid on the grid
     channels: tuple[int, ...] = (64, 128, 128)  # UNet widths per level; self-attention on the last
     layers_per_block: int = 1
     heads_dim: int = 32  # channels per attention head
-    # What the UNet predicts: "epsilon", "v_prediction" or "sample" (x_0), as the diffusion generator
-    # (generators/diffusion.py; the same `training_target`). Measured (this preset on runs/full2's VQ,
-    # 43.7 dB, 600 steps of 32, fp32, 64 held-out images decoded in 10 DPM-Solver++ steps): x_0 33.4 dB,
-    # epsilon 8.4 dB (coloured blobs unrelated to the tokens). The GPU preset predicts v, as
-    # diffusion-base does.
-    prediction: str = "sample"
-    train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    scheduler: str = "dpm++"  # default sampler: "dpm++" or "ddim"
-    steps: int = 20  # default denoising steps
-    clip_x0: float = 1.0  # bound on the x_0 a prediction implies: pixels live in [-1, 1] (0 = off)
 
 
 @registry.register("decoder", "token-diffusion")
@@ -55,9 +48,7 @@ class TokenDiffusionDecoder(nn.Module):
 
         if not spec.discrete or spec.grid is None:
             raise ValueError("the token-conditioned decoder needs a discrete tokenizer with a token grid (e.g. vq-f4-shapes)")
-        if config.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {config.prediction!r}")
-        make_scheduler(config.scheduler, config)
+        check_noise_schedule(config)
         self.config, self.spec = config, spec
         self.embed = nn.Embedding(spec.vocab_size * spec.levels, config.embed_dim)
         levels = len(config.channels)
@@ -93,12 +84,9 @@ class TokenDiffusionDecoder(nn.Module):
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """DDPM loss for images [B, 3, H, W] in [-1, 1] given their token ids."""
         cond = self.condition(ids)
-        noise = torch.randn_like(images)
-        t = torch.randint(0, self.config.train_timesteps, (images.shape[0],), device=images.device)
-        xt = self.noise_schedule.add_noise(images, noise, t)
-        target = training_target(self.noise_schedule, self.config.prediction, images, noise, t)
-        prediction = self.unet(torch.cat([xt, cond.to(xt.dtype)], 1), t).sample
-        return {"loss": F.mse_loss(prediction.float(), target.float())}
+        loss = denoising_loss(lambda xt, t: self.unet(torch.cat([xt, cond.to(xt.dtype)], 1), t).sample,
+                              self.noise_schedule, images, self.config.prediction)
+        return {"loss": loss}
 
     @torch.no_grad()
     def decode(self, tokens: Tokens, sampling: SamplingConfig | None = None) -> torch.Tensor:

@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma import registry
-from trilemma.generators.base import Generator
-from trilemma.generators.sampling import SamplingConfig, sample_logits
+from trilemma.generators.autoregressive_loop import AutoregressiveGenerator, Decoding
 from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_text_embeddings, init_weights
-from trilemma.tokens import Tokens
 
 
 @dataclass
@@ -35,7 +33,7 @@ class DalleConfig:
 
 
 @registry.register("generator", "dalle")
-class Dalle(Generator):
+class Dalle(AutoregressiveGenerator):
     Config = DalleConfig
 
     def __init__(self, config: DalleConfig, spec, text):
@@ -73,32 +71,21 @@ class Dalle(Generator):
         loss = (w * text_loss + image_loss) / (1 + w)
         return {"loss": loss, "image_loss": image_loss.detach(), "text_loss": text_loss.detach()}
 
-    @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, known: torch.Tensor | None = None,
-               use_cache: bool = True) -> Tokens:
-        """Sample image tokens for text ids [B, L] (``sampling``: temperature, top_k, top_p,
-        cfg_scale, seed), one position at a time, every row sharing one KV cache. ``known`` ids
-        (-1 elsewhere) are kept where given: each drawn token sees only the tokens before it.
-        ``use_cache=False`` recomputes the whole prefix each step (for checking only)."""
-        sampling, rows, gen = self.start_sampling(text_ids, sampling)
-        b = text_ids.shape[0]
-        known = self.check_known(known, b, sampling)
+    # ------------------------------------------------------------------ sampling (autoregressive_loop)
+
+    def start_decoding(self, rows: torch.Tensor, use_cache: bool) -> tuple[Decoding, torch.Tensor]:
+        """The prompt rows through the transformer (into the cache): the last position predicts image id 0."""
         prefix = self._embed_text(rows)
-        length = self.sample_length(sampling)
-        out = torch.empty(b, length, dtype=torch.long, device=text_ids.device)
         cache = self.transformer.new_cache() if use_cache else None
         h = self.transformer(prefix, causal=True, cache=cache, max_len=prefix.shape[1] + self.image_len)
-        for j in range(length):
-            logits = self.guide(self.image_head(h[:, -1]).float(), b, sampling.cfg_scale)
-            out[:, j] = self.keep_known(sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen), known, j)
-            if j == length - 1:
-                break
-            if use_cache:
-                h = self.transformer(self.image_emb(self.stack_rows(out[:, j : j + 1], rows), start=j), causal=True, cache=cache)
-            else:
-                so_far = self.image_emb(self.stack_rows(out[:, : j + 1], rows))
-                h = self.transformer(torch.cat([prefix, so_far], 1), causal=True)
-        return self.unflatten(out)
+        return Decoding(prefix, cache), h
+
+    def decode_step(self, state: Decoding, drawn: torch.Tensor) -> torch.Tensor:
+        """Image ids drawn so far [R, j] after the prompt: only the newest into the cache, or all."""
+        j = drawn.shape[1]
+        if state.cache is not None:
+            return self.transformer(self.image_emb(drawn[:, -1:], start=j - 1), causal=True, cache=state.cache)
+        return self.transformer(torch.cat([state.context, self.image_emb(drawn)], 1), causal=True)
 
 
 def _preset(name: str, description: str, **fields: Any) -> None:

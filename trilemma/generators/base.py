@@ -1,7 +1,9 @@
 """What every generator shares: its construction from a ``TokenSpec`` and a text tokenizer, the
 checkpoint context that records both, the compatibility check against a tokenizer, and the parts of
 classifier-free guidance that do not depend on the family: caption dropout in training, the
-conditional and empty-prompt rows stacked in one batch at sampling time, and their combination.
+conditional and empty-prompt rows stacked in one batch at sampling time, and their combination; and
+the checks every sampler shares, once (``start_sampling``), refusing what a family declares it
+cannot take (``takes_budget``, ``edits``).
 
     gen = build("generator", name, spec=tok.spec, text=text_tokenizer, **cfg)
     gen.fit(tokens)                                     (before training: e.g. a latent scale)
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trilemma import registry
 from trilemma.data.text import TextTokenizer
 from trilemma.generators.sampling import SamplingConfig, cfg_combine, drop_condition, make_generator
 from trilemma.tokens import Tokens, TokenSpec
@@ -26,6 +29,9 @@ from trilemma.tokens import Tokens, TokenSpec
 class Generator(nn.Module):
     config: Any  # a dataclass with at least ``cond_drop_prob``
     accepts = ("discrete",)  # TokenSpec kinds this generator can model
+    # What its sampler takes besides the common options (``start_sampling`` refuses the rest):
+    takes_budget = False  # sampling.budget: stop after the first tokens
+    edits = False  # known: keep the given ids, draw the others
 
     def __init__(self, spec: TokenSpec, text: TextTokenizer):
         super().__init__()
@@ -88,46 +94,48 @@ class Generator(nn.Module):
         return text_ids, torch.zeros(text_ids.shape[0], dtype=torch.bool, device=text_ids.device)
 
     def start_sampling(
-        self, text_ids: torch.Tensor, sampling: SamplingConfig | None
+        self, text_ids: torch.Tensor, sampling: SamplingConfig | None, known: torch.Tensor | None = None
     ) -> tuple[SamplingConfig, torch.Tensor, torch.Generator | None]:
-        """The preamble of every sampler: eval mode; the config (the defaults when None); the text
-        rows to condition on, i.e. the prompts, then as many empty prompts when guided
-        (``cfg_scale != 1``), so both run stacked in one batch; and the seeded random generator."""
+        """The preamble of every sampler: the config (the defaults when None) and ``known`` checked
+        against this generator (``check_request``); eval mode; the text rows to condition on, i.e.
+        the prompts, then as many empty prompts when guided (``cfg_scale != 1``), so both run
+        stacked in one batch; and the seeded random generator."""
         if sampling is None:
             sampling = SamplingConfig()
         elif not isinstance(sampling, SamplingConfig):
             raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-        self.eval()
         b, device = text_ids.shape[0], text_ids.device
+        self.check_request(sampling, known, b)
+        self.eval()
         rows = text_ids if sampling.cfg_scale == 1 else torch.cat([text_ids, self.null_text(b, device)])
         return sampling, rows, make_generator(sampling.seed, device)
 
-    def sample_length(self, sampling: SamplingConfig) -> int:
-        """Flat ids to draw: all of them, or the first ``sampling.budget`` tokens of an ordered 1D
-        sequence (a promptable tokenizer decodes any prefix), for generators that draw in order."""
-        if sampling.budget is None:
-            return self.image_len
-        if self.spec.grid is not None or not 1 <= sampling.budget <= self.spec.max_tokens:
-            raise ValueError(f"budget needs ordered 1D tokens (a promptable tokenizer) and 1 <= budget <= "
+    def check_request(self, sampling: SamplingConfig, known: torch.Tensor | None, batch: int) -> None:
+        """What a request asks of this model, checked once (the rest of ``sampling`` was checked when
+        it was built): ``sampling.budget`` and ``known`` only where the family takes them, not both;
+        a budget of 1 to ``max_tokens`` ordered 1D tokens (a promptable tokenizer's); known ids
+        [B, image_len], -1 where drawn anew, else ids of this vocabulary."""
+        if sampling.budget is not None and not self.takes_budget:
+            self.refuse("sampling.budget", "takes_budget",
+                        "stopping after the first tokens needs a generator that draws them in order")
+        if known is not None and not self.edits:
+            self.refuse("known", "edits", "editing keeps token ids and draws the rest")
+        if known is not None:
+            if tuple(known.shape) != (batch, self.image_len):
+                raise ValueError(f"known ids must be [{batch}, {self.image_len}] (-1 where to draw), got {tuple(known.shape)}")
+            if sampling.budget is not None:
+                raise ValueError("editing draws a region of a whole image; known does not combine with sampling.budget")
+            if ((known < -1) | (known >= self.spec.vocab_size)).any():
+                raise ValueError(f"known ids must be -1 or in [0, {self.spec.vocab_size}); these tokens are not this generator's")
+        if sampling.budget is not None and (self.spec.grid is not None or sampling.budget > self.spec.max_tokens):
+            raise ValueError(f"sampling.budget needs ordered 1D tokens (a promptable tokenizer) and 1 <= budget <= "
                              f"{self.spec.max_tokens}; got {sampling.budget} for {'grid' if self.spec.grid else '1D'} tokens")
-        return sampling.budget * self.spec.levels
 
-    def check_known(self, known: torch.Tensor | None, batch: int, sampling: SamplingConfig) -> torch.Tensor | None:
-        """Editing: flat ids [B, image_len] to keep, -1 where tokens are drawn anew (None: draw all)."""
-        if known is None:
-            return None
-        if tuple(known.shape) != (batch, self.image_len):
-            raise ValueError(f"known ids must be [{batch}, {self.image_len}] (-1 where to draw), got {tuple(known.shape)}")
-        if sampling.budget is not None:
-            raise ValueError("editing draws a region of a whole image; it does not combine with a budget")
-        if ((known < -1) | (known >= self.spec.vocab_size)).any():
-            raise ValueError(f"known ids must be -1 or in [0, {self.spec.vocab_size}); these tokens are not this generator's")
-        return known
-
-    @staticmethod
-    def keep_known(drawn: torch.Tensor, known: torch.Tensor | None, j: int) -> torch.Tensor:
-        """Ids drawn at flat position ``j`` [B], replaced by the known ones where there are any."""
-        return drawn if known is None else torch.where(known[:, j] >= 0, known[:, j], drawn)
+    def refuse(self, argument: str, capability: str, why: str) -> None:
+        """The one message for what a family cannot do: it names the generator, the argument, and
+        the registered generators that can (those whose class attribute ``capability`` is True)."""
+        able = [n for n in registry.names("generator") if getattr(registry.model_class("generator", n), capability)]
+        raise ValueError(f"{self.registry_name} cannot take {argument}: {why} ({', '.join(able)} can)")
 
     @staticmethod
     def stack_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from trilemma import registry
-from trilemma.generators.base import Generator
-from trilemma.generators.sampling import SamplingConfig, sample_logits
+from trilemma.generators.autoregressive_loop import AutoregressiveGenerator, Decoding
 from trilemma.generators.text_encoder import TextEncoderMixin
 from trilemma.nn.transformer import init_text_embeddings, init_weights
-from trilemma.tokens import Tokens
 
 
 @dataclass
@@ -35,7 +33,7 @@ class PartiConfig:
 
 
 @registry.register("generator", "parti")
-class Parti(TextEncoderMixin, Generator):
+class Parti(TextEncoderMixin, AutoregressiveGenerator):
     Config = PartiConfig
 
     def __init__(self, config: PartiConfig, spec, text):
@@ -53,30 +51,24 @@ class Parti(TextEncoderMixin, Generator):
         loss = F.cross_entropy(self.image_head(h).float().transpose(1, 2), image_ids)
         return {"loss": loss}
 
-    @torch.no_grad()
-    def sample(self, text_ids: torch.Tensor, sampling: SamplingConfig | None = None, known: torch.Tensor | None = None,
-               use_cache: bool = True) -> Tokens:
-        """Sample image tokens for text ids [B, L] (``sampling``: temperature, top_k, top_p,
-        cfg_scale, seed). Every prompt row (conditional and, when guided, empty) is encoded once and
-        shares one cache: self-attention and cross-attention keys/values. ``known`` ids (-1
-        elsewhere) are kept where given: each drawn token sees only the tokens before it."""
-        sampling, rows, gen = self.start_sampling(text_ids, sampling)
-        b = text_ids.shape[0]
-        known = self.check_known(known, b, sampling)
+    # ------------------------------------------------------------------ sampling (autoregressive_loop)
+
+    def start_decoding(self, rows: torch.Tensor, use_cache: bool) -> tuple[Decoding, torch.Tensor]:
+        """Every prompt row encoded once; BOS through the decoder: it predicts image id 0. The cache
+        keeps self-attention and cross-attention keys/values."""
         memory = self.encode_text(rows)
-        seq = torch.full((rows.shape[0], 1), self.bos, dtype=torch.long, device=text_ids.device)
-        length = self.sample_length(sampling)
-        out = torch.empty(b, length, dtype=torch.long, device=text_ids.device)
+        bos = torch.full((rows.shape[0], 1), self.bos, dtype=torch.long, device=rows.device)
         cache = self.decoder.new_cache() if use_cache else None
-        for j in range(length):
-            if use_cache:
-                h = self.decoder(self.image_emb(seq[:, -1:], start=j), context=memory, causal=True, cache=cache, max_len=self.image_len)
-            else:
-                h = self.decoder(self.image_emb(seq), context=memory, causal=True)
-            logits = self.guide(self.image_head(h[:, -1]).float(), b, sampling.cfg_scale)
-            out[:, j] = self.keep_known(sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen), known, j)
-            seq = torch.cat([seq, self.stack_rows(out[:, j : j + 1], rows)], 1)
-        return self.unflatten(out)
+        h = self.decoder(self.image_emb(bos), context=memory, causal=True, cache=cache, max_len=self.image_len)
+        return Decoding(memory, cache), h
+
+    def decode_step(self, state: Decoding, drawn: torch.Tensor) -> torch.Tensor:
+        """Image ids drawn so far [R, j] after BOS: only the newest into the cache, or all."""
+        j = drawn.shape[1]
+        if state.cache is not None:
+            return self.decoder(self.image_emb(drawn[:, -1:], start=j), context=state.context, causal=True, cache=state.cache)
+        seq = torch.cat([torch.full_like(drawn[:, :1], self.bos), drawn], 1)
+        return self.decoder(self.image_emb(seq), context=state.context, causal=True)
 
 
 def _preset(name: str, description: str, **fields: Any) -> None:

@@ -43,6 +43,7 @@ class MuseConfig:
 @registry.register("generator", "muse")
 class Muse(TextEncoderMixin, Generator):
     Config = MuseConfig
+    edits = True  # no sampling.budget: every token of the image is drawn at once
 
     def __init__(self, config: MuseConfig, spec, text):
         super().__init__(spec, text)
@@ -79,12 +80,8 @@ class Muse(TextEncoderMixin, Generator):
         0 the keep/re-mask choice also gets Gumbel noise (``choice_temperature``, annealed to 0).
         ``known`` ids (-1 elsewhere) start unmasked and stay: only the rest is drawn, seeing all of them.
         """
-        sampling, rows, gen = self.start_sampling(text_ids, sampling)
-        if sampling.budget is not None:
-            raise ValueError(f"budget: only autoregressive generators (dalle, parti) stop early; {self.registry_name} "
-                             "draws every token at once")
+        sampling, rows, gen = self.start_sampling(text_ids, sampling, known)
         b = text_ids.shape[0]
-        known = self.check_known(known, b, sampling)
         ids = torch.full((b, self.image_len), self.mask_id, dtype=torch.long, device=text_ids.device)
         if known is not None:
             ids = torch.where(known >= 0, known, ids)

@@ -48,7 +48,9 @@ class SamplingConfig:
 
 
 def check_sampling(cfg: SamplingConfig) -> None:
-    """Raise a ValueError naming the parameter for out-of-range values."""
+    """Raise a ValueError naming the parameter for out-of-range values, first word the field's name
+    (the CLI names the flag instead). What depends on the model (a budget within its tokens, a family
+    that takes no budget) is ``Generator.check_request``'s."""
     if not (cfg.temperature >= 0 and math.isfinite(cfg.temperature)):
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
     if cfg.top_k is not None and cfg.top_k < 1:
