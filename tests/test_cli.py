@@ -35,20 +35,6 @@ def vq_dir(tmp_path, tiny_vq):
     return checkpoint.save(tiny_vq, tmp_path / "vq")
 
 
-@pytest.fixture
-def reconstruction_api(monkeypatch):
-    """The real ``trilemma.metrics.reconstruction`` when present, else the stand-in of test_tradeoff."""
-    try:
-        import trilemma.metrics.reconstruction  # noqa: F401
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from test_tradeoff import _standin_evaluate
-
-        module = types.ModuleType("trilemma.metrics.reconstruction")
-        module.evaluate_reconstruction = _standin_evaluate
-        monkeypatch.setitem(sys.modules, "trilemma.metrics.reconstruction", module)
-
-
 def test_help_in_a_subprocess_lists_the_subcommands():
     script = Path(sys.executable).parent / "trilemma"
     cmd = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "trilemma", "--help"]
@@ -185,7 +171,7 @@ def test_tokenize_and_reconstruct_two_images(tmp_path, vq_dir, capsys):
     _assert_png(recon)
 
 
-def test_eval_reconstruction_prints_the_metrics(tmp_path, vq_dir, reconstruction_api, capsys):
+def test_eval_reconstruction_prints_the_metrics(tmp_path, vq_dir, capsys):
     torch.set_num_threads(1)
     out_dir = tmp_path / "eval"
     args = ["eval", "reconstruction", "--tokenizer", str(vq_dir), "--features", "none", "--n", "16",
@@ -199,7 +185,7 @@ def test_eval_reconstruction_prints_the_metrics(tmp_path, vq_dir, reconstruction
     assert saved["metrics"]["tokenizer"] == "vq" and saved["settings"]["n"] == 16
 
 
-def test_eval_tradeoff_writes_the_report(tmp_path, reconstruction_api, capsys):
+def test_eval_tradeoff_writes_the_report(tmp_path, capsys):
     dirs = []
     for preset in ("patch4-8bit", "patch4-4bit"):
         tok = registry.build("tokenizer", preset, image_size=32)
@@ -221,13 +207,13 @@ def test_eval_generation_error_names_the_missing_generator(tmp_path, capsys):
 
 def _stub_generation(monkeypatch, bench, evaluate):
     from trilemma import pipeline
-    from trilemma.studies import generation
+    from trilemma.cli import evaluate as command
 
     fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32))
     fake_pipe.to = lambda device: fake_pipe
     monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, g, t=None: fake_pipe))
-    monkeypatch.setattr(generation, "benchmark", bench)
-    monkeypatch.setattr(generation, "evaluate_generation", evaluate)
+    monkeypatch.setattr(command, "benchmark", bench)
+    monkeypatch.setattr(command, "evaluate_generation", evaluate)
 
 
 def test_eval_generation_builds_one_checked_sampling_config(tmp_path, monkeypatch, capsys):

@@ -47,6 +47,15 @@ def test_psnr_equals_unit_range_psnr_and_is_inf_for_identical():
     assert torch.isinf(psnr(x, x)).all()
 
 
+def test_psnr_over_a_mask_is_the_psnr_of_the_region():
+    x, y = _images(seed=1), _images(seed=2)
+    mask = torch.zeros(1, 1, *x.shape[-2:])
+    mask[..., 2:6, 1:5] = 1
+    region = psnr(x[..., 2:6, 1:5], y[..., 2:6, 1:5])
+    assert torch.allclose(psnr(x, y, mask=mask), region, atol=1e-4)
+    assert not torch.allclose(psnr(x, y, mask=1 - mask), region, atol=1e-2)
+
+
 # ----------------------------------------------------------------------------- SSIM
 
 

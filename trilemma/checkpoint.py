@@ -200,12 +200,12 @@ def recorded_tokenizer(model_dir: str | Path, tokenizer_dir: str | Path | None =
     recorded = read_config(model_dir, kind).get("tokenizer") or {}
     if tokenizer_dir is None:
         if not recorded.get("path"):
-            raise CheckpointError(f"{model_dir}: records no tokenizer; pass the one it was trained on with --tokenizer")
+            raise CheckpointError(f"{model_dir}: records no tokenizer; pass the one it was trained on as `tokenizer_dir`")
         tokenizer_dir = recorded["path"]
         if not Path(tokenizer_dir).exists():
             raise CheckpointError(
                 f"{model_dir}: was trained on the tokenizer at {tokenizer_dir}, which is gone; "
-                "pass its new location with --tokenizer"
+                "pass its new location as `tokenizer_dir`"
             )
     tok_dir = resolve_checkpoint(tokenizer_dir)
     if recorded.get("hash") and content_hash(tok_dir) != recorded["hash"]:

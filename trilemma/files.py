@@ -22,8 +22,8 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
-def check_writable_file(path: str | os.PathLike, what: str = "--out") -> Path:
-    """Refuse, naming the path, an output file path that is a directory."""
+def check_writable_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, naming the path (``what`` says which), an output file path that is a directory."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{what} {path}: is a directory; give a file path")

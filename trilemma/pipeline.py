@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from trilemma import checkpoint
+from trilemma.decoders.token_diffusion import DecodedBy
 from trilemma.generators.sampling import SamplingConfig
 
 
@@ -32,7 +33,7 @@ def check_box(box: tuple[float, ...]) -> tuple[float, ...]:
     """A region to edit: x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1."""
     x0, y0, x1, y1 = box
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise ValueError(f"--box must be x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1, got {','.join(map(str, box))}")
+        raise ValueError(f"`box` must be x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1, got {','.join(map(str, box))}")
     return box
 
 
@@ -43,7 +44,6 @@ def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = N
     tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
     if decoder_dir is None:
         return tokenizer
-    from trilemma.decoders.token_diffusion import DecodedBy
 
     dec_dir = checkpoint.resolve_checkpoint(decoder_dir)
     checkpoint.recorded_tokenizer(dec_dir, tok_dir, kind="decoder")  # the decoder's own tokenizer, or an error

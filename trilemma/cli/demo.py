@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from trilemma.cli.options import command, positive_int
+from trilemma.demo import run_demo
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from trilemma.demo import run_demo
-
     run_demo(Path(args.out), "quick" if args.quick else "full" if args.full else "standard", workers=args.workers)

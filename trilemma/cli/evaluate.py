@@ -23,7 +23,11 @@ import torch
 
 from trilemma.cli import options
 from trilemma.cli.options import Parser, command, group, positive_int, seed
+from trilemma.pipeline import Pipeline
+from trilemma.studies.generation import benchmark, evaluate_generation
 from trilemma.studies.images import check_split
+from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, write_json, write_report
+from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -85,8 +89,6 @@ def metric_lines(*rows: dict) -> list[str]:
 
 
 def _metric_pairs(row: dict) -> list[tuple[str, str]]:
-    from trilemma.studies.report import bits_cell, psnr_cell
-
     pairs = [
         ("tokenizer", row["tokenizer"]),
         ("discrete", _fmt(row.get("discrete"))),
@@ -111,9 +113,6 @@ def _metric_pairs(row: dict) -> list[tuple[str, str]]:
 
 
 def run_reconstruction(args: argparse.Namespace) -> dict:
-    from trilemma.studies.report import write_json
-    from trilemma.studies.tradeoff import settings, tradeoff
-
     check_split(args.data, args.split)
     torch.manual_seed(args.seed)
     rows = tradeoff(
@@ -135,11 +134,6 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
 
 
 def run_generation(args: argparse.Namespace) -> list[dict]:
-    from trilemma.studies.generation import benchmark, evaluate_generation
-    from trilemma.studies.report import write_json
-    from trilemma.studies.tradeoff import settings
-    from trilemma.pipeline import Pipeline
-
     check_split(args.data, args.split)
     torch.manual_seed(args.seed)
     scales = list(dict.fromkeys(args.cfg_scale))  # in the order given, each once
@@ -205,9 +199,6 @@ def sweep_lines(results: list[dict], names: list[str]) -> list[str]:
 
 
 def run_tradeoff(args: argparse.Namespace) -> list[dict]:
-    from trilemma.studies.report import markdown_table, write_report
-    from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
-
     check_split(args.data, args.split)
     torch.manual_seed(args.seed)
     rows = tradeoff(

@@ -7,9 +7,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from trilemma import checkpoint
 from trilemma.cli import options
 from trilemma.cli.options import command, positive_int, seed
-from trilemma.files import check_writable_file
+from trilemma.files import atomic_write_bytes, check_writable_file
+from trilemma.images import save_grid, save_image
+from trilemma.pipeline import Pipeline, check_box
+from trilemma.studies.scorers import rerank_scorer
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from trilemma.images import save_grid
-    from trilemma.pipeline import Pipeline, check_box
-
     sampling = options.sampling(args, seed=args.seed)  # checked before any work
-    check_writable_file(args.out)
+    check_writable_file(args.out, "--out")
     out_dir = Path(args.out_dir) if args.out_dir else None
     if out_dir is not None and (out_dir.is_file() or any(out_dir.glob("*.png"))):
         raise FileExistsError(f"--out-dir {out_dir} is a file or already holds images; choose a new directory")
@@ -69,9 +70,6 @@ def run(args: argparse.Namespace) -> None:
 
 def _scorer(args: argparse.Namespace, size: int):
     """The contrastive model that --rerank scores with: --scorer, or one kept beside the generator."""
-    from trilemma import checkpoint
-    from trilemma.studies.scorers import rerank_scorer
-
     if args.scorer is not None:
         return checkpoint.load(checkpoint.resolve_checkpoint(args.scorer), kind="features")
     return rerank_scorer(args.generator, size)
@@ -79,9 +77,6 @@ def _scorer(args: argparse.Namespace, size: int):
 
 def _write_each(images, prompts: list[str], sampling, args: argparse.Namespace, out_dir: Path) -> None:
     """One PNG per image and a JSON beside it saying how to make it again."""
-    from trilemma.files import atomic_write_bytes
-    from trilemma.images import save_image
-
     for i, (image, prompt) in enumerate(zip(images, prompts)):
         chunk = i - i % args.batch_size  # the pipeline seeds each chunk with sampling.for_chunk(start)
         record = {"prompt": prompt, "index": i, "seed": sampling.for_chunk(chunk).seed, "batch_size": args.batch_size,

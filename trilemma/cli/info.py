@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from trilemma import registry
 from trilemma.cli import options
 from trilemma.cli.options import command, group, positive_int, seed
+from trilemma.data import load_dataset
+from trilemma.images import save_grid
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +40,6 @@ def run_list(args: argparse.Namespace) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> None:
-    import torch
-
-    from trilemma.data import load_dataset
-    from trilemma.images import save_grid
-
     ds = load_dataset(args.dataset, split=args.split, size=args.size, seed=args.seed)
     n = min(args.n, len(ds))
     items = [ds[i] for i in range(n)]

@@ -1,23 +1,23 @@
 """The root parser and the dispatch: ``trilemma [--version] [--debug] COMMAND ...``.
 
-Errors print one line (``error: ...``) and exit 1 (2 for a command line that does not parse);
-``--debug``, before or after the subcommand, shows the traceback instead.
+Errors print one line (``error: ...``), the library's names of fields and arguments as flags
+(``options.in_flags``), and exit 1 (2 for a command line that does not parse); ``--debug``,
+before or after the subcommand, shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from trilemma.cli import demo, evaluate, generate, info, tokens, train
-from trilemma.cli.options import Parser
+from trilemma.cli.options import Parser, in_flags
 
 FAMILIES = (info, train, generate, tokens, evaluate, demo)
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("trilemma")
     except PackageNotFoundError:  # running from a source tree that was never installed
@@ -45,6 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {in_flags(msg)}", file=sys.stderr)
         return 1
     return 0

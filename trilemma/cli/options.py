@@ -1,5 +1,6 @@
-"""What several command families share: the parser class, flag groups (training, sampling, device)
-and the conversions from parsed flags to the library's typed configs. Defaults come from those
+"""What several command families share: the parser class, flag groups (training, sampling, device),
+the conversions from parsed flags to the library's typed configs, and back: ``FLAGS``, the one table
+that turns the library's names in its messages into flags (``in_flags``). Defaults come from those
 configs (``TrainConfig``, ``SamplingConfig``), so each default is written once."""
 
 from __future__ import annotations
@@ -7,14 +8,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import warnings
 from typing import Any, NoReturn
 
 import torch
 
-from trilemma import registry
+from trilemma import checkpoint, pipeline, registry
 from trilemma.generators.sampling import SCHEDULERS, SamplingConfig
+from trilemma.images import load_image
+from trilemma.tokens import Prompt
 from trilemma.training.loop import TrainConfig
 
 
@@ -51,6 +55,50 @@ def group(sub: Any, name: str, help: str, dest: str) -> Any:
     """A command with subcommands of its own (``train``, ``eval``, ``data``, ``import``)."""
     p = sub.add_parser(name, help=help, description=help)
     return p.add_subparsers(dest=dest, required=True, metavar="WHAT")
+
+
+# ----------------------------------------------------------------------------- library names -> flags
+
+# The library's name of what a flag sets (a config field or a function argument) -> the flag; how messages
+# mark those names, and how the CLI rewrites them: ``in_flags``.
+FLAGS = {
+    # TrainConfig (add_training) and LossConfig (train tokenizer)
+    "steps": "--steps", "batch_size": "--batch-size", "grad_accum": "--grad-accum", "lr": "--lr",
+    "warmup_steps": "--warmup", "ema_decay": "--ema", "eval_every": "--eval-every", "save_every": "--save-every",
+    "seed": "--seed", "num_workers": "--workers",
+    "perceptual_weight": "--perceptual", "gan_weight": "--gan", "gan_start": "--gan-start",
+    # SamplingConfig (add_sampling), named `sampling.FIELD` by ``sampling``: its steps are not training steps
+    "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "cfg_scale": "--cfg-scale",
+    "sampling.steps": "--sample-steps", "scheduler": "--scheduler", "budget": "--budget",
+    # arguments of the training functions, the pipeline, checkpoint loading and the studies
+    "out": "--out", "resume": "--resume", "tokenizer": "--tokenizer", "tokenizer_dir": "--tokenizer",
+    "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
+}
+_NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
+
+
+def in_flags(message: str) -> str:
+    """A library message in the CLI's words: where ``main`` prints an error, library names become flags.
+
+    The convention: outside the CLI, a message names a config field or function argument in
+    backticks, alone or with a value: `lr`, `TrainConfig.lr`, `resume=True`, `split='all'`. Each one
+    whose name is in ``FLAGS`` (a dotted name, else its last part) becomes its flag: --lr, --lr,
+    --resume, --split all (``=True``, a switch: the flag alone; a quoted value loses its quotes).
+    Only these marked names are rewritten, never a bare word (out in "output", a path, a caption);
+    a marked name with no flag (`mixed_precision`) is left as written."""
+
+    def flag(match: re.Match) -> str:
+        name, value = match["name"], match["value"]
+        flag = FLAGS.get(name) or FLAGS.get(name.rpartition(".")[2])
+        if flag is None:
+            return match[0]
+        if value is None or value == "True":
+            return flag
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{flag} {value}"
+
+    return _NAMED.sub(flag, message)
 
 
 # ----------------------------------------------------------------------------- value types
@@ -152,7 +200,7 @@ def training(args: argparse.Namespace, recipe: dict | None = None) -> TrainConfi
 
 def recipe_flags(recipe: dict) -> str:
     """A preset's recipe as the flags it stands for: {"lr": 2e-3} -> "--lr 0.002"."""
-    return " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in recipe.items())
+    return " ".join(f"{FLAGS[name]} {value:g}" for name, value in recipe.items())
 
 
 def overrides(pairs: list[str]) -> dict:
@@ -175,9 +223,6 @@ def overrides(pairs: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- sampling
-
-_SAMPLING_FLAGS = {"steps": "--sample-steps"}  # SamplingConfig field -> flag, where the two differ
-
 
 def add_sampling(p: argparse.ArgumentParser, several_scales: bool = False) -> None:
     d = _defaults(SamplingConfig)
@@ -203,7 +248,8 @@ def _defaults(cls: type) -> argparse.Namespace:
 
 
 def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None = None) -> SamplingConfig:
-    """The one ``SamplingConfig`` of a command, validated here; errors name the flag."""
+    """The one ``SamplingConfig`` of a command, validated here; an error names the field as
+    `sampling.FIELD` (its first word is the field), which ``main`` prints as the flag."""
     try:
         return SamplingConfig(
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -212,7 +258,7 @@ def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None
         )
     except ValueError as err:
         field, _, rest = str(err).partition(" ")
-        raise ValueError(f"{_SAMPLING_FLAGS.get(field, '--' + field.replace('_', '-'))} {rest}") from None
+        raise ValueError(f"`sampling.{field.strip('`')}` {rest}") from None
 
 
 # ----------------------------------------------------------------------------- images
@@ -220,8 +266,6 @@ def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None
 
 def load_images(paths: list[str], size: int) -> torch.Tensor:
     """Image files -> [N, 3, size, size] in [-1, 1]; resize notices are printed, one per file."""
-    from trilemma.images import load_image
-
     images = []
     for path in paths:
         with warnings.catch_warnings(record=True) as caught:
@@ -247,8 +291,6 @@ def add_prompt(p: argparse.ArgumentParser, several_budgets: bool = False) -> Non
 
 def prompt(args: argparse.Namespace, budget: int | None = None) -> Any:
     """The Prompt of --budget / --box / --point (None when none is given); errors name the flag."""
-    from trilemma.tokens import Prompt
-
     if args.budget not in (None, "auto") and budget is None:
         try:
             budget = int(args.budget)
@@ -283,13 +325,10 @@ def add_tokenizer(p: argparse.ArgumentParser) -> None:
 
 def load_tokenizer(args: argparse.Namespace, dev: torch.device | None = None) -> Any:
     """--tokenizer, decoding through --decoder when given (then --tokenizer defaults to the decoder's)."""
-    from trilemma import checkpoint
-    from trilemma.pipeline import load_tokenizer as load
-
     decoder = getattr(args, "decoder", None)
     if args.tokenizer is None and decoder is None:
         raise ValueError("--tokenizer is required (or --decoder, whose tokenizer is recorded)")
     tok_dir = args.tokenizer if decoder is None else checkpoint.recorded_tokenizer(
         checkpoint.resolve_checkpoint(decoder), args.tokenizer, kind="decoder")
-    tok = load(tok_dir, decoder)
+    tok = pipeline.load_tokenizer(tok_dir, decoder)
     return tok.to(dev) if dev is not None else tok

@@ -8,9 +8,13 @@ from typing import Any
 
 import torch
 
+from trilemma import checkpoint
 from trilemma.cli import options
 from trilemma.cli.options import command, group, positive_int
 from trilemma.files import check_writable_file
+from trilemma.images import save_grid
+from trilemma.metrics.scores import psnr
+from trilemma.tokenizers.interop import import_diffusers_vq
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -57,9 +61,6 @@ def run_tokenize(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def run_reconstruct(args: argparse.Namespace) -> None:
-    from trilemma.metrics.scores import psnr
-    from trilemma.images import save_grid
-
     tok, images, dev = _inputs(args)
     if args.budgets:
         if args.budget is not None:
@@ -81,7 +82,7 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 def _inputs(args: argparse.Namespace) -> tuple[Any, torch.Tensor, torch.device]:
     """The tokenizer (on --device) and the image files at its size; the output path and the prompt
     are checked first, so a bad one costs nothing."""
-    check_writable_file(args.out)
+    check_writable_file(args.out, "--out")
     options.prompt(args)
     dev = options.device(args)
     tok = options.load_tokenizer(args, dev)
@@ -99,9 +100,6 @@ def _encode(tok, images: torch.Tensor, args: argparse.Namespace):
 
 
 def run_import(args: argparse.Namespace) -> None:
-    from trilemma import checkpoint
-    from trilemma.tokenizers.interop import import_diffusers_vq
-
     out = Path(args.out)
     if out.exists():  # an import never replaces a run or a file
         raise FileExistsError(f"--out {out} already exists; choose a new path for the imported tokenizer")

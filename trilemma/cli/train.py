@@ -8,6 +8,7 @@ from pathlib import Path
 from trilemma import registry
 from trilemma.cli import options
 from trilemma.cli.options import command, group, non_negative_int, positive_int
+from trilemma.tokenizers.losses import LossConfig
 from trilemma.training import decoder as decoder_training
 from trilemma.training import generator as generator_training
 from trilemma.training import tokenizer as tokenizer_training
@@ -47,8 +48,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tokenizer(args: argparse.Namespace) -> dict:
-    from trilemma.tokenizers.losses import LossConfig
-
     cfg = options.training(args, _recipe("tokenizer", args.preset))
     loss = LossConfig(perceptual_weight=args.perceptual, gan_weight=args.gan,
                       gan_start=args.gan_start if args.gan_start is not None else cfg.steps // 2)

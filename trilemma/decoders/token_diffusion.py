@@ -44,7 +44,7 @@ class TokenDiffusionDecoder(nn.Module):
 
     def __init__(self, config: TokenDiffusionConfig, spec: TokenSpec):
         super().__init__()
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DModel  # deferred: a 2-3 s import
 
         if not spec.discrete or spec.grid is None:
             raise ValueError("the token-conditioned decoder needs a discrete tokenizer with a token grid (e.g. vq-f4-shapes)")

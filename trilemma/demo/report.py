@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, SAMPLING, DemoPlan
+from trilemma.files import atomic_write_bytes
 from trilemma.studies.html import write_html
 from trilemma.studies.report import markdown_table
-from trilemma.files import atomic_write_bytes
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 

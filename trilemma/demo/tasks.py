@@ -9,9 +9,21 @@ from pathlib import Path
 
 import torch
 
-from trilemma import checkpoint
+from trilemma import checkpoint, registry
+from trilemma.data import InMemory, load_dataset
 from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, FP32, GENERATORS, PROMPTS, TOKENIZERS, DemoPlan
+from trilemma.images import save_grid
+from trilemma.metrics.prompted import first_object_boxes, region_study
+from trilemma.pipeline import Pipeline
+from trilemma.studies.editing import edit_study, rerank_study
+from trilemma.studies.generation import benchmark, evaluate_generation
+from trilemma.studies.report import write_report
+from trilemma.studies.scorers import contrastive_scorer
+from trilemma.studies.tradeoff import settings, tradeoff
+from trilemma.tokens import Prompt
+from trilemma.training.generator import VAL_ITEMS, train_generator
 from trilemma.training.loop import TrainConfig
+from trilemma.training.tokenizer import train_tokenizer
 
 _MADE: dict[tuple, object] = {}  # per worker process: the pool and the benchmark, made on first use
 
@@ -27,8 +39,6 @@ def _cfg(name: str, steps: int, batch: int, lr: float) -> TrainConfig:
 def pool(plan: DemoPlan):
     """The ``plan.pool`` shapes training images every model trains on (drawn once per worker: the
     same images in each, as shapes items are a function of their index)."""
-    from trilemma.data import InMemory, load_dataset
-
     key = ("pool", plan.pool)
     if key not in _MADE:
         _MADE[key] = InMemory(load_dataset("shapes", split="train", size=32), plan.pool)
@@ -38,8 +48,6 @@ def pool(plan: DemoPlan):
 def bench(out: Path, plan: DemoPlan, train_probe: bool = False):
     """The generation benchmark (held-out prompts, reference and floor images, the probe cached in
     ``out/probe``); only the probe task trains the probe, the others load it."""
-    from trilemma.studies.generation import benchmark
-
     key = ("bench", str(out))
     if key not in _MADE:
         if not train_probe and not (out / "probe" / "model" / checkpoint.CONFIG_FILE).is_file():
@@ -55,9 +63,6 @@ def tokenizer_run(out: Path, name: str) -> Path:
 
 def tokenizer(out: Path, plan: DemoPlan, name: str) -> dict:
     """Train (or resume, or keep) one study tokenizer; the promptable one over the study's AE."""
-    from trilemma import registry
-    from trilemma.training.tokenizer import train_tokenizer
-
     run, preset = tokenizer_run(out, name), TOKENIZERS[name]
     started = (run / "model" / checkpoint.CONFIG_FILE).exists()
     if started and name not in plan.tokenizer_steps:
@@ -75,8 +80,6 @@ def tokenizer(out: Path, plan: DemoPlan, name: str) -> dict:
 
 def probe(out: Path, plan: DemoPlan) -> dict:
     """The evaluation probe (trained on the pool's ground truth) and the real images' grid."""
-    from trilemma.images import save_grid
-
     b = bench(out, plan, train_probe=True)
     save_grid(b.floor[:16], out / "data.png", captions=b.prompts[:16])
     return {}
@@ -85,11 +88,6 @@ def probe(out: Path, plan: DemoPlan) -> dict:
 def study(out: Path, plan: DemoPlan) -> dict:
     """The trade-off rows of every study tokenizer (the promptable one per budget), the prompted
     region table, and the adherence ceiling of each generator's tokenizer."""
-    from trilemma.data import load_dataset
-    from trilemma.metrics.prompted import first_object_boxes, region_study
-    from trilemma.studies.report import write_report
-    from trilemma.studies.tradeoff import settings, tradeoff
-
     b, n = bench(out, plan), plan.study_images
     rows = tradeoff([tokenizer_run(out, k) / "model" for k in TOKENIZERS], "shapes", n=n, features="domain",
                     probe_cache=out / "probe", lpips=False, progress=False)
@@ -115,9 +113,6 @@ def study(out: Path, plan: DemoPlan) -> dict:
 def _reconstruction_grid(path: Path, out: Path, images: torch.Tensor) -> None:
     """One row per study tokenizer (the promptable one at 4 tokens and at all of them) under the
     real images: what each corner of the trilemma keeps."""
-    from trilemma.images import save_grid
-    from trilemma.tokens import Prompt
-
     rows, captions = [images], ["real"] * len(images)
     for name in TOKENIZERS:
         tok = checkpoint.load(tokenizer_run(out, name) / "model", kind="tokenizer")
@@ -132,11 +127,6 @@ def _reconstruction_grid(path: Path, out: Path, images: torch.Tensor) -> None:
 def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
     """Train (or resume, or keep) one generator on its study tokenizer; its sample grid for
     ``PROMPTS`` and its scores on the benchmark."""
-    from trilemma.studies.generation import evaluate_generation
-    from trilemma.images import save_grid
-    from trilemma.pipeline import Pipeline
-    from trilemma.training.generator import VAL_ITEMS, train_generator
-
     run = out / kind
     cfg = _cfg(kind, plan.generator_steps[kind], plan.generator_batch[kind], plan.generator_lr[kind])
     train_generator(kind, tokenizer_run(out, GENERATORS[kind]), "shapes", run, cfg,
@@ -157,19 +147,12 @@ def contrastive(out: Path, plan: DemoPlan) -> dict:
 
 
 def _scorer(out: Path, plan: DemoPlan):
-    from trilemma.data import InMemory
-    from trilemma.studies.scorers import contrastive_scorer
-
     return contrastive_scorer(out / "contrastive", InMemory(pool(plan), plan.contrastive_images), steps=plan.contrastive_steps)
 
 
 def editing(out: Path, plan: DemoPlan) -> dict:
     """Each token generator redraws ``EDIT_BOX`` of one held-out image; a grid of the image, its
     reconstruction and four edits per generator (diffusion draws continuous latents: no ids to keep)."""
-    from trilemma.studies.editing import edit_study
-    from trilemma.images import save_grid
-    from trilemma.pipeline import Pipeline
-
     init = bench(out, plan).floor[:1]
     results, rows, captions = {}, [], []
     for kind in GENERATORS:
@@ -187,8 +170,5 @@ def editing(out: Path, plan: DemoPlan) -> dict:
 def rerank(out: Path, plan: DemoPlan) -> dict:
     """DALL-E draws ``rerank_candidates`` images for each of ``rerank_n`` prompts and keeps the best
     by the contrastive score."""
-    from trilemma.studies.editing import rerank_study
-    from trilemma.pipeline import Pipeline
-
     return rerank_study(Pipeline.load(out / "dalle"), bench(out, plan), _scorer(out, plan), plan.rerank_candidates,
                         plan.rerank_n, plan.sampling_for("dalle"))

@@ -146,7 +146,7 @@ class Diffusion(TextEncoderMixin, Generator):
 def _denoiser_net(config: DiffusionConfig, spec) -> torch.nn.Module:
     """diffusers' denoiser for ``config.denoiser``: a UNet that reads the text by cross-attention,
     or an MMDiT whose blocks attend jointly over latent patches and text tokens."""
-    from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import SD3Transformer2DModel, UNet2DConditionModel  # deferred: a 2-3 s import
 
     (h, w), c = spec.grid, spec.latent_dim
     if config.denoiser == "mmdit":

@@ -13,12 +13,6 @@ from trilemma.tokenizers.prompts import box_mask
 from trilemma.tokens import Prompt
 
 
-def masked_psnr(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR per image over the pixels where ``mask`` [B, 1, H, W] is 1 (range 2: images in [-1, 1])."""
-    err = ((recon.double() - images.double()) ** 2).mean(1, keepdim=True) * mask
-    return 10 * torch.log10(4.0 / (err.flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)))
-
-
 @torch.no_grad()
 def reconstruct(tok, images: torch.Tensor, prompt: Prompt | None, batch: int = 250) -> torch.Tensor:
     """``decode(encode(images, prompt))`` in chunks; per-image boxes are split with the images."""
@@ -46,9 +40,9 @@ def region_study(tok, images: torch.Tensor, boxes: torch.Tensor, budgets: list[i
         boxed = reconstruct(tok, images, Prompt(budget=k, boxes=boxes))
         rows.append({
             "k": k, "bits": k * tok.spec.bits_per_token, "psnr": psnr(plain, images).mean().item(),
-            "psnr_in_box": masked_psnr(plain, images, inside).mean().item(),
-            "psnr_in_box_prompted": masked_psnr(boxed, images, inside).mean().item(),
-            "psnr_outside": masked_psnr(plain, images, 1 - inside).mean().item(),
-            "psnr_outside_prompted": masked_psnr(boxed, images, 1 - inside).mean().item(),
+            "psnr_in_box": psnr(plain, images, mask=inside).mean().item(),
+            "psnr_in_box_prompted": psnr(boxed, images, mask=inside).mean().item(),
+            "psnr_outside": psnr(plain, images, mask=1 - inside).mean().item(),
+            "psnr_outside_prompted": psnr(boxed, images, mask=1 - inside).mean().item(),
         })
     return rows

@@ -25,14 +25,19 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------- pixel metrics
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, ``10 log10(data_range^2 / MSE)``, shape [B].
 
     Images in [-1, 1] have range 2; since both the range and the error scale by 2, this equals
-    PSNR of the same images mapped to [0, 1] with range 1. Identical images give ``inf``.
+    PSNR of the same images mapped to [0, 1] with range 1. Identical images give ``inf``. With a
+    ``mask`` [B or 1, 1, H, W], the MSE is over the pixels where it is 1 (a region's PSNR).
     """
     _check_pair(x, y)
-    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    err = (x.double() - y.double()).pow(2)
+    if mask is None:
+        mse = err.flatten(1).mean(1)
+    else:
+        mse = (err.mean(1, keepdim=True) * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
     return (10 * torch.log10(data_range**2 / mse)).float()
 
 

@@ -52,7 +52,7 @@ def check_noise_schedule(config: NoiseScheduleConfig) -> None:
 def make_scheduler(name: str, config: NoiseScheduleConfig) -> Any:
     """A diffusers scheduler over ``config``'s noise schedule (``train_timesteps``, ``beta_schedule``,
     ``prediction``): "ddpm" (training), "ddim" or "dpm++" (sampling)."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler  # deferred: a 2-3 s import
 
     common = dict(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule,
                   prediction_type=config.prediction)
@@ -84,7 +84,7 @@ def min_snr_weighted(per_row: torch.Tensor, schedule: Any, prediction: str, t: t
     """Per-row losses [B] at timesteps ``t`` weighted by Min-SNR-gamma: min(SNR, gamma) over SNR
     (epsilon), SNR + 1 (v) or 1 (x_0), so the nearly clean levels, easy and many, stop dominating
     the gradient."""
-    from diffusers.training_utils import compute_snr
+    from diffusers.training_utils import compute_snr  # deferred: a 2-3 s import
 
     snr = compute_snr(schedule, t)
     if prediction == "epsilon":

@@ -8,7 +8,6 @@ import math
 import torch
 
 from trilemma.generators.sampling import SamplingConfig
-from trilemma.metrics.prompted import masked_psnr
 from trilemma.metrics.scores import psnr
 from trilemma.tokenizers.prompts import box_mask
 from trilemma.tokens import Prompt
@@ -31,7 +30,7 @@ def edit_study(pipe, init: torch.Tensor, prompts: list[str], box: tuple[float, f
     ref = recon.expand_as(edited)
 
     def region_psnr(mask: torch.Tensor) -> float:
-        return float(masked_psnr(edited, ref, mask).clamp(max=MAX_DB).mean())
+        return float(psnr(edited, ref, mask=mask).clamp(max=MAX_DB).mean())
 
     return {"psnr_outside": region_psnr(1 - inside), "psnr_inside": region_psnr(inside), "reconstruction": recon,
             "edited": edited, "psnr_full_recon": float(psnr(recon, init.float()).mean())}

@@ -176,7 +176,7 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
         images, every = load_images(data, 2 * n, size, seed=seed, split="all")
         half = len(images) // 2
         reference, floor, items = images[0 : 2 * half : 2], images[1 : 2 * half : 2], every[1 : 2 * half : 2]
-        print(f"notice: --split all: {half} of the folder's images are the reference and {half} others the floor")
+        print(f"notice: split='all': {half} of the folder's images are the reference and {half} others the floor")
     else:
         other = ("val" if split != "val" else "train") if shapes else ("train" if split != "train" else "val")
         reference, _ = load_images(data, n, size, seed=seed, split=split)

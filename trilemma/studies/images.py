@@ -26,9 +26,9 @@ SPLITS = ("test", "val", "train", "all")
 
 def check_split(data: str, split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise ValueError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
     if data == "shapes" and split == "all":
-        raise ValueError("--split all takes every image of a folder; shapes is generated per split: use test, val or train")
+        raise ValueError("`split='all'` takes every image of a folder; shapes is generated per split: use test, val or train")
 
 
 def load_images(data: str, n: int, size: int, seed: int = 0, split: str = "test",
@@ -82,7 +82,7 @@ def resolve_features(features: str | None, data: str, size: int, seed: int = 0,
     if choice == "domain":
         if data != "shapes":
             raise ValueError("domain features are a probe trained on the shapes attributes; for a folder "
-                             "use --features inception (or none)")
+                             "use `features='inception'` (or `features='none'`)")
         if probe_cache is None:
             raise ValueError("domain features need a probe run directory (probe_cache=...)")
         return shapes_probe(probe_cache, size=size, seed=seed).features

@@ -50,7 +50,7 @@ EXPECTED = f"{CONFIG_NAME} and {WEIGHTS_STEM}.safetensors (or .bin)"
 
 def _vq_model_class() -> type:
     try:
-        from diffusers import VQModel
+        from diffusers import VQModel  # deferred: a 2-3 s import
     except ImportError as err:
         raise ImportError(f"the diffusers-vq tokenizer needs diffusers ({err}); pip install diffusers") from None
     return VQModel

@@ -31,11 +31,10 @@ class LossConfig:
     adaptive_gan_weight: bool = True  # VQGAN's gradient-norm ratio at the decoder's last layer
 
     def __post_init__(self) -> None:
-        for name, flag in (("l1_weight", "l1 weight"), ("l2_weight", "l2 weight"), ("perceptual_weight", "--perceptual"),
-                           ("gan_weight", "--gan"), ("gan_start", "--gan-start")):
+        for name in ("l1_weight", "l2_weight", "perceptual_weight", "gan_weight", "gan_start"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{flag} must be >= 0, got {value}")
+                raise ValueError(f"`{name}` must be >= 0, got {value}")
 
 
 def lpips_backbone_path(net: str) -> Path:
@@ -44,7 +43,7 @@ def lpips_backbone_path(net: str) -> Path:
 
 def load_lpips(net: str = "vgg") -> nn.Module:
     """LPIPS with its ImageNet backbone loaded from disk. Never downloads."""
-    import torchvision
+    import torchvision  # deferred: a 1 s import
 
     try:
         import lpips

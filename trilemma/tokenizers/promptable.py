@@ -19,6 +19,7 @@ grid drawn from the tokens back into the box: a box is described at its own scal
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from trilemma import registry
+from trilemma import checkpoint, registry
 from trilemma.nn.transformer import Transformer, TransformerConfig, init_weights
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
 from trilemma.tokenizers.prompts import PromptEncoder, box_crops, box_mask, check_prompt, paste_crops
@@ -170,7 +171,7 @@ class PromptableTokenizer(Tokenizer):
         return self.base.decoder(self.patch_out(grid).float() * self.latent_std + self.latent_mean)
 
     def _encode(self, images: torch.Tensor, prompt: Prompt | None) -> Any:
-        b, n_patches = images.shape[0], self.side**2
+        b = images.shape[0]
         x = rearrange(self._grid_in(images), "b d h w -> b (h w) d") + self.patch_pos
         if self.config.dense_prompt:
             x = x + self.prompts.dense(prompt, b, self.side, images.device)
@@ -311,10 +312,6 @@ class PromptableTokenizer(Tokenizer):
 def _frozen_base(c: PromptableConfig) -> tuple[nn.Module, PromptableConfig]:
     """The base autoencoder (frozen) and the config that records it by its architecture: from a
     directory its config and weights, from a saved config the architecture (weights come with ours)."""
-    import dataclasses
-
-    from trilemma import checkpoint
-
     if isinstance(c.base, str):
         directory = checkpoint.resolve_checkpoint(c.base)
         base = checkpoint.load(directory, kind="tokenizer")

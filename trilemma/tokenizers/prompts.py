@@ -110,7 +110,7 @@ def box_crops(grid: torch.Tensor, prompt: Prompt | None, side: int, cells: int) 
     """[B, cells * cells, dim]: the ``grid`` [B, side * side, dim] inside each image's prompted
     boxes, resampled to ``cells`` x ``cells`` by torchvision's RoIAlign (summed over boxes); zeros
     where an image has no box."""
-    from torchvision.ops import roi_align
+    from torchvision.ops import roi_align  # deferred: a 1 s import
 
     b = grid.shape[0]
     out = grid.new_zeros(b, cells * cells, grid.shape[-1])

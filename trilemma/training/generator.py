@@ -113,10 +113,10 @@ class GeneratorTask(Task):
 
 
 def _saved_text(out: Path, text_length: int | None) -> TextTokenizer:
-    """A resumed run's vocabulary: its checkpoint's own (``--text-length`` may only repeat it)."""
+    """A resumed run's vocabulary: its checkpoint's own (``text_length`` may only repeat it)."""
     text = TextTokenizer.from_dict(checkpoint.read_config(out / "model")["context"]["text"])
     if text_length is not None and text_length != text.max_length:
-        raise TrainingError(f"--resume: the run's text length is {text.max_length}, not --text-length {text_length}")
+        raise TrainingError(f"`resume=True`: the run's text length is {text.max_length}, not `text_length={text_length}`")
     return text
 
 
@@ -135,7 +135,7 @@ def _check_same_tokenizer(out: Path, tok_dir: Path) -> None:
     now = checkpoint.content_hash(tok_dir)
     if recorded and recorded != now:
         raise TrainingError(
-            f"--resume: {out} was trained on a tokenizer with weights hash {recorded[:12]}, but {tok_dir} "
+            f"`resume=True`: {out} was trained on a tokenizer with weights hash {recorded[:12]}, but {tok_dir} "
             f"has {now[:12]}; resume with the run's own tokenizer"
         )
 
@@ -146,10 +146,10 @@ def budget_spec(spec: TokenSpec, budget: int | None) -> TokenSpec:
     if budget is None:
         return spec
     if not spec.sparse:
-        raise ValueError(f"--budget needs a promptable tokenizer (ordered 1D tokens); this one makes "
+        raise ValueError(f"`budget` needs a promptable tokenizer (ordered 1D tokens); this one makes "
                          f"{'a grid of' if spec.grid else 'a fixed number of'} tokens")
     if not 1 <= budget <= spec.max_tokens:
-        raise ValueError(f"--budget must be in [1, {spec.max_tokens}] (the tokenizer's full budget), got {budget}")
+        raise ValueError(f"`budget` must be in [1, {spec.max_tokens}] (the tokenizer's full budget), got {budget}")
     return dataclasses.replace(spec, max_tokens=budget)
 
 
@@ -184,7 +184,7 @@ def train_generator(
         _check_same_tokenizer(out, tok_dir)
         trained_at = checkpoint.read_config(out / "model").get("budget")
         if trained_at != budget:
-            raise ValueError(f"--resume: {out} was trained at budget {trained_at or 'full'}; resume with the same --budget")
+            raise ValueError(f"`resume=True`: {out} was trained at budget {trained_at or 'full'}; resume with the same `budget`")
         text = _saved_text(out, text_length)
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")

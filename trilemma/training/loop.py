@@ -68,15 +68,15 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             _at_least(name, getattr(self, name), 1)
         if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+            raise ValueError(f"`lr` must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema must be in [0, 1) (0 = off), got {self.ema_decay}")
+            raise ValueError(f"`ema_decay` must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"--seed must be in [0, 2^63), got {self.seed}")
+            raise ValueError(f"`seed` must be in [0, 2^63), got {self.seed}")
         if self.num_workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.num_workers}")
+            raise ValueError(f"`num_workers` must be >= 0, got {self.num_workers}")
         if self.mixed_precision not in (None, *MIXED_PRECISION):
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}")
+            raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISION} or None, got {self.mixed_precision!r}")
         quarter = max(1, self.steps // 4)
         if self.warmup_steps is None:
             self.warmup_steps = min(100, max(1, self.steps // 10))
@@ -87,9 +87,8 @@ class TrainConfig:
 
 
 def _at_least(name: str, value: int, low: int) -> None:
-    flag = {"warmup_steps": "warmup", "num_workers": "workers"}.get(name, name).replace("_", "-")
     if not isinstance(value, int) or value < low:
-        raise ValueError(f"--{flag} must be an integer >= {low}, got {value!r}")
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
 
 
 class Task:
@@ -194,22 +193,22 @@ def init_distributed() -> None:
 def check_run_dir(out: Path, resume: bool) -> bool:
     """Whether ``out`` holds a run; refuses a file, and a run that ``resume`` does not ask to continue."""
     if out.exists() and not out.is_dir():
-        raise TrainingError(f"--out {out}: is a file; a run is a directory")
+        raise TrainingError(f"`out` {out}: is a file; a run is a directory")
     has_run = (out / "model" / checkpoint.CONFIG_FILE).exists()
     if has_run and not resume:
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+        raise TrainingError(f"{out} already holds a run; pass `resume=True` to continue it or choose a new `out`")
     return has_run
 
 
 def _check_resumable(model: nn.Module, ckpt_dir: Path) -> dict[str, Any]:
     state = checkpoint.load_state(ckpt_dir) if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else None
     if state is None:
-        raise TrainingError(f"--resume: no checkpoint with training state in {ckpt_dir}; start without --resume")
+        raise TrainingError(f"`resume=True`: no checkpoint with training state in {ckpt_dir}; start without `resume=True`")
     saved = checkpoint.read_config(ckpt_dir)["config"]
     now = checkpoint.config_to_dict(model.config)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
-        raise TrainingError(f"--resume: the model config differs from the checkpoint's in {changed}; resume with the same settings")
+        raise TrainingError(f"`resume=True`: the model config differs from the checkpoint's in {changed}; resume with the same settings")
     return state
 
 
@@ -222,7 +221,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     if resume:
         state = _check_resumable(task.model, ckpt_dir)
         if int(state["step"]) >= cfg.steps:  # nothing to do, and nothing is touched
-            print(f"{ckpt_dir} is already at step {state['step']} >= --steps {cfg.steps}; nothing to do")
+            print(f"{ckpt_dir} is already at step {state['step']} >= steps={cfg.steps}; nothing to do")
             return {"step": int(state["step"]), "metrics": {}, "eval": {}, "checkpoint": ckpt_dir, "replicas": []}
 
     acc = _accelerator(cfg.mixed_precision)
@@ -356,7 +355,7 @@ def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path)
     kept = f"the last good checkpoint is {ckpt_dir}" if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else "no checkpoint was written yet"
     raise TrainingError(
         f"non-finite loss at step {step + 1} ({bad}); stopped, {kept}. "
-        "Lower --lr or raise --warmup and resume with --resume"
+        "Lower `lr` or raise `warmup_steps` and resume with `resume=True`"
     )
 
 

@@ -93,7 +93,7 @@ def train_tokenizer(
     out = Path(out)
     if not tokenizer.trainable:
         if check_run_dir(out, resume=True):  # a file is refused there; a run here
-            raise TrainingError(f"{out} already holds a run; choose a new --out ({preset} has nothing to learn)")
+            raise TrainingError(f"{out} already holds a run; choose a new `out` ({preset} has nothing to learn)")
         checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": preset})
         print(f"{preset} has nothing to learn; saved it to {out / 'model'}")
         return {"checkpoint": out / "model", "step": 0, "eval": {}}
