@@ -93,23 +93,19 @@ def preset_names(kind: str) -> list[str]:
 
 
 def get_preset(kind: str, name: str) -> Preset:
-    _check_kind(kind)
-    _ensure_loaded()
-    if name not in _PRESETS[kind]:
-        raise RegistryError(
-            f"unknown {kind} preset {name!r}; known presets: {', '.join(preset_names(kind)) or 'none'}"
-        )
-    return _PRESETS[kind][name]
+    return _lookup(_PRESETS, kind, name, f"{kind} preset", "presets")
 
 
 def model_class(kind: str, name: str) -> type:
+    return _lookup(_MODELS, kind, name, kind, f"{kind}s")
+
+
+def _lookup(table: dict[str, dict[str, Any]], kind: str, name: str, what: str, known: str) -> Any:
     _check_kind(kind)
     _ensure_loaded()
-    if name not in _MODELS[kind]:
-        raise RegistryError(
-            f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(_MODELS[kind])) or 'none'}"
-        )
-    return _MODELS[kind][name]
+    if name not in table[kind]:
+        raise RegistryError(f"unknown {what} {name!r}; known {known}: {', '.join(sorted(table[kind])) or 'none'}")
+    return table[kind][name]
 
 
 def resolve(kind: str, name: str, **cfg: Any) -> tuple[type, Any, dict[str, Any]]:

@@ -64,7 +64,7 @@ def run_generator(args: argparse.Namespace) -> dict:
     result = generator_training.train_generator(
         args.kind, args.tokenizer, args.data, Path(args.out), options.training(args, recipe), preset=args.preset,
         num_images=args.num_images, text_length=args.text_length, resume=args.resume, budget=args.budget,
-        **options.overrides(args.set),
+        overrides=options.overrides(args.set),
     )
     print(f"generator checkpoint: {result['checkpoint']} (step {result['step']}), samples in {Path(args.out) / 'samples'}")
     return result

@@ -132,7 +132,7 @@ def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
     train_generator(kind, tokenizer_run(out, GENERATORS[kind]), "shapes", run, cfg,
                     preset=f"{kind}-{plan.generator_preset}", num_images=plan.pool - VAL_ITEMS,
                     cache_dir=out / "token_cache", dataset=pool(plan),
-                    resume=(run / "model" / checkpoint.CONFIG_FILE).exists(), **plan.generator_arch.get(kind, {}))
+                    resume=(run / "model" / checkpoint.CONFIG_FILE).exists(), overrides=plan.generator_arch.get(kind))
     pipe = Pipeline.load(run)
     sampling = plan.sampling_for(kind)
     captions = [p for p in PROMPTS for _ in range(4)]

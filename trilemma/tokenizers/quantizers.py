@@ -135,6 +135,16 @@ class Quantizer(nn.Module):
         return QuantizerOutput(quantized, ids, losses, self._usage(ids))
 
 
+def _codebook_quantize(module: Quantizer, codebooks: nn.Module, z: Tensor) -> QuantizerOutput:
+    """``z`` [B, D, H, W] through vector-quantize-pytorch's ``codebooks`` (VectorQuantize or
+    ResidualVQ) as a sequence of H * W vectors; the commitment loss summed (over levels, if any)."""
+    h, w = z.shape[2:]
+    x = rearrange(z, "b d h w -> b (h w) d")
+    _check_dead_code_threshold(module, x.shape[0] * x.shape[1])
+    quantized, ids, loss = codebooks(x)
+    return module._output(quantized, ids, {"commit": loss.sum()}, h, w)
+
+
 def _check_dead_code_threshold(module: Quantizer, num_vectors: int) -> None:
     """Warn once if the batch is too small for the dead-code threshold.
 
@@ -200,11 +210,7 @@ class VectorQuantizer(Quantizer):
         )
 
     def _quantize(self, z: Tensor) -> QuantizerOutput:
-        h, w = z.shape[2:]
-        x = rearrange(z, "b d h w -> b (h w) d")
-        _check_dead_code_threshold(self, x.shape[0] * x.shape[1])
-        quantized, ids, loss = self.vq(x)
-        return self._output(quantized, ids, {"commit": loss.sum()}, h, w)
+        return _codebook_quantize(self, self.vq, z)
 
     def _decode(self, ids: Tensor) -> Tensor:
         return self.vq.get_output_from_indices(ids)
@@ -249,12 +255,7 @@ class ResidualVectorQuantizer(Quantizer):
         usage counts codes over all levels together ([vocab_size], -1 excluded), so the usage
         fraction says how many code ids are used at some level.
         """
-        h, w = z.shape[2:]
-        x = rearrange(z, "b d h w -> b (h w) d")
-        _check_dead_code_threshold(self, x.shape[0] * x.shape[1])
-        quantized, ids, losses = self.rvq(x)
-        # one commitment loss per level (SoundStream sums them); dropped levels contribute 0
-        return self._output(quantized, ids, {"commit": losses.sum()}, h, w)
+        return _codebook_quantize(self, self.rvq, z)  # the levels' commitment losses summed, as SoundStream
 
     def _decode(self, ids: Tensor) -> Tensor:
         """Any prefix of levels decodes (missing levels, like -1 ids, contribute nothing)."""

@@ -37,22 +37,28 @@ class VQVAEConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
 
+def _stages(layers: list[nn.Module], c: VQVAEConfig, widths: list[int], cin: int, resample: type) -> int:
+    """Append ``num_res_blocks`` ResNet blocks per width, resampling between widths; the last width."""
+    for i, w in enumerate(widths):
+        for _ in range(c.num_res_blocks):
+            layers.append(ResnetBlock(cin, w, c.dropout))
+            cin = w
+        if i < len(widths) - 1:
+            layers.append(resample(cin))
+    return cin
+
+
+def _middle(c: VQVAEConfig, dim: int) -> list[nn.Module]:
+    """The lowest resolution's ResNet block, optional self-attention, ResNet block."""
+    return [ResnetBlock(dim, dim, c.dropout), *([SpatialAttention(dim)] if c.attention else []), ResnetBlock(dim, dim, c.dropout)]
+
+
 class Encoder(nn.Module):
     def __init__(self, c: VQVAEConfig, out_channels: int):
         super().__init__()
-        widths = [c.channels * m for m in c.channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(3, c.channels, 3, padding=1)]
-        cin = c.channels
-        for i, w in enumerate(widths):
-            for _ in range(c.num_res_blocks):
-                layers.append(ResnetBlock(cin, w, c.dropout))
-                cin = w
-            if i < len(widths) - 1:
-                layers.append(Downsample(cin))
-        layers.append(ResnetBlock(cin, cin, c.dropout))
-        if c.attention:
-            layers.append(SpatialAttention(cin))
-        layers += [ResnetBlock(cin, cin, c.dropout), norm(cin), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1)]
+        cin = _stages(layers, c, [c.channels * m for m in c.channel_mult], c.channels, Downsample)
+        layers += _middle(c, cin) + [norm(cin), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,17 +69,8 @@ class Decoder(nn.Module):
     def __init__(self, c: VQVAEConfig, in_channels: int):
         super().__init__()
         widths = [c.channels * m for m in reversed(c.channel_mult)]
-        cin = widths[0]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, cin, 3, padding=1), ResnetBlock(cin, cin, c.dropout)]
-        if c.attention:
-            layers.append(SpatialAttention(cin))
-        layers.append(ResnetBlock(cin, cin, c.dropout))
-        for i, w in enumerate(widths):
-            for _ in range(c.num_res_blocks):
-                layers.append(ResnetBlock(cin, w, c.dropout))
-                cin = w
-            if i < len(widths) - 1:
-                layers.append(Upsample(cin))
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1), *_middle(c, widths[0])]
+        cin = _stages(layers, c, widths, widths[0], Upsample)
         layers += [norm(cin), nn.SiLU(), nn.Conv2d(cin, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 

@@ -161,7 +161,8 @@ def default_preset(kind: str) -> str:
 def train_generator(
     kind: str, tokenizer: str | Path, data: str, out: Path, cfg: TrainConfig, preset: str | None = None,
     num_images: int = NUM_IMAGES, text_length: int | None = None, resume: bool = False,
-    cache_dir: Path | None = None, dataset: Any = None, budget: int | None = None, **overrides: Any,
+    cache_dir: Path | None = None, dataset: Any = None, budget: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a ``kind`` generator (preset default ``KIND-shapes``) on the tokens of ``tokenizer``.
 
@@ -172,7 +173,8 @@ def train_generator(
     ``dataset``: the training images when not ``data``'s train split (e.g. a ``data.InMemory`` pool
     of it shared by several runs); ``data`` still names the data and gives the evaluation prompts.
     ``budget``: on a promptable tokenizer's ordered tokens, model only the first ``budget`` (any
-    prefix decodes), fixed for the run."""
+    prefix decodes), fixed for the run. ``overrides`` replace preset config fields, as
+    ``train_tokenizer``'s do."""
     out = Path(out)
     preset = preset or default_preset(kind)
     model_kind = registry.get_preset("generator", preset).model
@@ -199,7 +201,7 @@ def train_generator(
     if not has_run:
         text = _built_text(captions, text_length)
     torch.manual_seed(cfg.seed)
-    generator = registry.build("generator", preset, spec=spec, text=text, **overrides)
+    generator = registry.build("generator", preset, spec=spec, text=text, **(overrides or {}))
     generator.fit(tokens[: len(captions) - VAL_ITEMS])  # a resumed run loads what this measured
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
     prompts = [val[i]["caption"] for i in range(min(EVAL_PROMPTS, len(val)))]
