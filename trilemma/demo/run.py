@@ -21,9 +21,8 @@ def graph(out: Path, plan: DemoPlan) -> list[Task]:
     ``after`` are done): the token generators' tokenizer first (the longest chain: vq, then three
     generators, then editing), the small tokenizers, the probe and the rerank scorer beside it; then
     what trains on the AE alone (its generators, the promptable tokenizer), which is ready long before
-    the vq, so the other worker is busy while the vq trains; then the vq's generators, longest first.
-    With the promptable tokenizer before the generators instead, make demo took 710 s (runs/demo27),
-    one worker idle for the last 115 s."""
+    the vq, so the other worker is busy while the vq trains; then the vq's generators, longest first,
+    so that no worker idles at the end (docs/experiments.md, "Task order")."""
     def tokenizer(name: str) -> Task:
         return Task(name, tasks.tokenizer, (out, plan, name), ("ae",) if name == "promptable" else ())
 
