@@ -2,6 +2,7 @@
 generator family trained and evaluated, editing, reranking, the report."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 from trilemma.data.text import words
 from trilemma.demo.plan import GENERATORS, PLANS, TOKENIZERS
+from trilemma.demo.report import ATTRIBUTES
 
 
 @pytest.mark.slow
@@ -32,14 +34,11 @@ def test_quick_demo_writes_a_report(tmp_path):
     assert (out / "tradeoff" / "psnr_vs_bits.png").is_file()
     for kind in GENERATORS:
         assert (out / f"{kind}_samples.png").is_file()
-        gen = results["generation"][kind]
-        assert gen["fid"] >= 0 and 0 <= gen["adherence_mean"] <= 1
     assert set(results["editing"]) == {"dalle", "parti", "muse"}  # diffusion has no ids to keep
     for edit in results["editing"].values():  # an edit keeps what lies outside its box far better than what it redraws
         assert edit["psnr_outside"] > edit["psnr_inside"] + 3, edit
-    rerank = results["rerank"]
-    assert rerank["n"] == 8 and rerank["score_reranked"] >= rerank["score_plain"]
     report = (out / "report.md").read_text()
+    check_generation_and_rerank(results, report)
     for needle in ("trilemma study", "Prompted region", "Generation", "diffusion (ae)", "Editing", "Reranking", "Time"):
         assert needle in report, needle
     assert "diffusion temperature 1, guidance 3, 4 steps" in report  # each family's sampling, as the plan sets it
@@ -61,6 +60,35 @@ def test_quick_demo_writes_a_report(tmp_path):
         assert {k: v for k, v in rerun["generation"][kind].items() if k.startswith(("adherence", "fid"))} == \
             {k: v for k, v in scores.items() if k.startswith(("adherence", "fid"))}
     assert rerun["editing"] == results["editing"]
+
+
+def check_generation_and_rerank(results: dict, report: str) -> None:
+    """What the quick demo can guarantee of its generation and rerank scores. Its probe (60 steps) and
+    generators (30 steps) are too short for any adherence level: adherence is checked for presence and range."""
+    gens, ceiling = results["generation"], results["study"]["adherence_ceiling"]
+    assert list(gens) == list(GENERATORS) and set(ceiling) == set(GENERATORS.values())
+    floors = {g["fid_floor"] for g in gens.values()}
+    # One benchmark, so one real-vs-real floor; above 0 because its two real sets are disjoint.
+    assert len(floors) == 1 and 0 < min(floors) < math.inf, floors
+    for kind, gen in gens.items():
+        # A perfect generator scores about the floor; 30 steps of a tiny model are far from it (~9x measured).
+        assert math.isfinite(gen["fid"]) and gen["fid"] > 2 * gen["fid_floor"], (kind, gen["fid"], gen["fid_floor"])
+        accs = [gen[f"adherence_{a}_acc"] for a in (*ATTRIBUTES, "object", "image")]
+        assert all(v is not None and 0 <= v <= 1 for v in accs), (kind, accs)  # accuracies over scored objects
+        assert gen["adherence_mean"] == pytest.approx(sum(accs[: len(ATTRIBUTES)]) / len(ATTRIBUTES))
+    for tok, scores in ceiling.items():  # the probe on each tokenizer's reconstructions of the real images
+        assert all(0 <= scores[f"adherence_{a}_acc"] <= 1 for a in (*ATTRIBUTES, "object", "image")), tok
+    # The report's generation table: a column per family (with its tokenizer), holding that family's numbers.
+    lines = report.splitlines()
+    assert "| metric | " + " | ".join(f"{g} ({t})" for g, t in GENERATORS.items()) + " |" in lines
+    (fid_row,) = [line for line in lines if line.startswith("| FID (probe features) |")]
+    fids = [float(cell) for cell in fid_row.strip("|").split("|")[1:]]
+    assert fids == pytest.approx([gens[g]["fid"] for g in gens], rel=1e-3)  # printed to 4 significant digits
+    rerank = results["rerank"]
+    assert rerank["n"] == 8 and rerank["candidates"] == 2 and set(rerank["plain"]) == set(rerank["reranked"])
+    # The one sample is one of the candidates (same seed), so the best of 2 scores at least as high for each prompt,
+    # and higher overall unless the first candidate won for all 8 prompts (about 1 in 256; this run: 0.097 -> 0.117).
+    assert rerank["score_reranked"] > rerank["score_plain"], rerank
 
 
 def test_plans_name_every_study_model():

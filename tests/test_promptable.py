@@ -11,6 +11,7 @@ from PIL import Image
 
 from trilemma import checkpoint, registry
 from trilemma.cli import main
+from trilemma.generators.sampling import SamplingConfig
 from trilemma.tokens import Prompt, Tokens
 
 BOX = torch.tensor([[[0.1, 0.2, 0.5, 0.6]]])
@@ -250,7 +251,8 @@ def test_on_a_frozen_base_autoencoder_the_tokens_describe_its_latents(tmp_path, 
 
 def test_region_study_measures_inside_and_outside_the_box():
     from trilemma.data import load_dataset
-    from trilemma.metrics.prompted import first_object_boxes, masked_psnr, region_study
+    from trilemma.metrics.prompted import first_object_boxes, region_study
+    from trilemma.metrics.scores import psnr
 
     ds = load_dataset("shapes", split="test", size=32)
     items = [ds[i] for i in range(6)]
@@ -266,8 +268,8 @@ def test_region_study_measures_inside_and_outside_the_box():
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., :8, :8] = 1
     recon = images[:1] + 0.5 * mask
-    assert masked_psnr(recon, images[:1], 1 - mask).isinf().all()
-    assert abs(masked_psnr(recon, images[:1], mask).item() - 10 * math.log10(4 / 0.25)) < 1e-6
+    assert psnr(recon, images[:1], mask=1 - mask).isinf().all()
+    assert abs(psnr(recon, images[:1], mask=mask).item() - 10 * math.log10(4 / 0.25)) < 1e-5
 
 
 def test_a_generator_trains_at_a_budget_and_an_autoregressive_one_stops_early(tmp_path, capsys):
@@ -278,6 +280,17 @@ def test_a_generator_trains_at_a_budget_and_an_autoregressive_one_stops_early(tm
     assert main(["train", "generator", "--kind", "dalle", "--preset", "dalle-tiny", *common, "--budget", "4", "--out", gen]) == 0
     meta = checkpoint.read_config(tmp_path / "gen" / "model", kind="generator")
     assert meta["budget"] == 4 and meta["context"]["spec"]["max_tokens"] == 4  # models the first 4 of 8 tokens
+    # It stops early: budget j draws exactly j tokens in j steps (one transformer pass and one image-head
+    # draw per token: the prompt's pass predicts the first, each later one a cached step), not 4 then cut.
+    model = checkpoint.load(tmp_path / "gen" / "model", kind="generator")
+    calls = {"transformer": 0, "image_head": 0}
+    for name in calls:
+        getattr(model, name).register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    text_ids = model.text.encode(["a red circle", "a blue square"])
+    for j in (1, 2, 3, 4):
+        calls.update(transformer=0, image_head=0)
+        ids = model.sample(text_ids, SamplingConfig(budget=j, seed=0)).ids
+        assert tuple(ids.shape) == (2, j) and calls == {"transformer": j, "image_head": j}, (j, calls)
     for k in ("2", "4"):
         assert main(["generate", "a red circle", "--generator", gen, "--n", "2", "--budget", k, "--seed", "0",
                      "--out", str(tmp_path / f"g{k}.png")]) == 0

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
@@ -20,7 +21,7 @@ def test_spec_validates_and_round_trips():
 def test_tokens_slice_cat_and_shape_checks():
     ids = torch.arange(24).reshape(4, 6)
     mask = ids % 2 == 0
-    t = Tokens(ids=ids, mask=mask, positions=ids.clone(), prompt=Prompt(budget=3, boxes=torch.rand(4, 1, 4)))
+    t = Tokens(ids=ids, mask=mask, prompt=Prompt(budget=3, boxes=torch.rand(4, 1, 4)))
     assert t.batch_size == 4 and t.num_tokens == 6 and len(t) == 4
     assert t[1].ids.tolist() == [ids[1].tolist()]
     assert t[-1].ids.tolist() == [ids[-1].tolist()]
@@ -48,6 +49,16 @@ def test_tokens_save_load_bit_exact(tmp_path):
     assert torch.equal(u.prompt.points, t.prompt.points) and u.prompt.budget == 5 and u.prompt.boxes is None
     assert u.meta == {"image_size": 32}
     assert Tokens.load_spec(path) == spec
+
+
+def test_tokens_files_with_the_retired_positions_tensor_still_load(tmp_path):
+    # Files written before Tokens.positions was removed carry a "positions" tensor: it is ignored.
+    ids, mask = torch.arange(6).reshape(2, 3), torch.tensor([[True, True, False], [True, False, False]])
+    path = tmp_path / "old.safetensors"
+    save_file({"ids": ids, "positions": ids.clone(), "mask": mask}, str(path), metadata={"meta": "{}"})
+    t = Tokens.load(path)
+    assert torch.equal(t.ids, ids) and torch.equal(t.mask, mask) and not hasattr(t, "positions")
+    assert t.tokens_per_image().tolist() == [2, 1]
 
 
 def test_tokens_load_errors_name_the_file(tmp_path):

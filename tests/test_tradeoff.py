@@ -2,15 +2,13 @@
 
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
 from PIL import Image
 
 from trilemma import checkpoint, registry
-from trilemma.metrics import scores
+from trilemma.metrics.reconstruction import evaluate_reconstruction
 from trilemma.studies.report import markdown_table, write_report
 from trilemma.studies.tradeoff import discrete_front, pareto_front, tradeoff, trilemma_weights
 
@@ -119,34 +117,6 @@ def test_markdown_table_marks_the_front():
 # ----------------------------------------------------------------------------- end to end
 
 
-def _standin_evaluate(tokenizer, images, features=None, batch_size=64, lpips=True, progress=True):
-    """The subset of ``evaluate_reconstruction`` the sweep reads, for when it is not importable."""
-    tokens = tokenizer.encode(images)
-    recon = tokenizer.decode(tokens).clamp(-1, 1)
-    spec = tokenizer.spec
-    n = float(tokens.tokens_per_image().float().mean())
-    return {
-        "psnr": scores.psnr(recon, images).mean().item(), "ssim": scores.ssim(recon, images).mean().item(),
-        "lpips": None, "rfid": None, "discrete": spec.discrete,
-        "codebook_usage": scores.codebook_usage(tokens.ids, spec.vocab_size) if spec.discrete else None,
-        "perplexity": None, "tokens_per_image": n,
-        "bits_per_image": n * spec.bits_per_token if spec.discrete else None,
-        "floats_per_image": None if spec.discrete else n * spec.latent_dim,
-        "encode_images_per_s": 1.0, "decode_images_per_s": 1.0,
-    }
-
-
-@pytest.fixture
-def reconstruction_api(monkeypatch):
-    """The real ``trilemma.metrics.reconstruction`` when present, else a stand-in module."""
-    try:
-        import trilemma.metrics.reconstruction  # noqa: F401
-    except ModuleNotFoundError:
-        module = types.ModuleType("trilemma.metrics.reconstruction")
-        module.evaluate_reconstruction = _standin_evaluate
-        monkeypatch.setitem(sys.modules, "trilemma.metrics.reconstruction", module)
-
-
 @pytest.fixture
 def saved_tokenizers(tmp_path, tiny_vq):
     dirs = []
@@ -157,7 +127,7 @@ def saved_tokenizers(tmp_path, tiny_vq):
     return dirs
 
 
-def test_tradeoff_end_to_end(saved_tokenizers, reconstruction_api, tmp_path):
+def test_tradeoff_end_to_end(saved_tokenizers, tmp_path):
     torch.set_num_threads(1)
     rows = tradeoff([saved_tokenizers[0].parent, *saved_tokenizers[1:]], data="shapes", n=8, features=None,
                     lpips=False, progress=False)
@@ -177,18 +147,18 @@ def test_tradeoff_feeds_every_tokenizer_the_same_images(saved_tokenizers):
 
     def record(tokenizer, images, **kwargs):
         seen.append(images)
-        return _standin_evaluate(tokenizer, images, **kwargs)
+        return evaluate_reconstruction(tokenizer, images, **kwargs)
 
-    tradeoff(saved_tokenizers, n=4, features="none", progress=False, evaluate=record)
+    tradeoff(saved_tokenizers, n=4, features="none", lpips=False, progress=False, evaluate=record)
     assert len(seen) == 3 and all(torch.equal(s, seen[0]) for s in seen) and seen[0].shape == (4, 3, 32, 32)
 
 
 def test_tradeoff_refuses_mixed_image_sizes(saved_tokenizers, tmp_path):
     big = checkpoint.save(registry.build("tokenizer", "patch4-8bit", image_size=48), tmp_path / "big")
     with pytest.raises(ValueError, match="different image sizes"):
-        tradeoff([saved_tokenizers[0], big], n=2, features=None, evaluate=_standin_evaluate)
+        tradeoff([saved_tokenizers[0], big], n=2, features=None, lpips=False)
     with pytest.raises(ValueError, match="shapes"):
-        tradeoff([saved_tokenizers[0]], data=str(tmp_path), n=2, features="domain", evaluate=_standin_evaluate)
+        tradeoff([saved_tokenizers[0]], data=str(tmp_path), n=2, features="domain", lpips=False)
 
 
 def test_split_all_evaluates_every_image_of_a_folder(saved_tokenizers, tmp_path):
@@ -198,12 +168,17 @@ def test_split_all_evaluates_every_image_of_a_folder(saved_tokenizers, tmp_path)
     folder.mkdir()
     for i in range(30):  # a hash-based 5% hold-out of 30 images holds one or two of them
         Image.new("RGB", (32, 32), (8 * i, 100, 200)).save(folder / f"{i:02d}.png")
+    seen = []
+
+    def record(tok, images, **kw):
+        seen.append(len(images))
+        return evaluate_reconstruction(tok, images, **kw)
+
     counts = {}
     for split in ("test", "all"):
-        seen = []
-        tradeoff(saved_tokenizers[:1], data=str(folder), n=100, features="none", progress=False, split=split,
-                 evaluate=lambda tok, images, **kw: seen.append(len(images)) or _standin_evaluate(tok, images, **kw))
-        counts[split] = seen[0]
+        tradeoff(saved_tokenizers[:1], data=str(folder), n=100, features="none", lpips=False, progress=False,
+                 split=split, evaluate=record)
+        counts[split] = seen[-1]
     assert counts["all"] == 30 and counts["test"] < 30
     with pytest.raises(ValueError, match="shapes is generated per split"):
-        tradeoff(saved_tokenizers[:1], n=2, features="none", split="all", evaluate=_standin_evaluate)
+        tradeoff(saved_tokenizers[:1], n=2, features="none", lpips=False, split="all")

@@ -85,7 +85,7 @@ class Prompt:
         return Prompt(**kw)
 
 
-_TENSOR_FIELDS = ("ids", "latents", "positions", "mask")
+_TENSOR_FIELDS = ("ids", "latents", "mask")
 
 
 @dataclass
@@ -94,14 +94,12 @@ class Tokens:
 
     ids:       LongTensor [B, N] or [B, N, levels] (discrete tokenizers)
     latents:   FloatTensor [B, N, D] (continuous tokenizers, or the quantized vectors)
-    positions: LongTensor [B, N] flat raster positions of sparse tokens
     mask:      BoolTensor [B, N] True where a token is valid (sparse tokens are padded)
     prompt:    the Prompt the tokens were made for (a promptable tokenizer needs it to decode)
     """
 
     ids: torch.Tensor | None = None
     latents: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     prompt: Prompt | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able extras (e.g. image size)
@@ -208,7 +206,7 @@ class Tokens:
         if "prompt.budget" in meta:
             ptensors = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("prompt.")}
             prompt = Prompt(budget=json.loads(meta["prompt.budget"]), **ptensors)
-        kw = {k: tensors.get(k) for k in _TENSOR_FIELDS}
+        kw = {k: tensors.get(k) for k in _TENSOR_FIELDS}  # other tensors (older files' "positions") are ignored
         return cls(**kw, prompt=prompt, meta=json.loads(meta.get("meta", "{}")))
 
     @staticmethod
