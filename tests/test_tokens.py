@@ -18,6 +18,12 @@ def test_spec_validates_and_round_trips():
     assert TokenSpec("continuous", 4, latent_dim=3).bits_per_token is None
 
 
+def test_a_spec_saved_with_its_old_field_name_loads_as_ordered():
+    old = {"kind": "discrete", "max_tokens": 32, "vocab_size": 512, "grid": None, "levels": 1, "sparse": True}
+    assert TokenSpec.from_dict(old) == TokenSpec("discrete", 32, vocab_size=512, ordered=True)
+    assert TokenSpec.from_dict({**old, "sparse": False}).ordered is False
+
+
 def test_tokens_slice_cat_and_shape_checks():
     ids = torch.arange(24).reshape(4, 6)
     mask = ids % 2 == 0

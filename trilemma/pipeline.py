@@ -20,9 +20,9 @@ from trilemma.generators.sampling import SamplingConfig
 def check_compatible(tokenizer_spec: Any, generator_spec: Any) -> None:
     """The generator models this tokenizer's tokens: the same spec, or, on ordered 1D tokens (a
     promptable tokenizer), a prefix of them (a generator trained at a budget)."""
-    fields = ("kind", "vocab_size", "latent_dim", "max_tokens", "levels", "grid", "sparse")
+    fields = ("kind", "vocab_size", "latent_dim", "max_tokens", "levels", "grid", "ordered")
     diff = [f for f in fields if getattr(tokenizer_spec, f) != getattr(generator_spec, f)]
-    if tokenizer_spec.sparse and generator_spec.max_tokens <= tokenizer_spec.max_tokens and "max_tokens" in diff:
+    if tokenizer_spec.ordered and generator_spec.max_tokens <= tokenizer_spec.max_tokens and "max_tokens" in diff:
         diff.remove("max_tokens")  # a prefix decodes
     if diff:
         detail = ", ".join(f"{f}: tokenizer {getattr(tokenizer_spec, f)} vs generator {getattr(generator_spec, f)}" for f in diff)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from trilemma.files import check_writable_file, umask_mode
@@ -24,14 +25,14 @@ class TokenSpec:
     """What a generator needs to know about a tokenizer's tokens."""
 
     kind: str  # "discrete" (ids from a finite vocabulary) or "continuous" (latent vectors)
-    max_tokens: int  # tokens per image (the budget ceiling for sparse tokenizers)
+    max_tokens: int  # tokens per image (the budget ceiling of ordered tokens)
     vocab_size: int | None = None  # discrete: ids are in [0, vocab_size)
     latent_dim: int | None = None  # continuous: size of each latent vector
     grid: tuple[int, int] | None = None  # (h, w) when tokens form a raster grid, else None
     levels: int = 1  # ids per position (residual depth, or channels of a patch token)
     # Ordered 1D tokens (a promptable tokenizer): any prefix of the max_tokens decodes, so a generator
     # may model only the first k (trained at a budget) and still decode through this tokenizer.
-    sparse: bool = False
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("discrete", "continuous"):
@@ -60,6 +61,8 @@ class TokenSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TokenSpec":
         d = dict(d)
+        if "sparse" in d:  # what `ordered` was called in specs saved before
+            d["ordered"] = d.pop("sparse")
         if d.get("grid") is not None:
             d["grid"] = tuple(d["grid"])
         return cls(**d)
@@ -94,7 +97,7 @@ class Tokens:
 
     ids:       LongTensor [B, N] or [B, N, levels] (discrete tokenizers)
     latents:   FloatTensor [B, N, D] (continuous tokenizers, or the quantized vectors)
-    mask:      BoolTensor [B, N] True where a token is valid (sparse tokens are padded)
+    mask:      BoolTensor [B, N] True where a token is valid (an image's budget of ordered tokens)
     prompt:    the Prompt the tokens were made for (a promptable tokenizer needs it to decode)
     """
 
@@ -191,8 +194,6 @@ class Tokens:
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokens":
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such tokens file")
@@ -211,8 +212,6 @@ class Tokens:
 
     @staticmethod
     def load_spec(path: str | Path) -> TokenSpec | None:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such tokens file")

@@ -90,7 +90,7 @@ def evaluate_reconstruction(
     - ``codebook_usage``: fraction of the vocabulary used at least once over the whole set and
       ``perplexity``: exp(entropy) of that histogram; with ids [N, T, levels] each level is its own
       codebook and both are averaged over levels. None for continuous tokens;
-    - ``tokens_per_image``: mean number of valid tokens (sparse tokenizers may vary per image);
+    - ``tokens_per_image``: mean number of valid tokens (a promptable tokenizer's may vary per image);
     - ``bits_per_image`` = tokens x levels x log2(vocab) (None for continuous);
       ``floats_per_image`` = tokens x latent_dim (None for discrete); ``discrete``: which one;
     - ``encode_images_per_s``, ``decode_images_per_s``: throughput, each timed on its own.

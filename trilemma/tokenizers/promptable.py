@@ -142,7 +142,7 @@ class PromptableTokenizer(Tokenizer):
 
     @property
     def spec(self) -> TokenSpec:
-        return TokenSpec("discrete", self.config.num_tokens, vocab_size=self.quantizer.vocab_size, sparse=True)
+        return TokenSpec("discrete", self.config.num_tokens, vocab_size=self.quantizer.vocab_size, ordered=True)
 
     # ------------------------------------------------------------------ the two halves
 

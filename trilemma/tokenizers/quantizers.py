@@ -160,7 +160,7 @@ def _check_dead_code_threshold(module: Quantizer, num_vectors: int) -> None:
             f"gives an EMA count of {per_code:.2f} per code, below threshold_ema_dead_code="
             f"{cfg.threshold_ema_dead_code}: live codes will be replaced every step. Use a larger "
             "batch or a lower threshold.",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

@@ -145,7 +145,7 @@ def budget_spec(spec: TokenSpec, budget: int | None) -> TokenSpec:
     tokenizer's ordered tokens (the whole spec when None)."""
     if budget is None:
         return spec
-    if not spec.sparse:
+    if not spec.ordered:
         raise ValueError(f"`budget` needs a promptable tokenizer (ordered 1D tokens); this one makes "
                          f"{'a grid of' if spec.grid else 'a fixed number of'} tokens")
     if not 1 <= budget <= spec.max_tokens:
