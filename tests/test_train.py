@@ -148,25 +148,26 @@ def test_perceptual_loss_without_weights_names_the_file(tmp_path, monkeypatch):
     assert "vgg16-397923af.pth" in str(err.value) and str(tmp_path / "torch") in str(err.value)
 
 
-def test_discriminator_step_sees_only_its_own_loss(tmp_path, monkeypatch):
-    """The generator's adversarial term leaves the discriminator's gradients untouched, and the
-    discriminator steps on exactly the gradients of its own loss."""
+def _critic_gradients(tmp_path, monkeypatch, cfg):
+    """Train with a GAN from step 0 and record, for the critic: its gradients when first asked for its
+    loss, the gradients of its loss on each micro-batch alone (on a copy), and the gradients its
+    optimizer steps on."""
     import copy
 
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from trilemma.tokenizers.losses import LossConfig
 
-    seen = {}
+    seen = {"expected": []}
     real_critic_loss = tokenizer_training.TokenizerTask.critic_loss
 
     def spy(self, critic, images, step):
-        seen["grads_before"] = [p.grad for p in critic.parameters()]
+        seen.setdefault("grads_before", [p.grad for p in critic.parameters()])
         ref = copy.deepcopy(getattr(critic, "module", critic))
         ref.zero_grad(set_to_none=True)
-        real, recon = self._last
+        real, recon = self._for_critic[0]  # what critic_loss is about to take
         self.loss_fn.discriminator_terms(real, recon, ref)["disc"].backward()
-        seen["expected"] = [p.grad.clone() for p in ref.parameters()]
+        seen["expected"].append([p.grad.clone() for p in ref.parameters()])
         seen["critic"] = critic
         return real_critic_loss(self, critic, images, step)
 
@@ -179,13 +180,31 @@ def test_discriminator_step_sees_only_its_own_loss(tmp_path, monkeypatch):
     handle = register_optimizer_step_pre_hook(hook)
     try:
         loss = LossConfig(gan_weight=0.5, gan_start=0, disc_channels=8, disc_layers=2, adaptive_gan_weight=False)
-        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "g", _cfg(1), loss=loss, overrides=TINY, eval_images=8)
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "g", cfg, loss=loss, overrides=TINY, eval_images=8)
     finally:
         handle.remove()
+    return seen
+
+
+def test_discriminator_step_sees_only_its_own_loss(tmp_path, monkeypatch):
+    """The generator's adversarial term leaves the discriminator's gradients untouched, and the
+    discriminator steps on exactly the gradients of its own loss."""
+    seen = _critic_gradients(tmp_path, monkeypatch, _cfg(1))
     assert all(g is None for g in seen["grads_before"])  # the generator step reached no discriminator weight
-    assert len(seen["actual"]) == len(seen["expected"]) > 0
-    for actual, expected in zip(seen["actual"], seen["expected"]):
-        assert torch.allclose(actual, expected, atol=1e-6)
+    [expected] = seen["expected"]
+    assert len(seen["actual"]) == len(expected) > 0
+    for actual, wanted in zip(seen["actual"], expected):
+        assert torch.allclose(actual, wanted, atol=1e-6)
+
+
+def test_with_gradient_accumulation_the_critic_learns_from_every_micro_batch(tmp_path, monkeypatch):
+    """grad_accum=2: the critic's gradient is that of the mean of its loss over both micro-batches."""
+    seen = _critic_gradients(tmp_path, monkeypatch, _cfg(1, grad_accum=2))
+    first, second = seen["expected"]
+    assert len(seen["actual"]) == len(first) > 0
+    assert any(not torch.allclose(a, b) for a, b in zip(first, second))  # the micro-batches differ
+    for actual, a, b in zip(seen["actual"], first, second):
+        assert torch.allclose(actual, (a + b) / 2, atol=1e-6)
 
 
 def test_a_training_step_keeps_every_tensor_on_the_accelerator_device(tmp_path, monkeypatch):
@@ -238,10 +257,11 @@ def tokenizer_run(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["dalle", "parti", "muse"])
 def test_generator_training_resumes_exactly(kind, tokenizer_run, tmp_path, monkeypatch):
-    """Interrupted (a NaN at step 3) then resumed == uninterrupted, caption dropout and masks included."""
+    """Interrupted (a NaN at step 4) then resumed == uninterrupted, caption dropout and masks included,
+    with an evaluation (which samples: random draws) on the step that saved."""
     from trilemma.training import generator as generator_training
 
-    cfg = _cfg(6, ema_decay=0.9, save_every=3, batch_size=16)
+    cfg = _cfg(6, ema_decay=0.9, save_every=3, eval_every=3, batch_size=16)
     kw = dict(preset=f"{kind}-tiny", num_images=64, cache_dir=tokenizer_run / "cache")
     train = lambda out, **more: generator_training.train_generator(  # noqa: E731
         kind, tokenizer_run / "run", "shapes", tmp_path / out, cfg, **kw, **more)
@@ -287,3 +307,76 @@ def test_runs_of_another_precision_follow_in_one_process(tmp_path):
         result = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / f"run{i}", _cfg(1, mixed_precision=precision),
                                  overrides=TINY, eval_images=8)
         assert result["step"] == 1
+
+
+def test_fp16_loss_scale_resumes_exactly(tmp_path, monkeypatch):
+    """The fp16 GradScaler's state (scale, growth tracker) is saved and restored. accelerate makes no
+    scaler on the CPU (its fp16 is GPU-only), so a CPU GradScaler is put where accelerate keeps it
+    (``Accelerator.scaler``, which the prepared optimizer steps through): the test checks that the
+    loop saves and restores whatever scaler accelerate uses, not fp16 arithmetic."""
+    from trilemma.training import loop
+
+    real_accelerator, scalers = loop._accelerator, []
+
+    def with_scaler(mixed_precision):
+        acc = real_accelerator(mixed_precision)
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)  # grows every step
+        scalers.append(acc.scaler)
+        return acc
+
+    monkeypatch.setattr(loop, "_accelerator", with_scaler)
+    cfg = _cfg(4, save_every=2)
+    straight = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "s", cfg, overrides=TINY, eval_images=8)
+    heal = _poison_at(monkeypatch, 2)
+    with pytest.raises(TrainingError):
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides=TINY, eval_images=8)
+    heal()
+    resumed = train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides=TINY, eval_images=8, resume=True)
+    assert scalers[0].get_scale() == 2.0**12  # it grew on each of the 4 steps
+    assert scalers[-1].state_dict() == scalers[0].state_dict()
+    assert checkpoint.load_state(resumed["checkpoint"])["scaler"] == scalers[0].state_dict()
+    a, b = checkpoint.load_state(straight["checkpoint"]), checkpoint.load_state(resumed["checkpoint"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_non_finite_critic_loss_stops_training_naming_the_critic(tmp_path, monkeypatch):
+    from trilemma.tokenizers.losses import LossConfig
+
+    real_critic_loss = tokenizer_training.TokenizerTask.critic_loss
+
+    def poisoned(self, critic, images, step):
+        out = real_critic_loss(self, critic, images, step)
+        return {**out, "disc": out["disc"] * float("nan")} if step == 2 else out
+
+    monkeypatch.setattr(tokenizer_training.TokenizerTask, "critic_loss", poisoned)
+    loss = LossConfig(gan_weight=0.5, gan_start=0, disc_channels=8, disc_layers=2)
+    with pytest.raises(TrainingError) as err:
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "c", _cfg(4, save_every=1), loss=loss, overrides=TINY,
+                        eval_images=8)
+    assert "non-finite critic loss at step 3 (disc=nan)" in str(err.value) and "last good checkpoint" in str(err.value)
+    state = checkpoint.load_state(tmp_path / "c" / "model")
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["critic"].values())
+
+
+def test_the_decoder_trains_on_the_ids_inference_makes_under_bf16(tokenizer_run, tmp_path, monkeypatch):
+    """Under bf16 autocast the decoder task still encodes in fp32: the ids it trains on are the ids
+    ``tokenizer.encode`` gives at inference."""
+    from trilemma.decoders.token_diffusion import TokenDiffusionDecoder
+    from trilemma.training.decoder import train_decoder
+
+    seen = []
+    real_forward = TokenDiffusionDecoder.forward
+
+    def spy(self, images, ids):
+        seen.append((images.detach().clone(), ids.clone()))
+        return real_forward(self, images, ids)
+
+    monkeypatch.setattr(TokenDiffusionDecoder, "forward", spy)
+    train_decoder(tokenizer_run / "run", "shapes", tmp_path / "d", _cfg(2, batch_size=32, mixed_precision="bf16"),
+                  preset="token-diffusion-tiny", eval_images=4)
+    tok = checkpoint.load(tokenizer_run / "run" / "model", kind="tokenizer")
+    assert len(seen) == 2
+    for images, ids in seen:
+        assert images.dtype == torch.float32
+        assert torch.equal(ids, tok.encode(images).ids)
+

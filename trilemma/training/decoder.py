@@ -38,8 +38,10 @@ class DecoderTask(ImageTask):
         self.tokenizer.to(device)
 
     def loss(self, model: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            ids = self.tokenizer.encode(images).ids
+        # Encoded in fp32 even under the loop's autocast: inference encodes in fp32, and ids drawn
+        # from a bf16 encoder would be some the decoder never meets at inference.
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            ids = self.tokenizer.encode(images.float()).ids
         return model(images, ids)
 
     @torch.no_grad()

@@ -5,9 +5,10 @@ discriminator with its own optimizer), where the data comes from (``task.dataset
 ``task.collate``) and how to score it (``task.loss``, ``task.critic_loss``, ``task.evaluate``). The
 loop owns everything else: AdamW with warm-up and cosine decay, gradient accumulation and clipping,
 mixed precision (bf16 autocast, or fp16 with loss scaling), EMA weights, DDP when launched with
-``accelerate launch`` or ``torchrun``, tqdm progress, metrics CSV (and TensorBoard when installed),
-atomic checkpoints with full training state, exact ``resume``, and a clean stop on a non-finite
-loss that keeps the last good checkpoint.
+``accelerate launch`` or ``torchrun`` (each rank drawing its own random numbers: ``rng.py``), tqdm
+progress, metrics CSV (and TensorBoard when installed), atomic checkpoints with full training state,
+exact ``resume``, and a clean stop on a non-finite loss (the model's or the critic's, on any rank:
+every rank stops with the same error) that keeps the last good checkpoint.
 
 Everything the step touches lives on ``accelerator.device``: the prepared model and critic, the EMA
 copy, every batch (``send_to_device``) and whatever the task holds (``task.to``: loss networks,
@@ -21,16 +22,15 @@ import contextlib
 import copy
 import hashlib
 import json
-import random
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import send_to_device
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -38,7 +38,9 @@ from tqdm.auto import tqdm
 from trilemma import checkpoint
 from trilemma.files import atomic_write_bytes
 from trilemma.training.logs import RunLog
+from trilemma.training.rng import mix, rank_seed, rng_kept, rng_state, seed_all, set_rng_state
 from trilemma.training.schedule import warmup_cosine
+from trilemma.training.stopping import TrainingError, stop_if_non_finite
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -110,8 +112,9 @@ class Task:
         raise NotImplementedError
 
     def critic_loss(self, critic: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor] | None:
-        """The critic's own loss (key ``"disc"``, what its optimizer minimises) for the step just
-        taken, or None to skip it this step."""
+        """The critic's own loss (key ``"disc"``, what its optimizer minimises) on one micro-batch of
+        the step just taken, or None to skip it this step. Called after the model's optimizer step,
+        once per micro-batch, in the order ``loss`` saw them."""
         return None
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
@@ -137,10 +140,6 @@ class ImageTask(Task):
         self.eval_images = self.eval_images.to(device)
 
 
-class TrainingError(RuntimeError):
-    pass
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
     return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
@@ -158,30 +157,11 @@ class StepSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.cfg.steps):
             for micro in range(self.cfg.grad_accum):
-                g = torch.Generator().manual_seed(_mix(self.cfg.seed, step, micro, self.rank))
+                g = torch.Generator().manual_seed(mix(self.cfg.seed, step, micro, self.rank))
                 if self.distinct:
                     yield torch.randperm(self.n, generator=g)[: self.cfg.batch_size].tolist()
                 else:
                     yield torch.randint(self.n, (self.cfg.batch_size,), generator=g).tolist()
-
-
-def _mix(*xs: int) -> int:
-    return int.from_bytes(hashlib.sha256(repr(xs).encode()).digest()[:7], "little")
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def init_distributed() -> None:
@@ -225,8 +205,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             return {"step": int(state["step"]), "metrics": {}, "eval": {}, "checkpoint": ckpt_dir, "replicas": []}
 
     acc = _accelerator(cfg.mixed_precision)
-    main, device = acc.is_main_process, acc.device
-    set_seed(cfg.seed, device_specific=False)  # same init on every rank
+    main, device, rank = acc.is_main_process, acc.device, acc.process_index
     model, critic = task.model, task.critic
     if state is not None:
         model.load_state_dict(state["model"])
@@ -241,10 +220,11 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     raw = acc.unwrap_model(model)
     task.to(device)
     ema = copy.deepcopy(raw).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
-    start = 0
+    # The models are built (from one seed: the same on every rank); from here each rank draws its own stream.
+    seed_all(rank_seed(cfg.seed, rank))
+    start = int(state["step"]) if state else 0
     loader = DataLoader(
-        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, int(state["step"]) if state else 0, acc.process_index,
-                                                task.distinct_items),
+        task.dataset, batch_sampler=StepSampler(len(task.dataset), cfg, start, rank, task.distinct_items),
         collate_fn=task.collate, num_workers=cfg.num_workers,
     )
     batches = iter(loader)  # draws a seed from the global RNG: before that RNG is restored
@@ -254,9 +234,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             copt.load_state_dict(state["critic_optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        rngs = state["rng"]
-        _set_rng_state(rngs[acc.process_index] if acc.process_index < len(rngs) else rngs[0])
-        start = int(state["step"])
+        if acc.scaler is not None and state.get("scaler") is not None:  # fp16 loss scale
+            acc.scaler.load_state_dict(state["scaler"])
+        if rank < len(state["rng"]):  # one per rank saved
+            set_rng_state(state["rng"][rank])
+        else:  # a rank the run did not have starts a stream of its own
+            seed_all(mix(cfg.seed, "resume", start, rank))
 
     out.mkdir(parents=True, exist_ok=True)
     if main:
@@ -267,7 +250,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
 
     def save(step: int) -> None:
         acc.wait_for_everyone()
-        rng = [_rng_state()]
+        rng = [rng_state()]
         if acc.num_processes > 1:
             gathered = [None] * acc.num_processes
             torch.distributed.all_gather_object(gathered, rng[0])
@@ -276,6 +259,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             state = {
                 "step": step, "model": raw.state_dict(), "optimizer": opt.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "rng": rng, "train_config": asdict(cfg),
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             }
             if critic is not None:
                 state["critic"] = acc.unwrap_model(critic).state_dict()
@@ -292,25 +276,24 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
             group["lr"] = lr
         model.train()
         sums: dict[str, float] = {}
+        micro_batches = []
         for micro in range(cfg.grad_accum):
             batch = send_to_device(next(batches), device)
-            sync = micro == cfg.grad_accum - 1
-            with acc.no_sync(model) if not sync else contextlib.nullcontext(), acc.autocast():
+            with _no_sync(acc, model, micro, cfg), acc.autocast():
                 losses = task.loss(model, batch, step)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                _stop_non_finite(step, losses, ckpt_dir)
-            acc.backward(loss / cfg.grad_accum)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            acc.backward(losses["loss"] / cfg.grad_accum)  # a NaN here is caught below, before any step
+            _accumulate(sums, losses, cfg.grad_accum)
+            micro_batches.append(batch)
+        stop_if_non_finite(acc, step, sums, "loss", ckpt_dir)
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         # With fp16 loss scaling an overflow is expected now and then: the scaler skips that step.
-        if not torch.isfinite(torch.as_tensor(grad_norm)) and acc.mixed_precision != "fp16":
-            _stop_non_finite(step, {"grad_norm": torch.as_tensor(grad_norm)}, ckpt_dir)
+        # The norm is of gradients already averaged across ranks: every rank decides alike.
+        if not math.isfinite(float(grad_norm)) and acc.mixed_precision != "fp16":
+            stop_if_non_finite(acc, step, {"grad_norm": float(grad_norm)}, "grad_norm", ckpt_dir)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if critic is not None:
-            sums.update(_critic_step(acc, task, critic, copt, batch, step, lr))
+            sums.update(_critic_step(acc, task, critic, copt, micro_batches, step, lr, cfg, ckpt_dir))
         if ema is not None:
             _update_ema(ema, raw, cfg.ema_decay, step)
         done = step + 1
@@ -322,7 +305,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
         if done % cfg.save_every == 0 or done == cfg.steps:
             save(done)
         if main and (done % cfg.eval_every == 0 or done == cfg.steps):
-            eval_metrics = task.evaluate(ema if ema is not None else raw, done, out)
+            with rng_kept():  # sampling draws; training goes on as a run resumed from the save above does
+                eval_metrics = task.evaluate(ema if ema is not None else raw, done, out)
             logger.log("eval", done, eval_metrics)
             bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
     bar.close()
@@ -333,30 +317,43 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     return {"step": max(start, cfg.steps), "metrics": last, "eval": eval_metrics, "checkpoint": ckpt_dir, "replicas": replicas}
 
 
-def _critic_step(acc: Any, task: Task, critic: nn.Module, copt: Any, batch: Any, step: int, lr: float) -> dict[str, float]:
-    """One optimizer step of the critic on its own loss alone (synced across processes by DDP).
+def _critic_step(acc: Any, task: Task, critic: nn.Module, copt: Any, micro_batches: list[Any], step: int, lr: float,
+                 cfg: TrainConfig, ckpt_dir: Path) -> dict[str, float]:
+    """One optimizer step of the critic on its own loss alone, averaged over the step's micro-batches
+    as the model's is (synced across processes by DDP on the last one).
 
     Its gradients are cleared first: whatever reached them before (nothing should: the task's
-    generator-side term runs the critic with frozen parameters) is not the critic's loss."""
-    losses = task.critic_loss(critic, batch, step)
-    if losses is None:
+    generator-side term runs the critic with frozen parameters) is not the critic's loss. It runs
+    after the model's optimizer step, so that an fp16 loss scale moved by that step scales the
+    critic's gradients and unscales them alike."""
+    sums: dict[str, float] = {}
+    for micro, batch in enumerate(micro_batches):
+        with _no_sync(acc, critic, micro, cfg):
+            losses = task.critic_loss(critic, batch, step)
+        if losses is None:
+            continue
+        if not sums:
+            copt.zero_grad(set_to_none=True)
+        acc.backward(losses["disc"] / cfg.grad_accum)
+        _accumulate(sums, losses, cfg.grad_accum)
+    if not sums:
         return {}
+    stop_if_non_finite(acc, step, sums, "disc", ckpt_dir)
     for group in copt.param_groups:
         group["lr"] = lr
-    copt.zero_grad(set_to_none=True)
-    acc.backward(losses["disc"])
     copt.step()
     copt.zero_grad(set_to_none=True)
-    return {k: float(v.detach()) for k, v in losses.items()}
+    return sums
 
 
-def _stop_non_finite(step: int, losses: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
-    bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if not torch.isfinite(v).all())
-    kept = f"the last good checkpoint is {ckpt_dir}" if (ckpt_dir / checkpoint.CONFIG_FILE).exists() else "no checkpoint was written yet"
-    raise TrainingError(
-        f"non-finite loss at step {step + 1} ({bad}); stopped, {kept}. "
-        "Lower `lr` or raise `warmup_steps` and resume with `resume=True`"
-    )
+def _no_sync(acc: Any, model: nn.Module, micro: int, cfg: TrainConfig) -> Any:
+    """DDP all-reduces gradients on the last micro-batch of a step only."""
+    return acc.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+
+
+def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor], grad_accum: int) -> None:
+    for k, v in losses.items():
+        sums[k] = sums.get(k, 0.0) + float(v.detach()) / grad_accum
 
 
 def _accelerator(mixed_precision: str | None) -> Any:

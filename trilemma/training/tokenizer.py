@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from torch import nn
 
 from trilemma import checkpoint, registry
@@ -33,7 +34,8 @@ class TokenizerTask(ImageTask):
         self.dataset = dataset
         self.eval_images = eval_images
         self.extra = extra or {}
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (images, reconstructions) of each micro-batch the generator saw, for the critic's step after it
+        self._for_critic: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def to(self, device: torch.device) -> None:
         super().to(device)
@@ -44,13 +46,14 @@ class TokenizerTask(ImageTask):
         last_layer = getattr(getattr(model, "module", model), "last_layer", None)
         terms = self.loss_fn.generator_terms(images, out.recon, step, last_layer)
         terms.update(out.losses)
-        self._last = (images, out.recon.detach())
+        if self.critic is not None:
+            self._for_critic.append((images, out.recon.detach()))
         return {"loss": sum(terms.values()), **terms}
 
     def critic_loss(self, critic: nn.Module, images: torch.Tensor, step: int) -> dict[str, torch.Tensor] | None:
-        if not self.loss_fn.gan_active(step) or self._last is None:
+        real, recon = self._for_critic.pop(0)  # the loop asks in the order ``loss`` saw the micro-batches
+        if not self.loss_fn.gan_active(step):
             return None
-        real, recon = self._last
         return self.loss_fn.discriminator_terms(real, recon, critic)
 
     @torch.no_grad()
@@ -94,8 +97,12 @@ def train_tokenizer(
     if not tokenizer.trainable:
         if check_run_dir(out, resume=True):  # a file is refused there; a run here
             raise TrainingError(f"{out} already holds a run; choose a new `out` ({preset} has nothing to learn)")
-        checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": preset})
-        print(f"{preset} has nothing to learn; saved it to {out / 'model'}")
+        ranks = PartialState()  # one writer: every rank checked `out` above, the main one saves
+        ranks.wait_for_everyone()
+        if ranks.is_main_process:
+            checkpoint.save(tokenizer, out / "model", extra={"step": 0, "preset": preset})
+            print(f"{preset} has nothing to learn; saved it to {out / 'model'}")
+        ranks.wait_for_everyone()
         return {"checkpoint": out / "model", "step": 0, "eval": {}}
     size = tokenizer.image_size
     if dataset is None:
