@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trilemma.data import FolderDataset, collate, load_dataset
-from trilemma.data.folder import in_val_split
+from trilemma.data import FolderDataset, collate
+from trilemma.data.folder import assign_splits
 
 SIZE = 16
 # the fixture has one malformed metadata line on purpose; only the first test asserts on it
@@ -111,23 +111,69 @@ def test_empty_and_missing_folder(tmp_path):
         FolderDataset(tmp_path / "nowhere")
 
 
-def test_hash_split_is_a_disjoint_deterministic_partition(tmp_path):
-    pixel = Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8))
-    for i in range(120):
-        pixel.save(tmp_path / f"{i:03d}.png")
-    every = load_dataset(str(tmp_path), split="all")
-    train = load_dataset(str(tmp_path), split="train")
-    val = load_dataset(str(tmp_path), split="val")
-    test = load_dataset(str(tmp_path), split="test")
-    assert isinstance(train, FolderDataset)
-    assert set(train.files).isdisjoint(val.files)
-    assert sorted(train.files + val.files) == every.files
-    assert val.files == test.files and 0 < len(val) < 20
-    assert val.files == [f for f in every.files if in_val_split(f)]
+def _distinct_pngs(root, n: int, start: int = 0) -> list[str]:
+    """n small images of distinct colours (so distinct bytes), named by number."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        Image.fromarray(np.full((4, 4, 3), (i % 256, i // 256, 7), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return [f"{i:03d}.png" for i in range(start, start + n)]
+
+
+def _splits(root) -> dict[str, list[str]]:
+    return {split: FolderDataset(root, split=split).files for split in ("all", "train", "val", "test")}
+
+
+def test_content_split_is_disjoint_deterministic_and_keeps_copies_together(tmp_path):
+    _distinct_pngs(tmp_path, 120)
+    copies = tmp_path / "copies"  # each of 6 images planted again under 12 other names
+    copies.mkdir()
+    for k in range(6):
+        for j in range(12):
+            (copies / f"{k}-{j}.png").write_bytes((tmp_path / f"{k:03d}.png").read_bytes())
+    splits = _splits(tmp_path)
+    train, val, test = (set(splits[s]) for s in ("train", "val", "test"))
+    assert not train & val and not train & test and not val & test  # val and test are different images
+    assert sorted(train | val | test) == splits["all"]
+    assert val and test and len(train) > 0.8 * len(splits["all"])
+    for k in range(6):
+        group = {f"{k:03d}.png"} | {f"copies/{k}-{j}.png" for j in range(12)}
+        assert sum(bool(group & part) for part in (train, val, test)) == 1, k  # same bytes, one split
+    assert _splits(tmp_path) == splits  # deterministic
+    (tmp_path / "000.png").rename(tmp_path / "renamed.png")  # the content decides, not the name
+    moved = _splits(tmp_path)
+    assert [s for s in ("train", "val", "test") if "renamed.png" in moved[s]] == \
+        [s for s in ("train", "val", "test") if "000.png" in splits[s]]
+
+
+def test_three_distinct_images_fill_every_split(tmp_path):
+    _distinct_pngs(tmp_path, 3)
+    splits = _splits(tmp_path)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [1, 1, 1]
 
 
 def test_too_small_for_a_split(tmp_path):
-    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "000.png")
-    assert not in_val_split("000.png")
-    with pytest.raises(ValueError, match="split='all'"):
-        FolderDataset(tmp_path, split="val")
+    _distinct_pngs(tmp_path, 1)
+    (tmp_path / "copy.png").write_bytes((tmp_path / "000.png").read_bytes())  # one content, two files
+    held = []
+    for split in ("train", "val", "test"):
+        try:
+            held.append((split, FolderDataset(tmp_path, split=split).files))
+        except ValueError as err:
+            assert "split='all'" in str(err)
+    assert len(held) == 1 and held[0][1] == ["000.png", "copy.png"]
+
+
+def _at(u: float) -> str:
+    """A content digest whose hash falls at ``u`` in [0, 1)."""
+    return f"{int(u * 2**64):016x}" + "0" * 48
+
+
+@pytest.mark.parametrize("positions, expected", [
+    ([0.3, 0.5, 0.7], ["val", "test", "train"]),  # 3 contents: one in each split
+    ([0.01, 0.02, 0.03], ["val", "test", "train"]),  # ... even when all fall below 5%
+    ([0.01, 0.02, 0.06, 0.5], ["val", "val", "test", "train"]),  # thresholds: 5% val, next 5% test
+    ([0.5, 0.6], ["train", "train"]),  # fewer than 3: thresholds only
+    ([0.01, 0.07], ["val", "test"]),
+])
+def test_the_split_rule(positions, expected):
+    assert list(assign_splits({str(u): _at(u) for u in positions}).values()) == expected

@@ -1,5 +1,6 @@
 """The embedded shapes dataset: deterministic pixels, exact captions, exact ground truth."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from trilemma.data import (COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, attributes_to_cells,
-                           cells_to_attributes, collate, load_dataset, parse_caption)
+from trilemma.data import (COLORS, NOVEL_PAIRS, POSITIONS, SHAPES, SIZES, ShapesDataset,
+                           attributes_to_cells, cells_to_attributes, collate, composition_key,
+                           load_dataset, parse_caption, split_of)
 from trilemma.data.shapes import RGB, caption, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +21,7 @@ DIGEST = """
 import hashlib
 from trilemma.data import ShapesDataset
 h = hashlib.sha256()
-for split in ("train", "val"):
+for split in ("train", "val", "novel"):
     ds = ShapesDataset(split=split, size=32, seed=7)
     for i in (0, 1, 2, 999, 123456):
         item = ds[i]
@@ -59,7 +61,8 @@ def test_item_format_and_lengths():
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["image"].min() >= -1 and item["image"].max() <= 1
     assert 1 <= len(item["attributes"]) <= 3
-    assert (len(ds), len(ShapesDataset("val")), len(ShapesDataset("test"))) == (50_000, 1000, 1000)
+    assert item["split"] == "train" and item["novel_pairs"] == []
+    assert [len(ShapesDataset(s)) for s in ("train", "val", "test", "novel")] == [50_000, 1000, 1000, 1000]
     assert len(ShapesDataset("val", length=5)) == 5
     assert ds[10**9]["caption"]  # the stream is infinite
     with pytest.raises(IndexError):
@@ -186,3 +189,76 @@ def test_load_dataset_and_collate(tmp_path):
     assert len(batch["caption"]) == 4 and len(batch["attributes"]) == 4
     with pytest.raises(ValueError, match="expected 'shapes' or a directory of images"):
         load_dataset(str(tmp_path / "nope"))
+
+
+# ------------------------------------------------------------------ held out means unseen
+def _composition(attrs: list[dict]) -> tuple:
+    """What fully determines a shapes image (the renderer has no jitter): its objects, by cell."""
+    return tuple(sorted((POSITIONS.index(a["position"]), a["shape"], a["color"], a["size"])
+                        for a in attrs))
+
+
+def _pairs(attrs: list[dict]) -> set[tuple[str, str]]:
+    return {(a["color"], a["shape"]) for a in attrs}
+
+
+@pytest.fixture(scope="module")
+def train_head():
+    """train[:5000]: each item's composition and its pixels' digest."""
+    ds = ShapesDataset("train")
+    items = [ds[i] for i in range(5000)]
+    return ([_composition(it["attributes"]) for it in items],
+            [hashlib.sha256(it["image"].numpy().tobytes()).hexdigest() for it in items])
+
+
+@pytest.mark.parametrize("split", ["val", "test", "novel"])
+def test_held_out_splits_share_no_composition_and_no_image_with_train(split, train_head):
+    compositions, digests = train_head
+    held = ShapesDataset(split)
+    items = [held[i] for i in range(1000)]
+    seen = {_composition(it["attributes"]) for it in items}
+    pixels = {hashlib.sha256(it["image"].numpy().tobytes()).hexdigest() for it in items}
+    assert not seen & set(compositions)
+    assert not pixels & set(digests)
+    if split == "test":
+        val = {_composition(ShapesDataset("val").attributes(i)) for i in range(1000)}
+        assert not seen & val
+
+
+def test_novel_pairs_only_in_the_novel_split():
+    novel = set(NOVEL_PAIRS)
+    assert 2 <= len(novel) <= 3
+    train = ShapesDataset("train")
+    assert not any(_pairs(train.attributes(i)) & novel for i in range(5000))
+    assert train[0]["novel_pairs"] == [] and train[0]["split"] == "train"
+    ds = load_dataset("shapes", split="novel")
+    assert len(ds) == 1000
+    found = set()
+    for i in range(1000):
+        item = ds[i]
+        pairs = _pairs(item["attributes"]) & novel
+        assert pairs and item["split"] == "novel"
+        assert item["novel_pairs"] == sorted(f"{c} {s}" for c, s in pairs)
+        found |= pairs
+    assert found == novel  # every held-out pair is asked for
+
+
+def test_each_split_keeps_every_object_count_and_varied_one_object_scenes():
+    for split in ("train", "val", "test", "novel"):
+        ds = ShapesDataset(split)
+        drawn = [ds.attributes(i) for i in range(900)]
+        counts = np.bincount([len(attrs) for attrs in drawn], minlength=4)[1:]
+        assert (counts > 250).all(), (split, counts)  # the count is drawn before the objects
+        ones = {_composition(attrs) for attrs in drawn if len(attrs) == 1}
+        assert len(ones) >= 20, (split, len(ones))  # one-object scenes held out are not a handful
+
+
+def test_a_compositions_split_depends_on_its_objects_only():
+    objects = ShapesDataset("test").attributes(0)
+    assert split_of(objects) == split_of(objects[::-1]) == "test"  # the canonical form sorts by cell
+    assert composition_key(objects) == composition_key(objects[::-1])
+    red_triangle = {"shape": "triangle", "color": "red", "size": "small", "position": "top"}
+    assert split_of([red_triangle] + [o for o in objects if o["position"] != "top"]) == "novel"
+    # neither the seed nor the size moves a composition: a model trained at seed 1 is tested at 0
+    other_seed = {_composition(ShapesDataset("train", seed=1, size=48).attributes(i)) for i in range(3000)}
+    assert not other_seed & {_composition(ShapesDataset("test").attributes(i)) for i in range(1000)}

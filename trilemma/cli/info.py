@@ -1,4 +1,5 @@
-"""``trilemma list`` (what the registry holds) and ``trilemma data preview`` (a look at a dataset)."""
+"""``trilemma list`` (what the registry holds), ``trilemma data preview`` (a look at a dataset) and
+``trilemma data splits`` (each split's size and what the splits share)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from trilemma import registry
 from trilemma.cli import options
 from trilemma.cli.options import command, group, positive_int, seed
-from trilemma.data import load_dataset
+from trilemma.data import load_dataset, split_overlap
 from trilemma.images import save_grid
 
 
@@ -21,9 +22,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="'shapes' or a directory of images")
     p.add_argument("--n", type=positive_int, default=16, help="images in the grid")
     p.add_argument("--size", type=positive_int, default=32, help="image size")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--split", default="train", choices=["train", "val", "test", "novel", "all"],
+                   help="novel: shapes with a held-out colour x shape pair; all: every image of a folder")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", default="preview.png")
+    p = command(data, "splits", "each split's size and the exact duplicates the splits share "
+                "(images, captions, and shapes' compositions or a folder's file bytes)", run_splits)
+    p.add_argument("dataset", help="'shapes' or a directory of images")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="measure the first N items of each split (default: all; shapes' train is 50k)")
+    p.add_argument("--size", type=positive_int, default=32, help="image size")
+    p.add_argument("--seed", type=seed, default=0, help="shapes' seed")
 
 
 def run_list(args: argparse.Namespace) -> None:
@@ -48,3 +57,30 @@ def run_preview(args: argparse.Namespace) -> None:
     if callable(report) and report():
         print(report())
     print(f"wrote {n} images with captions to {args.out}")
+
+
+def run_splits(args: argparse.Namespace) -> None:
+    r = split_overlap(args.dataset, n=args.n, size=args.size, seed=args.seed, progress=True)
+    shapes = r["dataset"] == "shapes"
+    print(f"{r['dataset']}: size {r['size']}" + (f", seed {r['seed']}" if shapes else ""))
+    extra = ("objects 1/2/3", "novel pair") if shapes else ("unreadable",)
+    rows = [("split", "length", "measured") + extra]
+    for split, info in r["splits"].items():
+        if shapes:
+            objects = "/".join(str(info["objects"].get(str(k), 0)) for k in (1, 2, 3))
+            cells = (objects, str(info["novel_pair_items"]))
+        else:
+            cells = (str(info["unreadable"]),)
+        rows.append((split, str(info["length"]), str(info.get("measured", "-"))) + cells)
+    _table(rows)
+    print("shared: items of the second split equal to one of the first's (measured items only)")
+    rows = [("splits",) + tuple(r["kinds"])]
+    for o in r["overlap"]:
+        rows.append((" / ".join(o["splits"]),) + tuple(f"{o[k]}/{o['measured'][1]}" for k in r["kinds"]))
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))

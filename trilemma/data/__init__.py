@@ -2,7 +2,9 @@
 
 Every dataset yields the same item dict, so training and evaluation never care which one they
 got: ``{"image": float32 [3, H, W] in [-1, 1], "caption": str, "attributes": list | None, ...}``
-(``attributes`` is the exact ground truth on shapes, None on folders; folders add ``"path"``).
+(``attributes`` is the exact ground truth on shapes, None on folders; folders add ``"path"``,
+shapes ``"split"`` and ``"novel_pairs"``). Held-out splits are unseen: no composition (shapes) or
+file content (folders) is in two splits; ``split_overlap`` measures it.
 Data knows no model: nothing here imports tokenizers or generators.
 """
 
@@ -12,24 +14,27 @@ import os
 
 import torch
 
+from trilemma.data.compositions import (COLORS, NOVEL_PAIRS, POSITIONS, SHAPES, SIZES,
+                                        composition_key, split_of)
 from trilemma.data.folder import FolderDataset
-from trilemma.data.shapes import (COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset,
-                                  attributes_to_cells, caption, cells_to_attributes,
+from trilemma.data.overlap import split_overlap
+from trilemma.data.shapes import (ShapesDataset, attributes_to_cells, caption, cells_to_attributes,
                                   parse_caption)
 from trilemma.data.text import TextTokenizer
 
-__all__ = ["COLORS", "POSITIONS", "SHAPES", "SIZES", "FolderDataset", "ShapesDataset",
+__all__ = ["COLORS", "NOVEL_PAIRS", "POSITIONS", "SHAPES", "SIZES", "FolderDataset", "ShapesDataset",
            "InMemory", "TextTokenizer", "attributes_to_cells", "caption", "cells_to_attributes", "collate",
-           "load_dataset", "parse_caption"]
+           "composition_key", "load_dataset", "parse_caption", "split_of", "split_overlap"]
 
 
 def load_dataset(name_or_path: str, split: str = "train", size: int = 32, seed: int = 0,
                  length: int | None = None) -> torch.utils.data.Dataset:
     """``"shapes"`` -> ShapesDataset; an existing directory -> FolderDataset.
 
-    For a folder, ``split`` picks a deterministic hash-based 95/5 partition by relative path:
-    ``"train"`` is the 95%, ``"val"`` and ``"test"`` the same 5% hold-out, ``"all"`` every image.
-    ``seed`` and ``length`` only apply to shapes (a folder is what it is).
+    ``split``: ``"train"``, ``"val"``, ``"test"`` (disjoint by a stable hash, about 90/5/5: shapes
+    by composition, a folder by file content), ``"novel"`` (shapes: the compositions with a held-out colour x shape pair) or
+    ``"all"`` (a folder: every image). ``seed`` and ``length`` only apply to shapes (a folder is
+    what it is).
     """
     name = str(name_or_path)
     if name == "shapes":

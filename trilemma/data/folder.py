@@ -5,19 +5,27 @@ relative to the jsonl's directory and ``text`` or ``caption``), else from a side
 with the image's stem, else "". Images are resized (shorter side, bicubic, antialiased),
 centre-cropped to ``size x size`` and converted to RGB (alpha composited on black).
 
-Lazy by design: the constructor only lists files, so a folder of a million images opens in
-seconds; pixels are decoded in ``__getitem__``. A file that fails to decode never crashes a
+Lazy by design: the constructor only lists files (and, for a split, hashes their bytes: no
+decoding), so a folder of a million images opens in seconds to minutes; pixels are decoded in
+``__getitem__``. A file that fails to decode never crashes a
 run: it is recorded in ``dataset.skipped``, warned about once, and the next readable index is
 returned instead. ``scan()`` decodes everything up front when you want the full report.
 
-Splits: ``split="all"`` uses every image. ``"train"`` / ``"val"`` is a deterministic 95 / 5
-partition by a SHA-256 hash of the image's relative path (``"test"`` is ``"val"``), so the
-partition never changes when files are added elsewhere in the tree and is the same on every
-machine.
+Splits: ``split="all"`` uses every image. ``"train"`` / ``"val"`` / ``"test"`` are disjoint, by a
+SHA-256 hash of each file's *content* (its bytes) into [0, 1): below ``HELD_OUT["val"]`` (5%) is
+val, the next ``HELD_OUT["test"]`` (5%) test, the rest train. Copies of a file under other names
+fall in one split, and a renamed or moved file keeps its split. A small folder: from
+``MIN_HELD_OUT`` (3) distinct contents on, an empty val, then an empty test, takes the lowest hash
+left (and none takes all), so no split is empty and val and test are always the lowest hashes; adding files never moves a
+training image into val or test (while the folder is small, it may move a held-out one on).
+Re-encoded copies (same pixels, other bytes) are not caught: ``trilemma data splits`` measures
+them. The split reads every file once (memoised in the process by path, size and modification
+time); ``"all"`` reads nothing up front.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,14 +38,47 @@ from trilemma.images import ImageReadError, open_rgb, pil_to_tensor, resize_cent
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLITS = ("all", "train", "val", "test")
-VAL_FRACTION = 0.05  # share of images held out for "val" / "test"
+HELD_OUT = {"val": 0.05, "test": 0.05}  # shares of the hash range, in this order; train the rest
+MIN_HELD_OUT = 3  # distinct contents from which val and test hold at least one each
 REPORT_NAMES = 5  # how many skipped file names a report lists
 
 
-def in_val_split(relpath: str) -> bool:
-    """Deterministic hold-out: hash the '/'-separated relative path into [0, 1)."""
-    digest = hashlib.sha256(relpath.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < VAL_FRACTION
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, memoised by path, size and modification time."""
+    st = os.stat(path)
+    return _digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file re-hashes
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def hash_position(digest: str) -> float:
+    """A content digest as a number in [0, 1): where it falls among the splits."""
+    return int(digest[:16], 16) / 2**64
+
+
+def assign_splits(digests: dict[str, str]) -> dict[str, str]:
+    """Each file (relpath -> content digest) -> "train", "val" or "test", by its content's hash.
+
+    The rule of the module docstring: thresholds on ``hash_position``; with at least
+    ``MIN_HELD_OUT`` distinct contents, an empty val (then test) takes the lowest remaining content,
+    and none takes the last content a later split (test, train) needs.
+    """
+    contents = sorted(set(digests.values()), key=hash_position)
+    split_of, bound, start = {}, 0.0, 0
+    for i, (split, share) in enumerate(HELD_OUT.items()):
+        bound += share
+        end = start
+        while end < len(contents) and hash_position(contents[end]) < bound:
+            end += 1
+        if len(contents) >= MIN_HELD_OUT:  # one at least, and one left for each later split
+            end = min(max(end, start + 1), len(contents) - (len(HELD_OUT) - i))
+        split_of.update((c, split) for c in contents[start:end])
+        start = end
+    return {rel: split_of.get(d, "train") for rel, d in digests.items()}
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -55,7 +96,7 @@ class FolderDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise NotADirectoryError(f"not a folder of images: {self.root}")
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+            raise ValueError(f"unknown `split` {split!r}: expected one of {', '.join(SPLITS)}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size, self.split = int(size), split
@@ -65,19 +106,31 @@ class FolderDataset(torch.utils.data.Dataset):
         if not files:
             raise ValueError(f"no images in {self.root} (accepted extensions: "
                              f"{', '.join(self.extensions)})")
+        self.skipped: dict[str, str] = {}  # relpath -> reason, for files that failed to read
         if split != "all":
-            held_out = split in ("val", "test")
-            files = [f for f in files if in_val_split(f) == held_out]
-            if not files:
-                raise ValueError(f"the {split!r} split of {self.root} is empty (a hash-based "
-                                 f"{1 - VAL_FRACTION:.0%}/{VAL_FRACTION:.0%} partition of too "
-                                 "few images): use split='all'")
+            files = self._split_files(files, split)
         self.files: list[str] = files  # '/'-separated paths relative to root
         self._texts = texts  # sidecar .txt relpaths, read lazily
         self._captions = self._read_metadata(metadata)
-        self.skipped: dict[str, str] = {}  # relpath -> reason, for files that failed to decode
 
     # -------------------------------------------------------------------------- listing
+    def _split_files(self, files: list[str], split: str) -> list[str]:
+        digests = {}
+        for rel in files:
+            try:
+                digests[rel] = content_digest(self.root / rel)
+            except OSError as err:  # listed but unreadable: in no split, reported like a bad image
+                self.skipped[rel] = str(err)
+                warnings.warn(f"skipping unreadable image {self.root / rel}: {err}", stacklevel=3)
+        assigned = assign_splits(digests)
+        kept = [rel for rel in files if assigned.get(rel) == split]
+        if not kept:
+            shares = ", ".join(f"{s} {f:.0%}" for s, f in HELD_OUT.items())
+            raise ValueError(f"the {split!r} split of {self.root} is empty ({len(set(digests.values()))} "
+                             f"distinct image file(s); by content hash {shares}, at least one each "
+                             f"from {MIN_HELD_OUT}): use `split='all'`")
+        return kept
+
     def _walk(self) -> tuple[list[str], set[str], list[str]]:
         files, texts, metadata = [], set(), []
         for dirpath, dirnames, filenames in os.walk(self.root):

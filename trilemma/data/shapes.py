@@ -10,6 +10,10 @@ cell. An object has a shape, a colour, a size and a position (its cell). Renderi
 numpy with integer anti-aliasing (supersample, count covered sub-pixels), so pixels are
 bit-identical on every machine.
 
+Held out means unseen: each composition (the objects and their attributes, which fix the image)
+belongs to exactly one split, ``train``, ``val``, ``test`` or ``novel`` (the held-out colour x
+shape pairs), by a stable hash; ``compositions.py`` holds the world's vocabulary and that rule.
+
 Caption grammar (``caption`` and ``parse_caption`` are exact inverses)::
 
     caption  := object ("," object)* " and " object | object
@@ -32,11 +36,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-SHAPES = ("circle", "square", "triangle", "cross")
-COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan")
-SIZES = ("small", "large")
-POSITIONS = ("top left", "top", "top right", "left", "center", "right",
-             "bottom left", "bottom", "bottom right")  # raster order of the 3x3 grid
+from trilemma.data.compositions import (COLORS, POSITIONS, SHAPES, SIZES, SPLITS, draw_objects,
+                                        novel_pairs)
 
 # Corners of the RGB cube: maximally separated, saturated, and exactly representable in uint8.
 RGB = {
@@ -45,10 +46,9 @@ RGB = {
 }
 EXTENT = {"small": 0.52, "large": 0.88}  # object bounding box as a fraction of its cell side
 SUPERSAMPLE = 4  # sub-pixels per pixel side for anti-aliasing
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}  # part of the seed: splits are disjoint streams
-DEFAULT_LENGTH = {"train": 50_000, "val": 1_000, "test": 1_000}
+SPLIT_IDS = {split: i for i, split in enumerate(SPLITS)}  # part of each item's seed
+DEFAULT_LENGTH = {"train": 50_000, "val": 1_000, "test": 1_000, "novel": 1_000}
 MIN_SIZE, MAX_SIZE = 16, 256
-MAX_OBJECTS = 3
 
 # "in the center", "on the left" / "on the right", "at the <anything else>"
 _PLACE = {p: {"center": "in", "left": "on", "right": "on"}.get(p, "at") + " the " + p
@@ -170,17 +170,6 @@ def _index(options: tuple[str, ...], value: str, what: str) -> int:
     return options.index(value)
 
 
-# ---------------------------------------------------------------------------------- sampling
-def sample_attributes(rng: np.random.Generator) -> list[dict]:
-    """1-3 objects in distinct cells with uniform attributes, listed in raster order."""
-    n = int(rng.integers(1, MAX_OBJECTS + 1))
-    cells = sorted(rng.choice(len(POSITIONS), size=n, replace=False).tolist())
-    return [{"shape": SHAPES[int(rng.integers(len(SHAPES)))],
-             "color": COLORS[int(rng.integers(len(COLORS)))],
-             "size": SIZES[int(rng.integers(len(SIZES)))],
-             "position": POSITIONS[c]} for c in cells]
-
-
 # --------------------------------------------------------------------------------- rendering
 def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, h: float) -> np.ndarray:
     """Boolean mask of sub-pixels inside a shape of half-extent h centred at (0, 0)."""
@@ -241,15 +230,21 @@ class ShapesDataset(torch.utils.data.Dataset):
     """Captioned shapes; item ``(seed, split, index)`` is identical in any process.
 
     Indexable at any ``index >= 0`` (the stream is infinite); ``len()`` is ``length``, which
-    defaults to 50k train / 1k val / 1k test. The per-item RNG is
-    ``SeedSequence([seed, split_id, index])`` (never Python's salted ``hash()``), so splits are
-    disjoint streams and an item does not depend on which others were drawn before it.
+    defaults to 50k train / 1k val / 1k test / 1k novel. The per-item RNG is
+    ``SeedSequence([seed, split_id, index])`` (never Python's salted ``hash()``), so an item does
+    not depend on which others were drawn before it; it draws only compositions of its split
+    (``compositions.draw_objects``), so no two splits share a composition, hence no image or
+    caption. ``"novel"`` holds every composition showing a held-out colour x shape pair.
+
+    Items add to the common dict ``"split"`` (the composition's split, the dataset's) and
+    ``"novel_pairs"`` (the held-out pairs it shows, e.g. ``["red triangle"]``; empty outside
+    ``"novel"``), so an evaluation that mixes splits can report each on its own.
     """
 
     def __init__(self, split: str = "train", size: int = 32, seed: int = 0,
                  length: int | None = None):
         if split not in SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLIT_IDS)}")
+            raise ValueError(f"unknown `split` {split!r}: expected one of {', '.join(SPLIT_IDS)}")
         check_size(size)
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -269,12 +264,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         if index < 0:
             raise IndexError(f"shapes index must be >= 0, got {index}")
         ss = np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], int(index)])
-        return sample_attributes(np.random.Generator(np.random.PCG64(ss)))
+        return draw_objects(np.random.Generator(np.random.PCG64(ss)), self.split)
 
     def __getitem__(self, index: int) -> dict:
         attrs = self.attributes(index)
         image = uint8_to_tensor(render(attrs, self.size))
-        return {"image": image, "caption": caption(attrs), "attributes": attrs}
+        return {"image": image, "caption": caption(attrs), "attributes": attrs,
+                "split": self.split, "novel_pairs": novel_pairs(attrs)}
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(split={self.split!r}, size={self.size}, seed={self.seed}, "
