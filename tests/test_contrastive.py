@@ -91,3 +91,13 @@ def test_trains_on_any_captioned_dataset():
     model = _trained(data, contrastive_config(steps=2, batch_size=4), text=text, config=tiny)
     assert model.text.vocab == text.vocab and 0 <= model.r_precision(torch.stack([d["image"] for d in data]),
                                                         [d["caption"] for d in data], candidates=3) <= 1
+
+
+def test_a_caption_padded_to_another_length_embeds_the_same():
+    captions = ["a small red circle at the top left", "a large blue square"]
+    long, short = TextTokenizer.build(captions, max_length=16), TextTokenizer.build(captions, max_length=10)
+    torch.manual_seed(0)
+    model = ContrastiveModel(ContrastiveModel.Config(channels=(8,), image_dim=16), text=long).eval()
+    padded = model.encode_text(captions)
+    model.text = short
+    assert torch.allclose(padded, model.encode_text(captions), atol=1e-6)  # pads neither attended nor pooled

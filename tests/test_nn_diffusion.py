@@ -13,8 +13,8 @@ from trilemma.decoders.token_diffusion import TokenDiffusionConfig
 from trilemma.generators import sampling
 from trilemma.generators.diffusion import DiffusionConfig
 from trilemma.nn import diffusion
-from trilemma.nn.diffusion import (PREDICTIONS, NoiseScheduleConfig, check_noise_schedule, clip_prediction,
-                                   denoising_loss, make_scheduler)
+from trilemma.nn.diffusion import (PREDICTIONS, SCHEDULERS, NoiseScheduleConfig, check_noise_schedule,
+                                   clip_prediction, denoising_loss, make_scheduler)
 
 
 def noised(prediction, t=700, scale=1.0):
@@ -47,6 +47,19 @@ def test_clipping_bounds_the_implied_x0_and_keeps_a_prediction_inside_the_bound(
     implied = sampler.step(clipped, 950, xt).pred_original_sample
     assert torch.allclose(implied, x0.clamp(-3, 3), atol=1e-3) and (x0.abs() > 3).any()
     assert torch.allclose(clip_prediction(target, xt, torch.tensor(950), sampler, 100.0), target, atol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_sampling_from_pure_noise_starts_at_the_last_training_timestep(name, steps):
+    # diffusers' DDIM default ("leading" spacing) started 10 steps at t = 900 and 50 at t = 980:
+    # pure noise read as a less noisy level (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    # Sample Steps are Flawed").
+    config = NoiseScheduleConfig(train_timesteps=1000)
+    sampler = make_scheduler(name, config)
+    sampler.set_timesteps(steps)
+    t = sampler.timesteps
+    assert len(t) == steps and t[0] == config.train_timesteps - 1 and (t[1:] < t[:-1]).all()
 
 
 def oracle(schedule, x0, prediction, seen):

@@ -4,11 +4,13 @@
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
 from einops import rearrange
 from torch import nn
+from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
 from trilemma.registry import build, names
 from trilemma.tokenizers import quantizers  # noqa: F401  (registers the quantizers)
@@ -168,6 +170,36 @@ def test_vq_warns_when_batch_too_small_for_dead_code_threshold():
     q = build("quantizer", "vq", dim=DIM, codebook_size=512).train()
     with pytest.warns(UserWarning, match="threshold_ema_dead_code"):
         q(torch.randn(2, DIM, 4, 4))  # 32 vectors for 512 codes
+
+
+def test_vq_warns_at_a_threshold_equal_to_the_vectors_per_code():
+    q = build("quantizer", "vq", dim=DIM, codebook_size=512).train()
+    with pytest.warns(UserWarning, match=r"2\.00 per code, not above `threshold_ema_dead_code=2\.0`: codes are re-seeded under 1\.00"):
+        q(torch.randn(16, DIM, 8, 8))  # 1024 vectors for 512 codes: exactly the default threshold
+
+
+@pytest.mark.parametrize("name", ["vq", "rvq"])
+def test_dead_codes_are_rare_once_trained_with_two_vectors_per_code(name, monkeypatch, one_thread):
+    # The promptable presets' VQ sees 1024 vectors a step for 512 codes: a uniformly used code's EMA
+    # count is 2, the default threshold, so with the threshold as configured every below-average
+    # code was re-seeded every step (~80 of 512 a step after 30 steps; ~0-2 with it capped at 1).
+    replaced = []
+    original = Codebook.replace
+
+    def counting(self, batch_samples, batch_mask, seq_mask=None):
+        replaced[-1] += int(batch_mask.sum())
+        return original(self, batch_samples, batch_mask, seq_mask)
+
+    monkeypatch.setattr(Codebook, "replace", counting)
+    q = make(name, codebook_size=512).train()
+    g = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the threshold warning, tested above
+        for _ in range(30):
+            replaced.append(0)
+            q(torch.randn(16, DIM, 8, 8, generator=g))  # 1024 vectors
+    levels = q.levels
+    assert sum(replaced[10:]) / 20 < 0.02 * 512 * levels, replaced
 
 
 def test_fsq_is_unaffected_by_bf16_autocast():

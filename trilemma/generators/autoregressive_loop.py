@@ -24,11 +24,13 @@ from trilemma.tokens import Tokens
 
 class Decoding(NamedTuple):
     """What a decoder reads between steps besides the image ids: the condition (``context``:
-    DALL-E's embedded prompt, Parti's prompt encoding) and the KV cache (None: every step
-    recomputes the whole prefix, for checking the cache only)."""
+    DALL-E's embedded prompt, Parti's prompt encoding), the KV cache (None: every step
+    recomputes the whole prefix, for checking the cache only) and where the context may be
+    attended (``context_mask``: Parti's prompt without its padding; None: everywhere)."""
 
     context: torch.Tensor
     cache: KVCache | None
+    context_mask: torch.Tensor | None = None
 
 
 class AutoregressiveGenerator(Generator):

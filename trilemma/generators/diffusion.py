@@ -1,7 +1,8 @@
 """Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
 Models") on a tokenizer's continuous latents, conditioned on our prompt encoder through
 cross-attention (UNet) or joint attention (MMDiT); the decoder that DALL-E 2 and 3 put after their
-token models.
+token models. Neither denoiser attends to the prompt's padding, and MMDiT's pooled text vector is
+the mean over the real tokens, so a caption reads the same however far it is padded.
 
 The networks are diffusers': a ``UNet2DConditionModel`` or an MMDiT (``SD3Transformer2DModel``)
 denoiser. The process, DDPM noise for training and DDIM or DPM-Solver++ for sampling through
@@ -17,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SamplingConfig
-from trilemma.generators.text_encoder import TextEncoderMixin
+from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
 from trilemma.nn.diffusion import NoiseScheduleConfig, check_noise_schedule, denoise, denoising_loss, make_scheduler
 from trilemma.nn.transformer import TransformerConfig, init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
@@ -103,14 +105,19 @@ class Diffusion(TextEncoderMixin, Generator):
         x = x / self.latent_scale + self.latent_mean[None, :, None, None]
         return Tokens(latents=rearrange(x, "b c h w -> b (h w) c"))
 
-    def denoiser(self, x: torch.Tensor, t: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def denoiser(self, x: torch.Tensor, t: torch.Tensor, memory: TextEncoding) -> torch.Tensor:
         """The denoiser's prediction for noisy latents ``x`` [B, C, h, w] at timesteps ``t`` (one per
-        row, or one for all), conditioned on the text encodings ``memory`` [B, L, text_dim]."""
+        row, or one for all), conditioned on the text encodings ``memory`` (states [B, L, text_dim]
+        and the mask of real tokens: padding is never attended)."""
         t = t.reshape(-1).expand(x.shape[0])
         if self.config.denoiser == "mmdit":
-            pooled = memory.mean(1)  # SD3's pooled text vector (it modulates every block with the timestep)
-            return self.net(x, encoder_hidden_states=memory, pooled_projections=pooled, timestep=t).sample
-        return self.net(x, t, encoder_hidden_states=memory).sample
+            # SD3's pooled text vector (it modulates every block with the timestep); the joint
+            # attention's keys are [latent patches; text], the patches always attended.
+            patches = (x.shape[-2] // self.config.patch) * (x.shape[-1] // self.config.patch)
+            keys = torch.cat([memory.mask.new_ones(x.shape[0], patches), memory.mask], 1)
+            return self.net(x, encoder_hidden_states=memory.states, pooled_projections=self.pooled(memory), timestep=t,
+                            joint_attention_kwargs={"attention_mask": rearrange(keys, "b k -> b 1 1 k")}).sample
+        return self.net(x, t, encoder_hidden_states=memory.states, encoder_attention_mask=memory.mask).sample
 
     # ------------------------------------------------------------------ training
 
@@ -154,12 +161,14 @@ def _denoiser_net(config: DiffusionConfig, spec) -> torch.nn.Module:
             raise ValueError(f"width {config.width} must be divisible by heads {config.heads}")
         if h != w or h % config.patch:
             raise ValueError(f"the mmdit denoiser needs a square latent grid divisible by patch {config.patch}, got {h}x{w}")
-        return SD3Transformer2DModel(
+        net = SD3Transformer2DModel(
             sample_size=h, patch_size=config.patch, in_channels=c, out_channels=c, num_layers=config.depth,
             attention_head_dim=config.width // config.heads, num_attention_heads=config.heads,
             joint_attention_dim=config.text_dim, caption_projection_dim=config.width,
             pooled_projection_dim=config.text_dim, pos_embed_max_size=h // config.patch,
         )
+        net.set_attn_processor(MaskedJointAttention())
+        return net
     levels = len(config.channels)
     return UNet2DConditionModel(
         sample_size=spec.grid, in_channels=c, out_channels=c,
@@ -168,6 +177,32 @@ def _denoiser_net(config: DiffusionConfig, spec) -> torch.nn.Module:
         cross_attention_dim=config.text_dim, attention_head_dim=config.heads,
         norm_num_groups=min(32, *(ch // 4 for ch in config.channels)),
     )
+
+
+class MaskedJointAttention:
+    """diffusers' ``JointAttnProcessor2_0`` (SD3's attention over [latent patches; text], each with
+    its own projections) that honours ``attention_mask`` [B, 1, 1, keys] (True: attended): theirs
+    ignores it, so the prompt's padding would be attended. Holds no weights: a checkpoint is unchanged."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return rearrange(x, "b n (h d) -> b h n d", h=attn.heads)
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        if encoder_hidden_states is not None:
+            cq, ck = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+            cv = heads(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
+            q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
+        out = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask), "b h n d -> b n (h d)")
+        n = hidden_states.shape[1]
+        out, context = attn.to_out[1](attn.to_out[0](out[:, :n])), out[:, n:]  # projection, dropout
+        if encoder_hidden_states is None:
+            return out
+        return out, (context if attn.context_pre_only else attn.to_add_out(context))
 
 
 def _preset(name: str, description: str, **fields: Any) -> None:

@@ -2,9 +2,9 @@
 Content-Rich Text-to-Image Generation").
 
 A bidirectional transformer encodes the prompt once; a causal transformer decodes image tokens,
-cross-attending to the encoding. At sampling time the encoder runs once per prompt and every
-decoder layer's cross-attention keys/values are cached with its self-attention cache. An empty
-prompt encodes the null condition used for classifier-free guidance.
+cross-attending to the encoding (never to its padding). At sampling time the encoder runs once per
+prompt and every decoder layer's cross-attention keys/values are cached with its self-attention
+cache. An empty prompt encodes the null condition used for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Parti(TextEncoderMixin, AutoregressiveGenerator):
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         memory = self.encode_text(self.drop_captions(text_ids)[0])
         bos = torch.full_like(image_ids[:, :1], self.bos)
-        h = self.decoder(self.image_emb(torch.cat([bos, image_ids[:, :-1]], 1)), context=memory, causal=True)
+        h = self.decoder(self.image_emb(torch.cat([bos, image_ids[:, :-1]], 1)), context=memory.states,
+                         context_mask=memory.mask, causal=True)
         loss = F.cross_entropy(self.image_head(h).float().transpose(1, 2), image_ids)
         return {"loss": loss}
 
@@ -59,16 +60,18 @@ class Parti(TextEncoderMixin, AutoregressiveGenerator):
         memory = self.encode_text(rows)
         bos = torch.full((rows.shape[0], 1), self.bos, dtype=torch.long, device=rows.device)
         cache = self.decoder.new_cache() if use_cache else None
-        h = self.decoder(self.image_emb(bos), context=memory, causal=True, cache=cache, max_len=self.image_len)
-        return Decoding(memory, cache), h
+        h = self.decoder(self.image_emb(bos), context=memory.states, context_mask=memory.mask, causal=True,
+                         cache=cache, max_len=self.image_len)
+        return Decoding(memory.states, cache, memory.mask), h
 
     def decode_step(self, state: Decoding, drawn: torch.Tensor) -> torch.Tensor:
         """Image ids drawn so far [R, j] after BOS: only the newest into the cache, or all."""
         j = drawn.shape[1]
         if state.cache is not None:
-            return self.decoder(self.image_emb(drawn[:, -1:], start=j), context=state.context, causal=True, cache=state.cache)
+            return self.decoder(self.image_emb(drawn[:, -1:], start=j), context=state.context,
+                                context_mask=state.context_mask, causal=True, cache=state.cache)
         seq = torch.cat([torch.full_like(drawn[:, :1], self.bos), drawn], 1)
-        return self.decoder(self.image_emb(seq), context=state.context, causal=True)
+        return self.decoder(self.image_emb(seq), context=state.context, context_mask=state.context_mask, causal=True)
 
 
 def _preset(name: str, description: str, **fields: Any) -> None:

@@ -2,12 +2,13 @@
 Generative Transformers"; decoding from MaskGIT, Chang et al. 2022).
 
 A bidirectional transformer encodes the prompt; a bidirectional image transformer sees the image
-tokens with some replaced by a [MASK] id and cross-attends to the prompt. Training masks a
-fraction ``mask_schedule(r)`` of the tokens, r ~ U(0, 1), and predicts the masked ones. Sampling
-starts from all-[MASK] and, in ``steps`` parallel steps, samples every masked token and keeps the
-most confident, re-masking the rest on the same cosine schedule: a whole image in a handful of
-forward passes instead of one per token. Residual/patch tokens with several ids per position are
-flattened position-major, each step knowing its position and depth, as in the other generators.
+tokens with some replaced by a [MASK] id and cross-attends to the prompt (never to its padding).
+Training masks a fraction ``mask_schedule(r)`` of the tokens, r ~ U(0, 1), and predicts the masked
+ones. Sampling starts from all-[MASK] and, in ``steps`` parallel steps, samples every masked token
+and keeps the most confident, re-masking the rest on the same cosine schedule: a whole image in a
+handful of forward passes instead of one per token. Residual/patch tokens with several ids per
+position are flattened position-major, each step knowing its position and depth, as in the other
+generators.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, remask_least_confident, sample_logits
-from trilemma.generators.text_encoder import TextEncoderMixin
+from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
 from trilemma.nn.transformer import init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
 
@@ -54,8 +55,9 @@ class Muse(TextEncoderMixin, Generator):
         self.apply(init_weights)
         init_text_embeddings(self.text_emb, self.text_pos)
 
-    def _logits(self, ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        return self.image_head(self.transformer(self.image_emb(ids), context=memory)).float()
+    def _logits(self, ids: torch.Tensor, memory: TextEncoding) -> torch.Tensor:
+        h = self.transformer(self.image_emb(ids), context=memory.states, context_mask=memory.mask)
+        return self.image_head(h).float()
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Masked-token loss for flat image ids [B, M] and text ids [B, L]."""

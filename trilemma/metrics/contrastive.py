@@ -96,8 +96,9 @@ class ContrastiveModel(nn.Module):
         """Captions -> unit embeddings [B, embed_dim] (words past ``text.max_length`` are cut)."""
         ids = self.text.encode(list(captions)).to(self._device())
         positions = torch.arange(ids.shape[1], device=ids.device)
-        h = self.encoder(self.word_emb(ids) + self.word_pos(positions))
-        keep = (ids != self.text.pad_id).unsqueeze(-1).to(h.dtype)  # words and eos, not padding
+        real = ids != self.text.pad_id  # words and eos, not padding: neither attended nor pooled
+        h = self.encoder(self.word_emb(ids) + self.word_pos(positions), key_mask=real)
+        keep = real.unsqueeze(-1).to(h.dtype)
         pooled = (h * keep).sum(1) / keep.sum(1)
         return F.normalize(self.text_center(self.text_proj(pooled).float()), dim=-1)
 

@@ -1,9 +1,11 @@
 """Pre-norm transformer blocks (GPT-2 / Vaswani et al. 2017) on ``scaled_dot_product_attention``.
 
-Self-attention is causal or bidirectional; cross-attention attends to an encoder's output. A
-``KVCache`` makes incremental decoding cost one token's arithmetic per step: self-attention keys and
-values are written into preallocated buffers, and cross-attention keys/values of the (fixed) encoder
-output are computed once per prompt.
+Self-attention is causal or bidirectional; cross-attention attends to an encoder's output. A key
+mask (True where a key may be attended) keeps a prompt's padding out of both: ``key_mask`` over the
+sequence itself, ``context_mask`` over the encoder's output. A ``KVCache`` makes incremental
+decoding cost one token's arithmetic per step: self-attention keys and values are written into
+preallocated buffers, and cross-attention keys/values of the (fixed) encoder output are computed
+once per prompt.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         max_len: int = 0,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``key_mask`` [B, keys] (the context's for cross-attention, ``x``'s for self-attention):
+        True where a key may be attended, False at padding."""
         q = self._split(self.q(x))
         mask, is_causal = None, False
         if self.cross:
@@ -75,6 +80,8 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.cross_kv[layer] = (k, v)
         else:
+            if key_mask is not None and cache is not None:
+                raise ValueError("`key_mask` masks uncached self-attention only (a prompt encoder's)")
             k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
             if cache is not None:
                 start, n = cache.length, x.shape[1]
@@ -88,8 +95,13 @@ class Attention(nn.Module):
                     # New queries sit at absolute positions start..start+n-1: offset causal mask.
                     qpos = torch.arange(start, start + n, device=x.device)[:, None]
                     mask = qpos >= torch.arange(start + n, device=x.device)[None, :]
+            elif causal and key_mask is not None:
+                mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
             else:
                 is_causal = causal
+        if key_mask is not None:
+            keep = rearrange(key_mask, "b k -> b 1 1 k")
+            mask = keep if mask is None else mask & keep
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
@@ -107,15 +119,18 @@ class Block(nn.Module):
         hidden = int(cfg.dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, context=None, causal=False, cache=None, layer=0, max_len=0):
-        x = x + self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer, max_len=max_len)
+    def forward(self, x, context=None, causal=False, cache=None, layer=0, max_len=0, key_mask=None, context_mask=None):
+        x = x + self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer, max_len=max_len, key_mask=key_mask)
         if self.cross is not None:
-            x = x + self.cross(self.norm2(x), context=context, cache=cache, layer=layer)
+            x = x + self.cross(self.norm2(x), context=context, cache=cache, layer=layer, key_mask=context_mask)
         return x + self.mlp(self.norm3(x))
 
 
 class Transformer(nn.Module):
-    """A stack of blocks and a final norm. ``context_dim`` adds cross-attention to every block."""
+    """A stack of blocks and a final norm. ``context_dim`` adds cross-attention to every block.
+
+    ``key_mask`` [B, n] and ``context_mask`` [B, context length]: True where ``x`` / ``context`` may
+    be attended, False at padding (None: everything is)."""
 
     def __init__(self, cfg: TransformerConfig, context_dim: int | None = None):
         super().__init__()
@@ -126,9 +141,11 @@ class Transformer(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(len(self.blocks))
 
-    def forward(self, x, context=None, causal=False, cache: KVCache | None = None, max_len: int = 0):
+    def forward(self, x, context=None, causal=False, cache: KVCache | None = None, max_len: int = 0,
+                key_mask: torch.Tensor | None = None, context_mask: torch.Tensor | None = None):
         for i, block in enumerate(self.blocks):
-            x = block(x, context=context, causal=causal, cache=cache, layer=i, max_len=max_len)
+            x = block(x, context=context, causal=causal, cache=cache, layer=i, max_len=max_len,
+                      key_mask=key_mask, context_mask=context_mask)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)

@@ -24,6 +24,9 @@ every quantizer returns a ``QuantizerOutput``. Notes on the library (checked aga
 - ResidualVQ returns one commitment loss per level (dropped levels 0); we sum them. In training,
   dropped levels come back as id -1; eval ids are always >= 0.
 - FSQ returns int32 ids, LFQ int64, VQ int64: we return int64.
+- A codebook reads ``threshold_ema_dead_code`` on every training step (``Codebook.expire_codes_``),
+  so we set it per batch (``_set_dead_code_threshold``); a re-seeded code restarts at the configured
+  value (its ``reset_cluster_size``, fixed at construction).
 - LFQ's entropy loss materialises [frac * B*H*W, codebook_size] fp32 distances and softmax
   (about 12 bytes per entry): 2^10 codes x 2048 sampled tokens is 25 MB, 2^18 codes is 6 GB.
 """
@@ -38,6 +41,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 from vector_quantize_pytorch import FSQ, LFQ, ResidualVQ, VectorQuantize
+from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
 from trilemma.registry import register
 
@@ -140,26 +144,44 @@ def _codebook_quantize(module: Quantizer, codebooks: nn.Module, z: Tensor) -> Qu
     ResidualVQ) as a sequence of H * W vectors; the commitment loss summed (over levels, if any)."""
     h, w = z.shape[2:]
     x = rearrange(z, "b d h w -> b (h w) d")
-    _check_dead_code_threshold(module, x.shape[0] * x.shape[1])
+    if module.training:
+        _set_dead_code_threshold(module, codebooks, x.shape[0] * x.shape[1])
     quantized, ids, loss = codebooks(x)
     return module._output(quantized, ids, {"commit": loss.sum()}, h, w)
 
 
-def _check_dead_code_threshold(module: Quantizer, num_vectors: int) -> None:
-    """Warn once if the batch is too small for the dead-code threshold.
+# A code is dead under this fraction of a uniformly used code's EMA count (vectors per batch /
+# codebook size), whatever the configured threshold: at the full count every below-average code
+# would be re-seeded every step (the promptable presets: 1024 vectors for 512 codes, threshold 2).
+DEAD_CODE_FRACTION = 0.5
 
-    A code used uniformly has an EMA count of num_vectors / codebook_size; below the threshold
-    every live code counts as dead and is replaced every step, so the codebook never settles.
-    """
+
+def dead_code_threshold(threshold: float, num_vectors: int, codebook_size: int) -> float:
+    """The EMA count under which a code is re-seeded, for batches of ``num_vectors``: the configured
+    ``threshold``, at most ``DEAD_CODE_FRACTION`` of a uniformly used code's count."""
+    return min(threshold, DEAD_CODE_FRACTION * num_vectors / codebook_size)
+
+
+def _set_dead_code_threshold(module: Quantizer, codebooks: nn.Module, num_vectors: int) -> None:
+    """Set every codebook's dead-code threshold for this batch (RVQ levels dropped by quantizer
+    dropout skip the whole step, so each level sees every vector of the steps it runs), and warn
+    once where the configured one would have counted every code up to a uniformly used one dead."""
     cfg = module.config
+    if cfg.threshold_ema_dead_code <= 0:
+        return  # replacement off (the library decided at construction)
     per_code = num_vectors / cfg.codebook_size
-    if module.training and 0 < per_code < cfg.threshold_ema_dead_code and not module._warned:
+    threshold = dead_code_threshold(cfg.threshold_ema_dead_code, num_vectors, cfg.codebook_size)
+    for codebook in codebooks.modules():
+        if isinstance(codebook, Codebook):
+            codebook.threshold_ema_dead_code = threshold
+    if per_code <= cfg.threshold_ema_dead_code and not module._warned:
         module._warned = True
+        needed = cfg.threshold_ema_dead_code * cfg.codebook_size / DEAD_CODE_FRACTION
         warnings.warn(
             f"{module.registry_name}: {num_vectors} vectors per batch for {cfg.codebook_size} codes "
-            f"gives an EMA count of {per_code:.2f} per code, below threshold_ema_dead_code="
-            f"{cfg.threshold_ema_dead_code}: live codes will be replaced every step. Use a larger "
-            "batch or a lower threshold.",
+            f"gives an EMA count of {per_code:.2f} per code, not above `threshold_ema_dead_code="
+            f"{cfg.threshold_ema_dead_code}`: codes are re-seeded under {threshold:.2f} instead "
+            f"({DEAD_CODE_FRACTION} of that count); {math.ceil(needed)} vectors per batch would keep it.",
             stacklevel=4,
         )
 
@@ -180,9 +202,11 @@ def _codebook_kwargs(cfg: "VectorQuantizer.Config") -> dict:
 class VectorQuantizer(Quantizer):
     """Nearest-code lookup in a learned codebook (EMA-updated, k-means initialised).
 
-    A code whose EMA count falls under ``threshold_ema_dead_code`` is re-seeded from the batch; keep
-    the threshold well under batch vectors / codebook_size (we warn otherwise). With decay 0.99 an
-    unused code is noticed after ln(count / threshold) / 0.01 steps (~140 from a count of 8).
+    A code whose EMA count falls under ``threshold_ema_dead_code`` is re-seeded from the batch; the
+    threshold is capped per batch at ``DEAD_CODE_FRACTION`` of a uniformly used code's count (batch
+    vectors / codebook_size), else every below-average code would be re-seeded every step (we warn
+    where the configured value reaches that count). With decay 0.99 an unused code is noticed after
+    ln(count / threshold) / 0.01 steps (~140 from a count of 8).
     """
 
     @dataclass
@@ -192,7 +216,7 @@ class VectorQuantizer(Quantizer):
         decay: float = 0.99  # EMA decay of the codebook updates
         kmeans_init: bool = True  # codes start as k-means centroids of the first batch
         kmeans_iters: int = 10
-        threshold_ema_dead_code: float = 2.0  # re-seed codes under this EMA count (vectors per batch)
+        threshold_ema_dead_code: float = 2.0  # re-seed codes under this EMA count (at most half of vectors per batch / codes)
         use_cosine_sim: bool = True  # l2-normalised inputs and codes (Improved VQGAN); needs roughly centred inputs
         commitment_weight: float = 0.25  # beta of VQ-VAE; the loss is named "commit"
         rotation_trick: bool = True  # gradient estimator: rotation trick, else plain straight-through
