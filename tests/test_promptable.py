@@ -249,27 +249,113 @@ def test_on_a_frozen_base_autoencoder_the_tokens_describe_its_latents(tmp_path, 
         registry.build("tokenizer", "promptable-tiny", base=str(checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq")))
 
 
-def test_region_study_measures_inside_and_outside_the_box():
+def _study_inputs(n=6):
     from trilemma.data import load_dataset
-    from trilemma.metrics.prompted import first_object_boxes, region_study
-    from trilemma.metrics.scores import psnr
+    from trilemma.metrics.prompted import first_object_boxes
 
     ds = load_dataset("shapes", split="test", size=32)
-    items = [ds[i] for i in range(6)]
-    images = torch.stack([it["image"] for it in items])
-    boxes = first_object_boxes(items)
+    items = [ds[i] for i in range(n)]
+    return torch.stack([it["image"] for it in items]), first_object_boxes(items)
+
+
+def test_region_study_measures_four_conditions_inside_and_outside_the_box(tok):
+    from trilemma.metrics.prompted import CONDITIONS, box_bits, quantize_boxes, region_study
+    from trilemma.metrics.scores import psnr
+    from trilemma.tokenizers.prompts import box_mask
+
+    images, boxes = _study_inputs()
     assert boxes.shape == (6, 1, 4) and ((boxes[..., 2] - boxes[..., 0] - 1 / 3).abs() < 1e-6).all()
-    torch.manual_seed(0)
-    rows = region_study(registry.build("tokenizer", "promptable-tiny").eval(), images, boxes, [1, 2])
-    assert [r["k"] for r in rows] == [1, 2] and rows[1]["bits"] == 2 * rows[0]["bits"]
+    tok.encode(images)  # an untrained VQ initialises its codebook on its first batch: before anything is compared
+    rows = region_study(tok, images, boxes, [1, 2])
+    assert [r["k"] for r in rows] == [1, 2]
+    per_token = tok.spec.bits_per_token
+    assert rows[0]["bits_box"] == box_bits(1) and abs(box_bits(1) - 2 * math.log2(257 * 258 / 2)) < 1e-9
     for r in rows:
-        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items())
+        assert all(math.isfinite(v) for v in r.values()), r
+        # Bits add up: tokens always, the box only where the decoder is told it.
+        assert r["bits_tokens"] == r["k"] * per_token
+        assert r["bits_total_neither"] == r["bits_total_encoder"] == r["bits_tokens"]
+        assert r["bits_total_decoder"] == r["bits_total_both"] == r["bits_tokens"] + r["bits_box"]
+        assert len({r[f"psnr_in_box_{c}"] for c in CONDITIONS}) == 4  # four different reconstructions
+    # neither and both are the public path, with and without the (quantized) box.
+    box = quantize_boxes(boxes)
+    inside = box_mask(Prompt(boxes=box), len(box), 32, box.device)
+    for r in rows:
+        plain = tok.decode(tok.encode(images, Prompt(budget=r["k"]))).clamp(-1, 1)
+        boxed = tok.decode(tok.encode(images, Prompt(budget=r["k"], boxes=box))).clamp(-1, 1)
+        assert abs(psnr(plain, images).mean().item() - r["psnr"]) < 1e-4
+        assert abs(psnr(plain, images, mask=inside).mean().item() - r["psnr_in_box_neither"]) < 1e-4
+        assert abs(psnr(boxed, images, mask=inside).mean().item() - r["psnr_in_box_both"]) < 1e-4
+        assert abs(psnr(boxed, images, mask=1 - inside).mean().item() - r["psnr_outside_both"]) < 1e-4
     # Only the masked pixels count: an error confined to the box leaves the outside PSNR infinite.
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., :8, :8] = 1
     recon = images[:1] + 0.5 * mask
     assert psnr(recon, images[:1], mask=1 - mask).isinf().all()
     assert abs(psnr(recon, images[:1], mask=mask).item() - 10 * math.log10(4 / 0.25)) < 1e-5
+
+
+def test_region_study_sends_the_box_to_the_encoder_and_the_decoder_as_each_condition_says(tok, monkeypatch):
+    from trilemma.metrics.prompted import region_study
+
+    images, boxes = _study_inputs(4)
+    encode, decode = tok.encode, tok.decode
+    encoded, decoded = [], []
+
+    def spy_encode(x, prompt=None):
+        boxed = prompt is not None and prompt.boxes is not None
+        encoded.append(boxed)
+        tokens = encode(x, prompt)
+        return Tokens(ids=torch.full_like(tokens.ids, int(boxed)), prompt=tokens.prompt)  # ids say which encoding
+
+    def spy_decode(tokens):
+        decoded.append((tokens.num_tokens, bool(tokens.ids[0, 0]), tokens.prompt.boxes is not None))
+        return decode(tokens)
+
+    monkeypatch.setattr(tok, "encode", spy_encode)
+    monkeypatch.setattr(tok, "decode", spy_decode)
+    region_study(tok, images, boxes, [1, 2], levels=16)
+    assert sorted(encoded) == [False, True]  # one encoding without the box, one with it
+    for k in (1, 2):  # (box in the encoder, box in the decoder): neither, decoder, encoder, both
+        assert sorted((e, d) for n, e, d in decoded if n == k) == [(False, False), (False, True), (True, False), (True, True)]
+    # Every other decode is the unprompted curve around a prompted total: plain ids, no box.
+    assert all((e, d) == (False, False) for n, e, d in decoded if n not in (1, 2))
+
+
+def test_region_study_compares_at_equal_total_bits_by_interpolating_in_log_bits(tok):
+    from trilemma.metrics.prompted import box_bits, region_study, unprompted_at_bits
+
+    assert unprompted_at_bits({1: 10.0, 2: 12.0, 4: 16.0}, 9, 18) == 12.0  # on a budget: its value
+    mid = 12.0 + 4.0 * math.log(3 / 2) / math.log(2)  # 3 tokens' bits: between 2 and 4, linear in log bits
+    assert abs(unprompted_at_bits({1: 10.0, 2: 12.0, 4: 16.0}, 9, 27) - mid) < 1e-9
+    assert unprompted_at_bits({1: 10.0, 2: 12.0, 4: 16.0}, 9, 37) is None  # no budget spends that many
+    images, boxes = _study_inputs(4)
+    tok.encode(images)
+    k_max, per_token = tok.spec.max_tokens, tok.spec.bits_per_token
+    row, last = region_study(tok, images, boxes, [1, k_max], levels=16)
+    k = (per_token + box_bits(1, 16)) / per_token  # 1 token and the box, in tokens
+    lo, hi = math.floor(k), math.ceil(k)
+    assert lo < k < hi <= k_max
+    curve = {r["k"]: r for r in region_study(tok, images, boxes, [lo, hi], levels=16)}
+    for key in ("in_box", "outside"):
+        want = unprompted_at_bits({b: curve[b][f"psnr_{key}_neither"] for b in (lo, hi)}, per_token, row["bits_total_both"])
+        assert abs(row[f"psnr_{key}_neither_at_bits_both"] - want) < 1e-5
+        assert row[f"psnr_{key}_neither_at_bits_decoder"] == row[f"psnr_{key}_neither_at_bits_both"]
+        assert row[f"psnr_{key}_neither_at_bits_encoder"] == row[f"psnr_{key}_neither"]  # the box is not sent
+        assert last[f"psnr_{key}_neither_at_bits_both"] is None  # K tokens and a box: more than K tokens' bits
+
+
+def test_random_boxes_are_seeded_of_random_size_and_aspect_and_fit_the_image():
+    from trilemma.metrics.prompted import random_boxes
+
+    boxes = random_boxes(200, seed=3)
+    assert boxes.shape == (200, 1, 4) and torch.equal(boxes, random_boxes(200, seed=3))
+    assert not torch.equal(boxes, random_boxes(200, seed=4))
+    size = boxes[..., 2:] - boxes[..., :2]
+    assert ((size >= 0.2) & (size <= 0.5)).all() and (boxes >= 0).all() and (boxes <= 1).all()
+    assert (size[..., 0] / size[..., 1]).std() > 0.2  # aspect varies
+    with pytest.raises(ValueError, match="`sizes`"):
+        random_boxes(2, sizes=(0.6, 0.3))
 
 
 def test_a_generator_trains_at_a_budget_and_an_autoregressive_one_stops_early(tmp_path, capsys):
