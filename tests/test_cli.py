@@ -216,39 +216,77 @@ def _stub_generation(monkeypatch, bench, evaluate):
     monkeypatch.setattr(command, "evaluate_generation", evaluate)
 
 
+def _two_categories(n: int, features=None, real=torch.rand):
+    """A stand-in benchmark: unseen (the headline) and novel prompts, with the protocol ``benchmark`` states."""
+    from trilemma.studies.generation import Benchmark, Category
+
+    roles = {"unseen": ("val", "test", n), "novel": ("novel", "novel", 2)}
+    protocol = {"data": "shapes", "image_size": 32, "seed": 3, "headline": "unseen", "features": "domain (stub, 3-d)",
+                "adherence": "the shapes probe (stub)", "floor": "real vs real", "ceiling": "the probe on real images",
+                "categories": {k: {"prompts": {"split": p, "count": m}, "floor": {"split": p, "images": m},
+                                   "reference": {"split": r, "images": n},
+                                   "prompts_in_train": {"compositions": 0, "measured": m}}
+                               for k, (p, r, m) in roles.items()}}
+    cats = {k: Category([f"{k} {i}" for i in range(m)], real(n, 3, 32, 32), real(m, 3, 32, 32)) for k, (_, _, m) in roles.items()}
+    return Benchmark(cats, features, protocol=protocol)
+
+
+def _scored(fid: float, floor: float) -> dict:
+    return {"fid": fid, "fid_floor": floor, "adherence_object_acc": 0.75, "adherence_object_acc_ceiling": 0.9}
+
+
 def test_eval_generation_builds_one_checked_sampling_config(tmp_path, monkeypatch, capsys):
     """The command's plumbing, with the pipeline, the benchmark and the evaluation replaced by stand-ins."""
-    from trilemma.studies.generation import Benchmark
     from trilemma.generators.sampling import SamplingConfig
 
     seen = {}
 
-    def bench(data, n, size, seed, features, cache_dir, probe_dir, split="test"):
-        seen.update(data=data, n=n, size=size, seed=seed, probe_dir=probe_dir)
-        return Benchmark(["p"] * n, torch.zeros(n, 3, 32, 32), torch.ones(n, 3, 32, 32), None)
+    def bench(data, n, size, seed, features, cache_dir, probe_dir, split="test", diagnostic_n=None):
+        seen.update(data=data, n=n, size=size, seed=seed, probe_dir=probe_dir, diagnostic_n=diagnostic_n)
+        return _two_categories(n)
 
     def evaluate(pipe, benchmark, sampling, batch_size):
         seen["sampling"] = sampling
-        return {"fid": 12.5, "fid_floor": 1.5, "adherence_object": 0.75}
+        cats = {"unseen": _scored(12.5, 1.5), "novel": {**_scored(20.0, 4.0), "by_novel_pair": {
+            "red triangle": {"images": 1, "adherence_object_acc": 0.0, "adherence_object_acc_ceiling": 1.0}}}}
+        return {**cats["unseen"], "categories": cats, "protocol": {**benchmark.protocol, "sampling_seed": sampling.seed}}
 
     _stub_generation(monkeypatch, bench, evaluate)
-    args = ["eval", "generation", "--generator", "g", "--n", "6", "--seed", "3", "--top-k", "5", "--out", str(tmp_path)]
+    args = ["eval", "generation", "--generator", "g", "--n", "6", "--seed", "3", "--top-k", "5", "--out", str(tmp_path),
+            "--diagnostic-n", "2"]
     assert main(args) == 0
     assert seen["n"] == 6 and seen["seed"] == 3 and seen["size"] == 32 and seen["probe_dir"] == tmp_path / "probe"
-    assert seen["sampling"] == SamplingConfig(top_k=5, seed=3)
+    assert seen["diagnostic_n"] == 2 and seen["sampling"] == SamplingConfig(top_k=5, seed=3)
     out = capsys.readouterr().out
-    assert "fid" in out and "real vs real: 1.5" in out
-    (run,) = json.loads((tmp_path / "generation.json").read_text())["runs"]
+    # The protocol first (a row per category: the split and size of each role, the measured overlap), then a table
+    # per category: each score beside what real images score (the floor, or the probe's ceiling).
+    assert "| unseen (headline) | 6 val | 6 test | 0 of 6 compositions |" in out and "| novel | 2 novel | 6 novel |" in out
+    assert "sampling seed 3" in out
+    lines = out.splitlines()
+    assert lines.index("## unseen (headline)") < lines.index("## novel")
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    unseen, novel = ({cells(line)[0]: cells(line)[1:] for line in part if line.startswith("| ")}
+                     for part in (lines[lines.index("## unseen (headline)"):lines.index("## novel")],
+                                  lines[lines.index("## novel"):]))
+    assert unseen["fid"] == ["12.5", "1.5"] and unseen["adherence_object_acc"] == ["0.75", "0.9"]
+    assert novel["fid"] == ["20", "4"] and novel["red triangle: adherence_object_acc"] == ["0", "1"]
+    assert (tmp_path / "generation.md").read_text().strip() == out[: out.index("wrote ")].strip()
+    saved = json.loads((tmp_path / "generation.json").read_text())
+    (run,) = saved["runs"]
     assert run["metrics"]["fid"] == 12.5 and run["sampling"]["cfg_scale"] == 1.0 and run["sampling"]["top_k"] == 5
+    assert run["metrics"]["categories"]["novel"]["fid"] == 20.0 and "protocol" not in run["metrics"]
+    assert saved["protocol"]["categories"]["novel"]["prompts"] == {"split": "novel", "count": 2}
+    assert saved["protocol"]["sampling_seed"] == 3
     assert main([*args, "--cfg-scale", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "error: --cfg-scale must be >= 0 (1 = no guidance), got -1.0"
+    assert main([*args, "--split", "novel", "--data", str(tmp_path)]) == 1  # a folder has no novel split
+    assert "--split novel" in capsys.readouterr().err
 
 
 def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypatch, capsys):
     """Several --cfg-scale values: one evaluation each on the same prompts, the real sets' features
-    extracted once, one table, one run per scale in generation.json."""
+    extracted once, one table per category, one run per scale in generation.json."""
     from trilemma.metrics.features import FeatureExtractor
-    from trilemma.studies.generation import Benchmark
 
     class MeanColour(FeatureExtractor):
         dim = 3
@@ -258,24 +296,27 @@ def test_eval_generation_sweeps_guidance_scales_side_by_side(tmp_path, monkeypat
 
     calls = []
 
-    def bench(data, n, size, seed, features, cache_dir, probe_dir, split="test"):
-        return Benchmark(["p"] * n, torch.rand(n, 3, 32, 32), torch.rand(n, 3, 32, 32), MeanColour())
+    def bench(data, n, size, seed, features, cache_dir, probe_dir, split="test", diagnostic_n=None):
+        return _two_categories(n, MeanColour())
 
     def evaluate(pipe, benchmark, sampling, batch_size):
-        calls.append((benchmark.reference, benchmark.floor, sampling))
-        return {"fid": 10.0 / sampling.cfg_scale, "fid_floor": 0.5}
+        calls.append((benchmark.categories, sampling))
+        cats = {"unseen": {"fid": 10.0 / sampling.cfg_scale, "fid_floor": 0.5}, "novel": {"fid": 7.0, "fid_floor": 1.0}}
+        return {**cats["unseen"], "categories": cats, "protocol": benchmark.protocol}
 
     _stub_generation(monkeypatch, bench, evaluate)
     args = ["eval", "generation", "--generator", "g", "--n", "5", "--cfg-scale", "1", "4", "1", "--out", str(tmp_path)]
     assert main(args) == 0
-    assert [c[2].cfg_scale for c in calls] == [1.0, 4.0]  # each scale once, in the order given
-    reference, floor, _ = calls[0]
-    assert reference.shape == floor.shape == (5, 3)  # features, not images: extracted once for all scales
-    assert all(torch.equal(c[0], reference) and torch.equal(c[1], floor) for c in calls)
+    assert [c[1].cfg_scale for c in calls] == [1.0, 4.0]  # each scale once, in the order given
+    first = calls[0][0]
+    assert first["unseen"].reference.shape == (5, 3) and first["novel"].floor.shape == (2, 3)  # features, extracted once
+    assert all(torch.equal(c[0][k].reference, first[k].reference) and torch.equal(c[0][k].floor, first[k].floor)
+               for c in calls for k in first)
     out = capsys.readouterr().out
-    header = next(line for line in out.splitlines() if "cfg 1" in line)
-    assert "cfg 4" in header and "real vs real" in header
-    assert any(line.split()[:4] == ["fid", "10", "2.5", "0.5"] for line in out.splitlines())
+    headers = [line for line in out.splitlines() if "cfg 1" in line]
+    assert len(headers) == 2 and all("cfg 4" in h and "real images" in h for h in headers)  # a table per category
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| fid ")]
+    assert rows == [["fid", "10", "2.5", "0.5"], ["fid", "7", "7", "1"]]
     runs = json.loads((tmp_path / "generation.json").read_text())["runs"]
     assert [r["sampling"]["cfg_scale"] for r in runs] == [1.0, 4.0] and runs[1]["metrics"]["fid"] == 2.5
 

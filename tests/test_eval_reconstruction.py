@@ -4,12 +4,16 @@ import math
 
 import pytest
 import torch
+from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from trilemma import registry
 from trilemma.data import load_dataset
+from trilemma.metrics import scores
+from trilemma.metrics.bits import effective_bits
 from trilemma.metrics.features import DomainFeatures
-from trilemma.metrics.reconstruction import KEYS, evaluate_reconstruction
+from trilemma.metrics.reconstruction import KEYS, evaluate_reconstruction, rfid_left_out
 from trilemma.tokens import Tokens, TokenSpec
 
 
@@ -20,17 +24,24 @@ def shapes():
 
 
 @pytest.fixture(scope="module")
+def floor():
+    """48 other held-out images: rFID's real-vs-real floor."""
+    data = load_dataset("shapes", "test", length=96)
+    return torch.stack([data[i]["image"] for i in range(48, 96)])
+
+
+@pytest.fixture(scope="module")
 def features():
     torch.manual_seed(0)
     return DomainFeatures(DomainFeatures.Config(channels=(8, 16), dim=32))
 
 
-def test_lossless_patch_tokenizer_is_exact(shapes, features, capsys):
+def test_lossless_patch_tokenizer_is_exact(shapes, floor, features, capsys):
     tok = registry.build("tokenizer", "patch4-8bit")
-    out = evaluate_reconstruction(tok, shapes, features=features, batch_size=20, progress=False)
+    out = evaluate_reconstruction(tok, shapes, features=features, batch_size=20, progress=False, floor_images=floor)
     assert tuple(out) == KEYS
     assert out["psnr"] == math.inf and out["ssim"] == pytest.approx(1.0)
-    assert abs(out["rfid"]) < 1e-3
+    assert abs(out["rfid"]) < 1e-3 and out["rfid_floor"] > 0.01  # two disjoint real sets differ; a copy does not
     assert out["discrete"] is True and out["floats_per_image"] is None
     assert out["tokens_per_image"] == 64 and out["bits_per_image"] == 64 * 48 * 8
     assert 0 < out["codebook_usage"] < 0.1  # shapes use a handful of the 256 channel values
@@ -43,20 +54,101 @@ def test_lossless_patch_tokenizer_is_exact(shapes, features, capsys):
         assert out["lpips"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_lossy_patch_tokenizer_has_known_bits_and_finite_error(shapes, features):
-    exact = evaluate_reconstruction(registry.build("tokenizer", "patch4-8bit"), shapes, features, lpips=False, progress=False)
-    lossy = evaluate_reconstruction(registry.build("tokenizer", "patch4-4bit"), shapes, features, lpips=False, progress=False)
+def test_lossy_patch_tokenizer_has_known_bits_and_finite_error(shapes, floor, features):
+    exact, lossy = (evaluate_reconstruction(registry.build("tokenizer", preset), shapes, features, lpips=False,
+                                            progress=False, floor_images=floor) for preset in ("patch4-8bit", "patch4-4bit"))
     assert lossy["bits_per_image"] == 64 * 48 * 4 == exact["bits_per_image"] / 2
     assert 20 < lossy["psnr"] < math.inf and lossy["ssim"] < 1
     assert lossy["rfid"] > exact["rfid"]
+    assert lossy["rfid_floor"] == exact["rfid_floor"]  # the floor is about the real images only
     assert lossy["lpips"] is None  # lpips=False: not computed, no message needed
+
+
+def test_rfid_needs_more_images_than_feature_dimensions_and_a_floor(shapes, floor, features, capsys):
+    tok = registry.build("tokenizer", "patch4-4bit")
+    # 32 images in 32-d features: the covariance has rank <= 31, so no rFID (and no floor), with a notice saying why.
+    few = evaluate_reconstruction(tok, shapes[:32], features, lpips=False, progress=False, floor_images=floor[:32])
+    assert few["rfid"] is None and few["rfid_floor"] is None
+    assert "32 images for 32-d features" in capsys.readouterr().out
+    assert rfid_left_out(33, 32, 33) is None and rfid_left_out(32, 32, 32) is not None
+    no_floor = evaluate_reconstruction(tok, shapes, features, lpips=False, progress=False)
+    assert no_floor["rfid"] is None and "`floor_images`" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="`floor_images` must be as many real images"):
+        evaluate_reconstruction(tok, shapes, features, lpips=False, progress=False, floor_images=floor[:40])
 
 
 def test_continuous_tokenizer_counts_floats_not_bits(shapes):
     out = evaluate_reconstruction(registry.build("tokenizer", "patch4-float"), shapes, lpips=False, progress=False)
     assert out["discrete"] is False and out["floats_per_image"] == 64 * 48
+    assert out["storage_bits_per_image"] == 32 * 64 * 48
     assert out["bits_per_image"] is None and out["codebook_usage"] is None and out["perplexity"] is None
     assert out["rfid"] is None and out["psnr"] == math.inf
+    # Exact latents: no quantization step keeps PSNR infinite (8-bit values are not multiples of 2^-k).
+    assert out["effective_bits_per_image"] is None and out["quantization_step"] is None
+
+
+class ShrinkAE(nn.Module):
+    """A continuous tokenizer over 4x4 images: each pixel is a token, its 3 channels the latent;
+    decoding shrinks by 1% (so the unquantized PSNR is finite)."""
+
+    spec = TokenSpec("continuous", max_tokens=16, latent_dim=3)
+
+    def encode(self, images):
+        return Tokens(latents=rearrange(images, "b c h w -> b (h w) c"))
+
+    def decode(self, tokens):
+        return 0.99 * rearrange(tokens.latents, "b (h w) c -> b c h w", h=4)
+
+
+def few_valued_images() -> torch.Tensor:
+    """8 images x 16 pixels = 128 values per channel: channel 0 half -0.5, half 0.5 (1 bit);
+    channel 1 always 0.25 (0 bits); channel 2 a quarter -0.5, a quarter 0, a half 0.5 (1.5 bits)."""
+    values = torch.empty(128, 3)
+    values[:, 0] = torch.tensor([-0.5, 0.5]).repeat(64)
+    values[:, 1] = 0.25
+    values[:, 2] = torch.tensor([-0.5, 0.0, 0.5, 0.5]).repeat(32)
+    return rearrange(values, "(b h w) c -> b c h w", b=8, h=4)
+
+
+def quantized_psnr(tok, images, step):
+    z = tok.encode(images).latents
+    return scores.psnr(tok.decode(Tokens(latents=torch.round(z / step) * step)).clamp(-1, 1), images).mean().item()
+
+
+def test_effective_bits_are_the_entropy_at_the_coarsest_step_within_a_tenth_of_a_db():
+    tok, images = ShrinkAE(), few_valued_images()
+    result = effective_bits(tok, images, batch_size=3)  # batches of 3: the histogram spans the whole set
+    assert result.bits_per_image == pytest.approx(16 * (1 + 0 + 1.5))  # per channel entropy x 16 pixels
+    reference = scores.psnr(tok.decode(tok.encode(images)), images).mean().item()
+    assert result.psnr == pytest.approx(reference) and math.isfinite(reference)
+    assert reference - quantized_psnr(tok, images, result.step) <= 0.1  # the chosen step costs at most 0.1 dB
+    assert result.coarser_step > result.step
+    assert reference - quantized_psnr(tok, images, result.coarser_step) > 0.1  # the next coarser one more
+    assert result.step == 0.25  # the widest channel spans 1: 1 and 1/2 merge values; 1/4 keeps them exact
+    out = evaluate_reconstruction(tok, images, lpips=False, progress=False)
+    assert out["effective_bits_per_image"] == pytest.approx(40) and out["storage_bits_per_image"] == 32 * 16 * 3
+    assert out["quantization_step"] == 0.25
+
+
+class PoolAE(nn.Module):
+    """A lossy continuous tokenizer: 4x4 mean pooling, decoded by repeating each mean."""
+
+    spec = TokenSpec("continuous", max_tokens=64, latent_dim=3)
+
+    def encode(self, images):
+        return Tokens(latents=rearrange(F.avg_pool2d(images, 4), "b c h w -> b (h w) c"))
+
+    def decode(self, tokens):
+        return F.interpolate(rearrange(tokens.latents, "b (h w) c -> b c h w", h=8), scale_factor=4)
+
+
+def test_effective_bits_of_a_lossy_autoencoder_lie_between_nothing_and_float_storage(shapes):
+    result = effective_bits(PoolAE(), shapes)
+    assert 0 < result.bits_per_image < 32 * 64 * 3
+    assert result.psnr - result.psnr_quantized <= 0.1 < result.psnr - result.coarser_psnr
+    assert result.coarser_step == pytest.approx(result.step * 2**0.25)  # quarter octaves near the answer
+    finer = effective_bits(PoolAE(), shapes, tolerance_db=0.01)
+    assert finer.step < result.step and finer.bits_per_image > result.bits_per_image
 
 
 class CraftedTokenizer(nn.Module):

@@ -8,9 +8,11 @@ import torch
 from PIL import Image
 
 from trilemma import checkpoint, registry
+from trilemma.metrics.features import DomainFeatures
 from trilemma.metrics.reconstruction import evaluate_reconstruction
+from trilemma.studies import tradeoff as tradeoff_module
 from trilemma.studies.report import markdown_table, write_report
-from trilemma.studies.tradeoff import discrete_front, pareto_front, tradeoff, trilemma_weights
+from trilemma.studies.tradeoff import discrete_front, pareto_front, plot_bits, tradeoff, trilemma_weights
 
 INF = math.inf
 
@@ -44,9 +46,10 @@ def test_pareto_front_minimising_both_axes_for_rfid():
 # ----------------------------------------------------------------------------- report
 
 
-def _row(name, discrete, bits, psnr, rfid, floats=None):
+def _row(name, discrete, bits, psnr, rfid, floats=None, effective=None):
     return dict(tokenizer=name, discrete=discrete, tokens_per_image=64, bits_per_image=bits, floats_per_image=floats,
-                psnr=psnr, ssim=0.9, lpips=None, rfid=rfid, codebook_usage=0.5 if discrete else None,
+                effective_bits_per_image=effective, storage_bits_per_image=None if floats is None else 32 * floats,
+                psnr=psnr, ssim=0.9, lpips=None, rfid=rfid, rfid_floor=0.25, codebook_usage=0.5 if discrete else None,
                 perplexity=10.0 if discrete else None, encode_images_per_s=1000.0, decode_images_per_s=2000.0,
                 image_size=32)
 
@@ -56,7 +59,7 @@ CRAFTED = [
     _row("patch4-4bit", True, 12288, 34.3, 0.4),
     _row("vq-f4", True, 512, 24.0, 3.0),
     _row("vq-f4-bad", True, 1024, 20.0, 5.0),
-    _row("ae-f4", False, None, 31.0, 1.0, floats=256),
+    _row("ae-f4", False, None, 31.0, 1.0, floats=256, effective=900),
 ]
 
 
@@ -83,7 +86,8 @@ def test_report_writes_json_markdown_and_pngs(tmp_path):
     for row in CRAFTED:
         assert any(line.startswith(f"| {row['tokenizer']} ") for line in table)
     ae_line = next(line for line in table if line.startswith("| ae-f4 "))
-    assert "continuous (256 floats)" in ae_line and "8,192" not in ae_line
+    assert "| 900 effective (256 floats) | 8,192 |" in ae_line  # effective bits, then 32 bits x floats stored
+    assert "| rFID (floor 0.25) |" in table[0]
     assert "∞ (lossless)" in md
 
     for key in ("psnr_plot", "rfid_plot", "triangle_plot"):
@@ -104,6 +108,9 @@ def test_trilemma_weights_corners():
     assert w["patch4-8bit"] == (0.0, 1.0, 1.0)  # raw size, lossless, discrete
     assert w["vq-f4"][0] == 1.0  # the most compact of the sweep
     assert w["ae-f4"][2] == 0.0 and 0 < w["ae-f4"][1] < 1
+    # the AE is placed at its 900 effective bits, not at 32 bits x 256 floats
+    assert w["ae-f4"][0] == pytest.approx(math.log2(24576 / 900) / math.log2(24576 / 512))
+    assert plot_bits(CRAFTED[4]) == 900 and plot_bits(dict(CRAFTED[4], effective_bits_per_image=None)) == 8192
     assert trilemma_weights([dict(CRAFTED[0], psnr=None)]) == [None]
 
 
@@ -182,3 +189,37 @@ def test_split_all_evaluates_every_image_of_a_folder(saved_tokenizers, tmp_path)
     assert counts["all"] == 30 and counts["test"] < 30
     with pytest.raises(ValueError, match="shapes is generated per split"):
         tradeoff(saved_tokenizers[:1], n=2, features="none", lpips=False, split="all")
+
+
+def test_rfid_with_its_floor_only_above_the_feature_dimension_and_every_row_states_its_protocol(
+        saved_tokenizers, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    small = DomainFeatures(DomainFeatures.Config(channels=(8,), dim=8))
+    monkeypatch.setattr(tradeoff_module, "resolve_features", lambda *a, **k: small)
+    seen = []
+
+    def record(tokenizer, images, **kwargs):
+        seen.append((images, kwargs.get("floor_images")))
+        return evaluate_reconstruction(tokenizer, images, **kwargs)
+
+    rows = tradeoff(saved_tokenizers[:2], n=12, features="domain", lpips=False, progress=False, evaluate=record)
+    images, floor = seen[0]
+    assert floor.shape == images.shape and not any(torch.equal(f, x) for f in floor for x in images)  # disjoint
+    assert all(torch.equal(f, floor) for _, f in seen)  # one floor for every tokenizer
+    assert rows[0]["rfid_floor"] == rows[1]["rfid_floor"] > 0  # one floor: the real images only
+    assert abs(rows[0]["rfid"]) < 0.01 * rows[0]["rfid_floor"]  # lossless: far below the floor
+    for row in rows:
+        p = row["protocol"]
+        assert (p["split"], p["images"], p["seed"]) == ("test", 12, 0) and "8-d" in p["features"]
+        assert p["rfid"].startswith("measured") and "next 12 of the test split" in p["rfid_floor"]
+    files = write_report(rows, tmp_path / "measured", settings={"data": "shapes", "n": 12})
+    payload = json.loads(files["json"].read_text())
+    assert payload["settings"]["images"] == 12 and payload["settings"]["rfid"].startswith("measured")
+    md = files["markdown"].read_text()
+    assert "- rfid_floor: FID between the 12 evaluated images" in md and "rFID floor (real vs real)" in md
+
+    few = tradeoff(saved_tokenizers[:1], n=8, features="domain", lpips=False, progress=False)  # 8 images, 8-d features
+    assert few[0]["rfid"] is None and few[0]["rfid_floor"] is None
+    assert few[0]["protocol"]["rfid"].startswith("left out: 8 images for 8-d features")
+    files = write_report(few, tmp_path / "left-out")
+    assert "rFID: not computed (8 images for 8-d features" in files["markdown"].read_text()

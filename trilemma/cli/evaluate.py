@@ -2,10 +2,12 @@
 
 - ``reconstruction``: one tokenizer on the held-out images; prints the metrics, writes
   ``OUT/reconstruction.json``.
-- ``generation``: a generator (and its tokenizer) on the protocol of ``trilemma.studies.generation``
-  (held-out prompts, reference and real-vs-real floor, probe or contrastive adherence). Several
-  ``--cfg-scale`` values are evaluated in turn on the same prompts and printed side by side. Writes
-  ``OUT/generation.json`` (one run per guidance scale).
+- ``generation``: a generator (and its tokenizer) on the protocol of ``trilemma.studies.benchmark``
+  (per category of prompts: unseen, the headline; on shapes also novel pairs and training prompts;
+  each with its reference, real-vs-real floor and adherence ceiling). Several ``--cfg-scale``
+  values are evaluated in turn on the same prompts and printed side by side. Prints the protocol and
+  one table per category in Markdown, writes it to ``OUT/generation.md`` and ``OUT/generation.json``
+  (the protocol, one run per guidance scale).
 - ``tradeoff``: several tokenizers on the same images; writes the report of ``trilemma.studies.report``
   (JSON, Markdown, PNG plots) into ``OUT``.
 
@@ -23,9 +25,11 @@ import torch
 
 from trilemma.cli import options
 from trilemma.cli.options import Parser, command, group, positive_int, seed
+from trilemma.files import atomic_write_bytes
 from trilemma.pipeline import Pipeline
+from trilemma.studies.benchmark import protocol_lines
 from trilemma.studies.generation import benchmark, evaluate_generation
-from trilemma.studies.images import check_split
+from trilemma.studies.images import FEATURE_CHOICES, SPLITS, check_split
 from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, write_json, write_report
 from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
 
@@ -35,9 +39,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     common = Parser(add_help=False)
     common.add_argument("--data", default="shapes", help="'shapes' or a directory of images")
     common.add_argument("--n", type=positive_int, default=1000, help="images to evaluate on")
-    common.add_argument("--split", default="test", choices=["test", "val", "train", "all"],
-                        help="which images: test (held out), or all of a folder kept for testing")
-    common.add_argument("--features", default="auto", choices=["auto", "domain", "inception", "none"],
+    common.add_argument("--split", default="test", choices=SPLITS,
+                        help="which images: test (held out; generation: the headline's reference), novel (shapes "
+                             "with a held-out colour x shape pair), or all of a folder kept for testing")
+    common.add_argument("--features", default="auto", choices=FEATURE_CHOICES,
                         help="FID features: auto = domain probe on shapes, Inception on a folder")
     common.add_argument("--probe-cache", default=None, help="where the shapes probe is cached (default: OUT/probe)")
     common.add_argument("--batch-size", type=positive_int, default=64)
@@ -54,6 +59,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                 parents=[common])
     p.add_argument("--generator", required=True, help="generator checkpoint or run directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    p.add_argument("--diagnostic-n", type=options.non_negative_int, default=None,
+                   help="shapes: prompts of each diagnostic category (novel pairs, training prompts); "
+                        "default a third of --n, 0 for the headline alone")
     options.add_sampling(p, several_scales=True)
     p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff, parents=[common])
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
@@ -142,7 +150,7 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
     pipe = Pipeline.load(args.generator, args.tokenizer).to(dev)
     size = pipe.tokenizer.image_size
     bench = benchmark(args.data, args.n, size, seed=args.seed, features=args.features, cache_dir=args.out,
-                      probe_dir=_probe_cache(args), split=args.split)
+                      probe_dir=_probe_cache(args), split=args.split, diagnostic_n=args.diagnostic_n)
     if bench.features is not None:
         bench.features.to(dev)
     if len(samplings) > 1:  # a sweep: the real sets' features once, not once per scale
@@ -152,47 +160,56 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
         if len(samplings) > 1:
             print(f"cfg_scale {sampling.cfg_scale:g}")
         results.append(evaluate_generation(pipe, bench, sampling, batch_size=args.batch_size))
-    if len(results) == 1:
-        print("\n".join(generation_lines(results[0])))
-    else:
-        print("\n".join(sweep_lines(results, [f"cfg {s:g}" for s in scales])))
-    path = write_json({
+    protocol = {**bench.protocol, "sampling_seed": samplings[0].seed}
+    text = generation_markdown(results, [f"cfg {s:g}" for s in scales] if len(results) > 1 else ["generated"], protocol)
+    print(text)
+    out = Path(args.out)
+    files = [write_json({
         "settings": {**settings(args.data, args.n, args.seed, args.features, size, args.split),
                      "generator": str(args.generator), "tokenizer": str(args.tokenizer) if args.tokenizer else None},
-        "runs": [{"sampling": dataclasses.asdict(s), "metrics": r} for s, r in zip(samplings, results)],
-    }, Path(args.out) / "generation.json")
-    print(f"wrote {path}")
+        "protocol": protocol,
+        "runs": [{"sampling": dataclasses.asdict(s), "metrics": {k: v for k, v in r.items() if k != "protocol"}}
+                 for s, r in zip(samplings, results)],
+    }, out / "generation.json"), atomic_write_bytes(out / "generation.md", (text + "\n").encode())]
+    print("wrote " + ", ".join(str(f) for f in files))
     return results
 
 
-def _floor(result: dict, key: str):
-    """The real-vs-real floor of score ``key`` (``NAME_floor``; KID's mean has ``kid_floor``), or None."""
-    return result.get("kid_floor" if key == "kid_mean" else f"{key}_floor")
+def _real(scores: dict, key: str):
+    """What real images score on ``key``: the adherence ceiling ``NAME_ceiling``, else the
+    real-vs-real floor ``NAME_floor`` (KID's mean has ``kid_floor``), else None."""
+    if f"{key}_ceiling" in scores:
+        return scores[f"{key}_ceiling"]
+    return scores.get("kid_floor" if key == "kid_mean" else f"{key}_floor")
 
 
-def generation_lines(result: dict) -> list[str]:
-    """Each score beside its real-vs-real floor (``NAME_floor``) when there is one."""
-    lines = []
-    width = max((len(k) for k in result), default=0)
-    for key, value in result.items():
-        if key.endswith("_floor"):
-            continue
-        floor = _floor(result, key)
-        text = _fmt(value)
-        if floor is not None:
-            text += f"   (real vs real: {_fmt(floor)})"
-        lines.append(f"{key:<{width}}  {text}")
-    return lines
+def category_lines(results: list[dict], names: list[str], category: str) -> list[str]:
+    """One Markdown table: a row per score of ``category``, a column per run, then real images
+    (the floor or the ceiling: the same for every run); the novel pairs' scores after."""
+    scored = [r["categories"][category] for r in results]
+    first = scored[0]
+    keys = [k for k in first if not k.endswith(("_floor", "_ceiling")) and k != "by_novel_pair"]
+    rows = [[k, *(_fmt(s.get(k)) for s in scored), _fmt(_real(first, k))] for k in keys]
+    for pair, scores in first.get("by_novel_pair", {}).items():
+        rows += [[f"{pair}: {k}", *(_fmt(s["by_novel_pair"][pair].get(k)) for s in scored), _fmt(_real(scores, k))]
+                 for k in scores if not k.endswith("_ceiling")]
+    return _table(["", *names, "real images (floor / ceiling)"], rows)
 
 
-def sweep_lines(results: list[dict], names: list[str]) -> list[str]:
-    """One row per score, one column per run, then the real-vs-real floor (the same for every run)."""
-    keys = [k for k in results[0] if not k.endswith("_floor")]
-    floors = [_floor(results[0], k) for k in keys]
-    header = ["", *names, "real vs real"]
-    rows = [[k, *(_fmt(r.get(k)) for r in results), _fmt(f) if f is not None else ""] for k, f in zip(keys, floors)]
+def generation_markdown(results: list[dict], names: list[str], protocol: dict) -> str:
+    """The protocol, then a table per category (the headline first), one column per run."""
+    lines = ["# Generation evaluation", "", *protocol_lines(protocol), ""]
+    for category in results[0]["categories"]:
+        headline = " (headline)" if category == protocol.get("headline") else ""
+        lines += [f"## {category}{headline}", "", *category_lines(results, names, category), ""]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, its cells padded to line up in a terminal."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    line = lambda row: "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |"  # noqa: E731
+    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
 
 
 # ----------------------------------------------------------------------------- trade-off

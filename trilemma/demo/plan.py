@@ -23,31 +23,50 @@ SAMPLING = SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0)
 EDIT_BOX = (0.0, 0.0, 0.5, 0.5)
 EDIT_PROMPT = "a large red circle at the top left"
 
-# The trilemma study: a tokenizer of every family, by the name its run gets. "vq" is the token
-# generators' tokenizer, "ae" the diffusion generator's and the promptable tokenizer's frozen base.
+# The trilemma study: a tokenizer of every family, by the name its run gets. The conv families (CONV_FAMILIES)
+# train alike, on the plan's ``study_budget``, so that the quantizer is all that differs between them. "vq-gen" and
+# "ae-gen" are the generators' tokenizers, each on its own schedule (``own_budgets``): the token generators'
+# VQ at the preset's widths, the diffusion generator's AE (also the promptable tokenizer's frozen base).
 TOKENIZERS = {"vq": "vq-f4-shapes", "rvq": "rvq-f4-shapes", "fsq": "fsq-f4-shapes", "lfq": "lfq-f4-shapes",
-              "ae": "ae-f4-shapes", "patch": "patch4-8bit", "promptable": "promptable-shapes"}
-# One generator of each family, and the study tokenizer it trains on.
-GENERATORS = {"dalle": "vq", "parti": "vq", "muse": "vq", "diffusion": "ae"}
+              "ae": "ae-f4-shapes", "patch": "patch4-8bit", "promptable": "promptable-shapes",
+              "vq-gen": "vq-f4-shapes", "ae-gen": "ae-f4-shapes"}
+CONV_FAMILIES = ("vq", "rvq", "fsq", "lfq", "ae")
+PROMPTABLE_BASE = "ae-gen"
+# One generator of each family, and the tokenizer it trains on.
+GENERATORS = {"dalle": "vq-gen", "parti": "vq-gen", "muse": "vq-gen", "diffusion": "ae-gen"}
 # The models that train in fp32 (bf16 autocast slows them on a CPU: bench/results/steps.json); every other
 # trains under bf16 autocast.
 FP32 = frozenset({"diffusion", "promptable"})
 
 
 @dataclass(frozen=True)
+class Budget:
+    """How a tokenizer trains: ``steps`` of ``batch`` images at peak learning rate ``lr``, with
+    ``widths`` over its preset's (e.g. ``LITE``; empty: the preset's own)."""
+
+    steps: int
+    lr: float
+    batch: int = 32
+    widths: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        widths = ", ".join(f"{k} {v}" for k, v in self.widths.items()) or "the preset's widths"
+        return f"{self.steps} steps of {self.batch} at lr {self.lr:g}, {widths}"
+
+
+@dataclass(frozen=True)
 class DemoPlan:
     name: str
     pool: int  # shapes training images drawn once, shared by every tokenizer and generator
-    tokenizer_steps: dict[str, int]  # per study tokenizer (batch 32); patch has nothing to learn
-    tokenizer_lr: dict[str, float]  # peak learning rate per study tokenizer
-    conv_tokenizer: dict  # overrides of the *-f4-shapes presets, for the study's conv tokenizers but "vq"
+    study_budget: Budget  # every one of CONV_FAMILIES, alike
+    own_budgets: dict[str, Budget]  # "vq-gen", "ae-gen" and the promptable tokenizer: their own schedules
     generator_preset: str  # size suffix of every generator preset: "shapes" or "tiny"
     generator_arch: dict[str, dict]  # overrides of each family's preset
     generator_batch: dict[str, int]  # per family
     generator_steps: dict[str, int]  # per family
     generator_lr: dict[str, float]  # peak learning rate per family
     eval_images: int  # images per generation evaluation set
-    study_images: int  # held-out images every study tokenizer reconstructs
+    study_images: int  # held-out images every study tokenizer reconstructs (rFID only above the features' 256 dims)
     probe_steps: int
     rerank_n: int  # prompts in the rerank study
     rerank_candidates: int  # images drawn per prompt there
@@ -55,20 +74,30 @@ class DemoPlan:
     contrastive_images: int  # the first images of the pool it trains on
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)  # per family, where not SAMPLING
 
+    def tokenizer_budget(self, name: str) -> Budget | None:
+        """How tokenizer ``name`` of ``TOKENIZERS`` trains; None for raw patches (nothing to learn)."""
+        return self.study_budget if name in CONV_FAMILIES else self.own_budgets.get(name)
+
     def sampling_for(self, kind: str) -> SamplingConfig:
         """How family ``kind`` samples everywhere in the demo (its grid, evaluation, edits, reranking)."""
         return self.sampling.get(kind, SAMPLING)
 
 
-# The study's conv tokenizers but the generators' VQ: no full-resolution ResNet blocks (a step 4x cheaper).
+# The study's conv families and the generators' AE: no full-resolution ResNet blocks (a step 4x cheaper), at lr 2e-3.
 # The generators' VQ keeps the preset's widths: generators learn far worse on the lite VQ's tokens
 # (docs/experiments.md, demo plan: model sizes).
 LITE = {"channels": 32, "num_res_blocks": 0}
+LITE_LR = 2e-3
 
-# The lite conv tokenizers take 2e-3; the generators' VQ and the promptable tokenizer their presets' recipes
-# (Preset.recipe: what `trilemma train` uses by default).
-_TOKENIZER_LR = {"rvq": 2e-3, "fsq": 2e-3, "lfq": 2e-3, "ae": 2e-3,
-                 **{name: registry.get_preset("tokenizer", TOKENIZERS[name]).recipe["lr"] for name in ("vq", "promptable")}}
+
+def _own(name: str, steps: int) -> Budget:
+    """The generators' VQ and the promptable tokenizer: their presets' widths and learning rates (Preset.recipe:
+    what `trilemma train` uses by default); the generators' AE: lite, as the study's families."""
+    if name == "ae-gen":
+        return Budget(steps, LITE_LR, widths=LITE)
+    return Budget(steps, registry.get_preset("tokenizer", TOKENIZERS[name]).recipe["lr"])
+
+
 # The generators' widths in the standard and full demos: smaller than the presets, more steps a minute.
 _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
               "diffusion": {"channels": (32, 64)}}
@@ -77,14 +106,18 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 
 # make demo: two one-thread workers (run.py), under 15 minutes; each schedule was measured run by run
-# (docs/experiments.md, "Schedules, run by run"). The AE trains 600 steps so that diffusion (900) fills the
-# second worker's idle time; the promptable tokenizer trains at batch 32 (at 16, whether it left the mean
-# image in time varied from seed to seed).
+# (docs/experiments.md, "Schedules, run by run"). The generators' AE trains 600 steps so that diffusion (900) fills
+# the second worker's idle time; the promptable tokenizer trains at batch 32 (at 16, whether it left the mean
+# image in time varied from seed to seed). The study's five families share 300 lite steps (one thread, a pool of
+# 4000: vq 23.2 dB, rvq 24.6, fsq 23.4, lfq 19.3, ae 24.6 held out; at 200 steps 18.8 / 20.7 / 20.1 / 17.9 / 20.6,
+# most still near the mean image). With the generators' AE that is 2100 lite steps where there were 900 (rvq / fsq /
+# lfq 100, one AE 600): ~130 s more worker time; replayed on the task times of a whole run (on a busy machine:
+# 1144 s), the demo ends ~60 s later, ~5%.
 STANDARD = DemoPlan(
-    name="standard", pool=12256,
-    tokenizer_steps={"vq": 600, "ae": 600, "rvq": 100, "fsq": 100, "lfq": 100, "promptable": 360},
-    tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes",
-    generator_arch=_DEMO_ARCH,
+    name="standard", pool=12256, study_budget=Budget(300, LITE_LR, widths=LITE),
+    own_budgets={"vq-gen": _own("vq-gen", 600), "ae-gen": _own("ae-gen", 600),
+                          "promptable": _own("promptable", 360)},
+    generator_preset="shapes", generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 16, "muse": 32, "diffusion": 32},
     generator_steps={"dalle": 1200, "parti": 900, "muse": 800, "diffusion": 900},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
@@ -93,9 +126,9 @@ STANDARD = DemoPlan(
                                        "dalle": DALLE_SAMPLING},
 )
 QUICK = DemoPlan(
-    name="quick", pool=768,
-    tokenizer_steps={"vq": 60, "ae": 40, "rvq": 10, "fsq": 10, "lfq": 10, "promptable": 10},
-    tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="tiny", generator_arch={},
+    name="quick", pool=768, study_budget=Budget(20, LITE_LR, widths=LITE),
+    own_budgets={"vq-gen": _own("vq-gen", 60), "ae-gen": _own("ae-gen", 40), "promptable": _own("promptable", 10)},
+    generator_preset="tiny", generator_arch={},
     generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
     generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20},
     generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 1e-3},
@@ -104,11 +137,13 @@ QUICK = DemoPlan(
     sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
 # --full: the demo's model sizes, 3-13x its schedules and larger evaluation sets (37-41 minutes on a Xeon:
-# docs/experiments.md, --full).
+# docs/experiments.md, --full); the study's families share 600 lite steps (what its rvq / fsq / lfq had), its 500
+# images are enough for rFID in the probe's 256-d features.
 FULL = DemoPlan(
-    name="full", pool=20256,
-    tokenizer_steps={"vq": 2000, "ae": 2000, "rvq": 600, "fsq": 600, "lfq": 600, "promptable": 1600},
-    tokenizer_lr=_TOKENIZER_LR, conv_tokenizer=LITE, generator_preset="shapes", generator_arch=_DEMO_ARCH,
+    name="full", pool=20256, study_budget=Budget(600, LITE_LR, widths=LITE),
+    own_budgets={"vq-gen": _own("vq-gen", 2000), "ae-gen": _own("ae-gen", 2000),
+                          "promptable": _own("promptable", 1600)},
+    generator_preset="shapes", generator_arch=_DEMO_ARCH,
     generator_batch={"dalle": 16, "parti": 16, "muse": 64, "diffusion": 32},
     generator_steps={"dalle": 4000, "parti": 3000, "muse": 1500, "diffusion": 2500},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},

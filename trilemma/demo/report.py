@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, SAMPLING, DemoPlan
+from trilemma.demo.plan import CONV_FAMILIES, EDIT_BOX, EDIT_PROMPT, GENERATORS, PLANS, SAMPLING, DemoPlan
 from trilemma.files import atomic_write_bytes
+from trilemma.studies.benchmark import protocol_lines
 from trilemma.studies.html import write_html
 from trilemma.studies.report import markdown_table
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 
 
-def mean_adherence(scores: dict) -> float:
-    """The mean of the four per-attribute accuracies: the issue's headline adherence number."""
-    return sum(scores[f"adherence_{a}_acc"] for a in ATTRIBUTES) / len(ATTRIBUTES)
+def mean_adherence(scores: dict, suffix: str = "") -> float:
+    """The mean of the four per-attribute accuracies: the issue's headline adherence number
+    (``suffix="_ceiling"``: of their ceilings)."""
+    return sum(scores[f"adherence_{a}_acc{suffix}"] for a in ATTRIBUTES) / len(ATTRIBUTES)
 
 
 def _fmt(v: object, digits: str = ".4g") -> str:
@@ -31,7 +33,8 @@ def _pct(v: float | None) -> str:
 
 def write_demo_report(out: Path, results: dict, plan: DemoPlan) -> tuple[Path, Path]:
     for scores in results["generation"].values():
-        scores["adherence_mean"] = mean_adherence(scores)
+        for scored in (scores, *scores.get("categories", {}).values()):
+            scored["adherence_mean"] = mean_adherence(scored)
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
     report = atomic_write_bytes(out / "report.md", markdown(results, plan).encode())
     return report, write_html(report)
@@ -52,12 +55,13 @@ def _settings(plan: DemoPlan) -> str:
     def arch(fields: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in fields.items())
 
-    tok = ", ".join(f"{k} {v} (lr {plan.tokenizer_lr[k]:g})" for k, v in plan.tokenizer_steps.items())
+    tok = "; ".join(f"{k} {b.describe()}" for k, b in plan.own_budgets.items())
     gen = ", ".join(f"{k} {plan.generator_steps[k]} (batch {plan.generator_batch[k]}, lr {plan.generator_lr[k]:g}"
                     + (f"; {arch(plan.generator_arch[k])}" if plan.generator_arch.get(k) else "") + ")" for k in GENERATORS)
-    return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. Tokenizers (batch 32; vq at its preset's "
-            f"widths, the other conv tokenizers with {arch(plan.conv_tokenizer) or 'the preset widths'}) trained for {tok} "
-            f"steps; generators (`*-{plan.generator_preset}` presets) for {gen} steps. The study reconstructs "
+    return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. The study's conv families "
+            f"({', '.join(CONV_FAMILIES)}) each trained {plan.study_budget.describe()}; the generators' tokenizers and "
+            f"the promptable one on their own schedules ({tok}); generators (`*-{plan.generator_preset}` presets) for "
+            f"{gen} steps. The study reconstructs "
             f"{plan.study_images} held-out images; generation is evaluated on {plan.eval_images}. Sampling (seed "
             f"{SAMPLING.seed}): {_sampling(plan)}.\n\n![data](data.png)")
 
@@ -70,50 +74,111 @@ def _sampling(plan: DemoPlan) -> str:
 
 
 def _study(study: dict, plan: DemoPlan) -> list[str]:
+    protocol = study.get("protocol", {})
+    rfid = str(protocol.get("rfid", "left out"))
     lines = ["## The trilemma study", "",
              "A tokenizer of every family, on the same held-out images: compact (bits per image), lossless (PSNR, "
-             "rFID in the shapes probe's features) and discrete (ids from a finite vocabulary). The promptable "
-             "tokenizer is one row per token budget, drawn as a line. Continuous latents have no bit count and "
-             "are plotted at float32 storage. Training steps: "
-             + ", ".join(f"{k} {v}" for k, v in plan.tokenizer_steps.items())
-             + " (batch 32): the generators' VQ and AE get the most, so at short schedules a point says as much "
-             "about its training time as about its family (`--full` trains each of them 3-13x longer).", "",
+             "rFID in the shapes probe's features) and discrete (ids from a finite vocabulary). The conv families ("
+             + ", ".join(CONV_FAMILIES) + f") share one training budget, {plan.study_budget.describe()}, so the "
+             "quantizer is all that differs between them; the generators' tokenizers (vq-gen, ae-gen: longer, vq-gen "
+             "at the preset's widths) and the promptable one are marked with their own schedules. The promptable "
+             "tokenizer is one row per token budget, drawn as a line. A continuous tokenizer is counted and plotted "
+             "at its effective bits (the entropy of its latents quantized at the coarsest step that costs <= 0.1 dB "
+             "PSNR); storage bits are its 32-bit floats. "
+             + (f"rFID is measured beside its floor, the {protocol.get('rfid_floor')}." if rfid.startswith("measured")
+                else f"No rFID in this table: {rfid.removeprefix('left out: ')} (`--full` evaluates "
+                     f"{PLANS['full'].study_images}).")
+             + " Protocol: " + ", ".join(f"{k} {protocol[k]}" for k in ("split", "images", "seed", "features")
+                                         if k in protocol) + ".", "",
              markdown_table(study["rows"]), "",
              "![PSNR vs bits](tradeoff/psnr_vs_bits.png)", "", "![trilemma](tradeoff/trilemma.png)", "",
              "![reconstructions](reconstructions.png)", ""]
-    lines += ["### Prompted region (promptable tokenizer)", "",
-              "A box on each image's first object, given as a prompt or not, at small budgets (dB):", "",
-              "| k | bits | PSNR in box | in box, prompted | gain | outside | outside, prompted |",
-              "|---|---|---|---|---|---|---|"]
-    for r in study["region"]:
-        gain = r["psnr_in_box_prompted"] - r["psnr_in_box"]
-        lines.append(f"| {r['k']} | {r['bits']:.0f} | {r['psnr_in_box']:.2f} | {r['psnr_in_box_prompted']:.2f} | "
-                     f"{gain:+.2f} | {r['psnr_outside']:.2f} | {r['psnr_outside_prompted']:.2f} |")
-    return lines + [""]
+    return lines + _region(study["region"]) + [""]
+
+
+def _region(rows: list[dict]) -> list[str]:
+    """The region study's table (``metrics/prompted.py``) and one line on what its controls show."""
+    db = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = ["### Prompted region (promptable tokenizer)", "",
+             ("A box on each image's first object (its grid cell), told to neither half of the tokenizer, to the encoder "
+              "only, to the decoder only, or to both, at small budgets (PSNR in dB). A decoder told the box was sent it: "
+              f"{rows[0]['bits_box']:.0f} bits (corners in steps of 1/256) on top of the tokens' bits. *Unprompted, same "
+              "bits*: the tokenizer without the box at both's total bits, interpolated in log bits between the budgets "
+              "around it (- past K tokens)."), "",
+             ("| k | bits: tokens + box (to the decoder) | in box: neither | encoder only | decoder only | both | "
+              "unprompted, same bits | outside: neither | both |"), "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['k']} | {r['bits_tokens']:.0f} + {r['bits_box']:.0f} | {db(r['psnr_in_box_neither'])} | "
+                     f"{db(r['psnr_in_box_encoder'])} | {db(r['psnr_in_box_decoder'])} | {db(r['psnr_in_box_both'])} | "
+                     f"{db(r['psnr_in_box_neither_at_bits_both'])} | {db(r['psnr_outside_neither'])} | "
+                     f"{db(r['psnr_outside_both'])} |")
+    r = rows[0]
+    gain = {c: r[f"psnr_in_box_{c}"] - r["psnr_in_box_neither"] for c in ("encoder", "decoder", "both")}
+    fair = r["psnr_in_box_neither_at_bits_both"]
+    against = ("no unprompted budget spends as many bits" if fair is None else
+               f"{r['psnr_in_box_both'] - fair:+.1f} dB against the unprompted tokenizer given the box's bits as tokens")
+    lines += ["", f"Control at k = {r['k']}, in the box: told to the encoder alone the box gains {gain['encoder']:+.1f} dB, "
+              f"to the decoder alone {gain['decoder']:+.1f}, to both {gain['both']:+.1f} ({against})."]
+    return lines
 
 
 def _generation(gens: dict, ceiling: dict) -> list[str]:
+    """A column per generator and one for real images (the same benchmark for all): the unseen
+    prompts' rows (the headline) first, then the novel pairs' and the training prompts'."""
+    first = next(iter(gens.values()))
+    cats = first.get("categories", {})
     heads = [f"{g} ({GENERATORS[g]})" for g in gens]
-    lines = ["## Generation", "", "One generator of each family, on the tokenizer it suits (in brackets), for the "
-             "same prompts. Adherence is the shapes probe's accuracy per attribute on the generated images; the "
-             "ceiling is the probe on the tokenizer's reconstructions of the real images (what a perfect generator "
-             "on that tokenizer would score); `*_floor` is the score between two disjoint sets of real images.", "",
-             "| metric | " + " | ".join(heads) + " |", "|---|" + "---|" * len(gens)]
-    rows = [(f"adherence {a}", f"adherence_{a}_acc", _pct) for a in ATTRIBUTES]
-    rows += [("adherence (mean of the four)", "adherence_mean", _pct), ("objects right", "adherence_object_acc", _pct),
-             ("images right", "adherence_image_acc", _pct), ("FID (probe features)", "fid", _fmt),
-             ("FID floor (real vs real)", "fid_floor", _fmt), ("precision", "precision", _fmt), ("recall", "recall", _fmt)]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt(gens[g].get(key)) for g in gens) + " |")
-    def ceiling_cell(scores: dict) -> str:
-        return " / ".join(f"{100 * scores[f'adherence_{a}_acc']:.0f}" for a in ATTRIBUTES) + f"% (mean {_pct(mean_adherence(scores))})"
+    counts = ", ".join(f"{k} {v.get('num_images')}" for k, v in cats.items())
+    lines = ["## Generation", "",
+             ("One generator of each family, on the tokenizer it suits (in brackets), for the same prompts, of three "
+              "kinds (protocol below): prompts whose compositions no training image shows (*unseen*, the headline: "
+              "the rows without a prefix), prompts showing a colour x shape pair that no train, val or test image "
+              f"shows (*novel*), and training prompts (*train*: the memorisation diagnostic); prompts per kind: {counts} "
+              "(the diagnostics at a third of the headline's, to keep the demo's time). Adherence is the shapes "
+              "probe's accuracy per attribute on the generated images. *Real images*: the probe on the real images "
+              "of the same prompts (its own ceiling: it never trained on a novel pair) and FID's real-vs-real floor "
+              "(two disjoint real sets). The tokenizer ceiling is the probe on the tokenizer's reconstructions of "
+              "the unseen prompts' real images (what a perfect generator on that tokenizer would score)."), "",
+             *protocol_lines(first.get("protocol", {})), "",
+             "| metric | " + " | ".join(heads) + " | real images |", "|---|" + "---|" * (len(gens) + 1)]
 
-    lines.append("| ceiling: shape / colour / size / position | " + " | ".join(ceiling_cell(ceiling[GENERATORS[g]]) for g in gens) + " |")
-    lines.append("| seconds per image | " + " | ".join(f"{1 / gens[g]['samples_per_s']:.4f}" for g in gens) + " |")
+    def rows(prefix: str, pick, keys: list[tuple[str, str, object]]) -> None:
+        """A row per (label, key, format) of the scores ``pick`` finds in each generator's results."""
+        for label, key, fmt in keys:
+            cells = [fmt(pick(gens[g]).get(key)) for g in gens]
+            lines.append(f"| {prefix}{label} | " + " | ".join(cells) + f" | {fmt(_real(pick(first), key))} |")
+
+    attributes = [(f"adherence {a}", f"adherence_{a}_acc", _pct) for a in ATTRIBUTES]
+    mean = [("adherence (mean of the four)", "adherence_mean", _pct), ("objects right", "adherence_object_acc", _pct)]
+    rows("", lambda scores: scores, attributes + mean + [
+        ("images right", "adherence_image_acc", _pct), ("FID (probe features)", "fid", _fmt),
+        ("precision", "precision", _fmt), ("recall", "recall", _fmt)])
+    for name in [c for c in ("novel", "train") if c in cats]:
+        rows(f"{name}: ", lambda scores, name=name: scores["categories"][name], mean + [("FID", "fid", _fmt)])
+        for pair in cats[name].get("by_novel_pair", {}):
+            rows(f"{name}, {pair}: ", lambda scores, name=name, pair=pair: scores["categories"][name]["by_novel_pair"][pair],
+                 [("objects right", "adherence_object_acc", _pct)])
+
+    def ceiling_cell(scores: dict, suffix: str = "") -> str:
+        return (" / ".join(f"{100 * scores[f'adherence_{a}_acc{suffix}']:.0f}" for a in ATTRIBUTES)
+                + f"% (mean {_pct(mean_adherence(scores, suffix))})")
+
+    real = ceiling_cell(first, "_ceiling") if "adherence_shape_acc_ceiling" in first else "-"
+    lines.append("| tokenizer ceiling: shape / colour / size / position | "
+                 + " | ".join(ceiling_cell(ceiling[GENERATORS[g]]) for g in gens) + f" | {real} |")
+    lines.append("| seconds per image | " + " | ".join(f"{1 / gens[g]['samples_per_s']:.4f}" for g in gens) + " | - |")
     lines.append("")
     for g in gens:
         lines += [f"### {g}", "", f"![{g}]({g}_samples.png)", ""]
     return lines
+
+
+def _real(scores: dict, key: str):
+    """What real images score on ``key``: the probe's ceiling (a mean of the four ceilings for
+    ``adherence_mean``), else the real-vs-real floor."""
+    if key == "adherence_mean":
+        return mean_adherence(scores, "_ceiling") if "adherence_shape_acc_ceiling" in scores else None
+    return scores.get(f"{key}_ceiling", scores.get(f"{key}_floor"))
 
 
 def _editing(editing: dict, rr: dict) -> list[str]:

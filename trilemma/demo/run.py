@@ -11,31 +11,31 @@ import time
 from pathlib import Path
 
 from trilemma.demo import tasks
-from trilemma.demo.plan import GENERATORS, PLANS, TOKENIZERS, DemoPlan
+from trilemma.demo.plan import GENERATORS, PLANS, PROMPTABLE_BASE, TOKENIZERS, DemoPlan
 from trilemma.demo.report import write_demo_report
 from trilemma.demo.schedule import Task, run_tasks
 
 
 def graph(out: Path, plan: DemoPlan) -> list[Task]:
     """Every task and what it waits for, in priority order (a free worker takes the first whose
-    ``after`` are done): the token generators' tokenizer first (the longest chain: vq, then three
-    generators, then editing), the small tokenizers, the probe and the rerank scorer beside it; then
-    what trains on the AE alone (its generators, the promptable tokenizer), which is ready long before
-    the vq, so the other worker is busy while the vq trains; then the vq's generators, longest first,
-    so that no worker idles at the end (docs/experiments.md, "Task order")."""
+    ``after`` are done): the token generators' tokenizer first (the longest chain: vq-gen, then three
+    generators, then editing), the generators' AE, the probe, the study's small tokenizers and the rerank
+    scorer beside it; then what trains on the AE alone (its generators, the promptable tokenizer), which
+    is ready long before the vq-gen, so the other worker is busy while the vq-gen trains; then the
+    vq-gen's generators, longest first, so that no worker idles at the end (docs/experiments.md, "Task order")."""
     def tokenizer(name: str) -> Task:
-        return Task(name, tasks.tokenizer, (out, plan, name), ("ae",) if name == "promptable" else ())
+        return Task(name, tasks.tokenizer, (out, plan, name), (PROMPTABLE_BASE,) if name == "promptable" else ())
 
     def generator(kind: str) -> Task:
         return Task(kind, tasks.generator, (out, plan, kind), (GENERATORS[kind], "probe"))
 
-    small = [n for n in TOKENIZERS if n not in ("vq", "ae", "promptable")]
+    study = [n for n in TOKENIZERS if n not in ("vq-gen", "ae-gen", "promptable")]
     # the longest training first (images seen as its measure): it must not be the one left at the end
     generator_order = sorted(GENERATORS, key=lambda g: -plan.generator_steps[g] * plan.generator_batch[g])
-    on_ae = [generator(g) for g in generator_order if GENERATORS[g] == "ae"] + [tokenizer("promptable")]
-    return ([tokenizer("vq"), tokenizer("ae"), Task("probe", tasks.probe, (out, plan))]
-            + [tokenizer(n) for n in small] + [Task("contrastive", tasks.contrastive, (out, plan))]
-            + on_ae + [generator(g) for g in generator_order if GENERATORS[g] != "ae"]
+    on_ae = [generator(g) for g in generator_order if GENERATORS[g] == "ae-gen"] + [tokenizer("promptable")]
+    return ([tokenizer("vq-gen"), tokenizer("ae-gen"), Task("probe", tasks.probe, (out, plan))]
+            + [tokenizer(n) for n in study] + [Task("contrastive", tasks.contrastive, (out, plan))]
+            + on_ae + [generator(g) for g in generator_order if GENERATORS[g] != "ae-gen"]
             + [Task("study", tasks.study, (out, plan), (*TOKENIZERS, "probe")),
                Task("rerank", tasks.rerank, (out, plan), ("dalle", "contrastive")),
                Task("editing", tasks.editing, (out, plan), tuple(GENERATORS))])

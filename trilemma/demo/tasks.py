@@ -5,13 +5,15 @@ JSON-able numbers it measured."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from trilemma import checkpoint, registry
 from trilemma.data import InMemory, load_dataset
-from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, FP32, GENERATORS, PROMPTS, TOKENIZERS, DemoPlan
+from trilemma.demo.plan import (CONV_FAMILIES, EDIT_BOX, EDIT_PROMPT, FP32, GENERATORS, PROMPTABLE_BASE, PROMPTS,
+                                TOKENIZERS, Budget, DemoPlan)
 from trilemma.images import save_grid
 from trilemma.metrics.prompted import first_object_boxes, region_study
 from trilemma.pipeline import Pipeline
@@ -19,7 +21,7 @@ from trilemma.studies.editing import edit_study, rerank_study
 from trilemma.studies.generation import benchmark, evaluate_generation
 from trilemma.studies.report import write_report
 from trilemma.studies.scorers import contrastive_scorer
-from trilemma.studies.tradeoff import settings, tradeoff
+from trilemma.studies.tradeoff import report_settings, settings, tradeoff
 from trilemma.tokens import Prompt
 from trilemma.training.generator import VAL_ITEMS, train_generator
 from trilemma.training.loop import TrainConfig
@@ -46,8 +48,10 @@ def pool(plan: DemoPlan):
 
 
 def bench(out: Path, plan: DemoPlan, train_probe: bool = False):
-    """The generation benchmark (held-out prompts, reference and floor images, the probe cached in
-    ``out/probe``); only the probe task trains the probe, the others load it."""
+    """The generation benchmark (``studies/benchmark.py``): ``plan.eval_images`` unseen prompts (the
+    headline), and a third as many novel-pair and training prompts each (the benchmark's default:
+    the diagnostics cost a third of the headline's sampling each), each with its reference, floor and
+    probe ceiling; the probe cached in ``out/probe``. Only the probe task trains the probe, the others load it."""
     key = ("bench", str(out))
     if key not in _MADE:
         if not train_probe and not (out / "probe" / "model" / checkpoint.CONFIG_FILE).is_file():
@@ -62,20 +66,35 @@ def tokenizer_run(out: Path, name: str) -> Path:
 
 
 def tokenizer(out: Path, plan: DemoPlan, name: str) -> dict:
-    """Train (or resume, or keep) one study tokenizer; the promptable one over the study's AE."""
-    run, preset = tokenizer_run(out, name), TOKENIZERS[name]
+    """Train (or resume, or keep) one tokenizer of ``TOKENIZERS`` on its budget (``plan.tokenizer_budget``:
+    the study's conv families alike, the generators' ones and the promptable one on their own schedules);
+    the promptable one over the generators' AE."""
+    run, preset, budget = tokenizer_run(out, name), TOKENIZERS[name], plan.tokenizer_budget(name)
     started = (run / "model" / checkpoint.CONFIG_FILE).exists()
-    if started and name not in plan.tokenizer_steps:
+    if started and budget is None:
         print("nothing to do: raw patches have nothing to learn")
         return {}
-    model = registry.get_preset("tokenizer", preset).model
-    overrides = dict(plan.conv_tokenizer) if model == "vqvae" and name != "vq" else {}
-    if model == "promptable":  # tokens over the study's continuous autoencoder (trained first)
-        overrides["base"] = str(tokenizer_run(out, "ae") / "model")
-    steps = plan.tokenizer_steps.get(name, 1)
-    train_tokenizer(preset, "shapes", run, _cfg(name, steps, 32, plan.tokenizer_lr.get(name, 1e-3)), overrides=overrides,
+    budget = budget or Budget(steps=1, lr=1e-3)  # raw patches: saved as a run like the others
+    if started:
+        _check_kept(run, budget)
+    overrides = dict(budget.widths)
+    if registry.get_preset("tokenizer", preset).model == "promptable":  # tokens over a continuous AE (trained first)
+        overrides["base"] = str(tokenizer_run(out, PROMPTABLE_BASE) / "model")
+    train_tokenizer(preset, "shapes", run, _cfg(name, budget.steps, budget.batch, budget.lr), overrides=overrides,
                     dataset=pool(plan), resume=started)  # a finished run is left as it is, a cut one continues
-    return {"steps": steps}
+    return {"steps": budget.steps}
+
+
+def _check_kept(run: Path, budget: Budget) -> None:
+    """A run kept from an earlier demo must be the one this plan trains (an older plan's study VQ had the
+    preset's widths and 600 steps): else it would sit in the table under another budget."""
+    recorded = json.loads((run / "train_config.json").read_text())
+    widths = checkpoint.read_config(run / "model")["config"]
+    if ((recorded["steps"], recorded["batch_size"], recorded["lr"]) != (budget.steps, budget.batch, budget.lr)
+            or any(widths.get(k) != v for k, v in budget.widths.items())):
+        raise RuntimeError(f"{run} was trained {recorded['steps']} steps of {recorded['batch_size']} at lr "
+                           f"{recorded['lr']:g}, not as this plan trains it ({budget.describe()}): run the demo "
+                           f"into a new --out, or delete {run}")
 
 
 def probe(out: Path, plan: DemoPlan) -> dict:
@@ -91,7 +110,10 @@ def study(out: Path, plan: DemoPlan) -> dict:
     b, n = bench(out, plan), plan.study_images
     rows = tradeoff([tokenizer_run(out, k) / "model" for k in TOKENIZERS], "shapes", n=n, features="domain",
                     probe_cache=out / "probe", lpips=False, progress=False)
-    write_report(rows, out / "tradeoff", settings("shapes", n, 0, "domain", 32), title="Trilemma study")
+    for row in rows:  # how each was trained: the families alike, the generators' tokenizers marked as such
+        row["trained"] = _trained(plan, Path(row["path"]).parent.name)
+    protocol = {**settings("shapes", n, 0, "domain", 32), "study_budget": plan.study_budget.describe()}
+    write_report(rows, out / "tradeoff", protocol, title="Trilemma study")
     _reconstruction_grid(out / "reconstructions.png", out, b.reference[:6])
     promptable = checkpoint.load(tokenizer_run(out, "promptable") / "model", kind="tokenizer")
     test = load_dataset("shapes", split="test", size=32)
@@ -106,7 +128,19 @@ def study(out: Path, plan: DemoPlan) -> dict:
             recon = torch.cat([tok.decode(tok.encode(x)).clamp(-1, 1) for x in b.floor.split(128)])
         # The probe on reconstructed real images: the adherence no generator on this tokenizer can beat.
         ceiling[name] = {f"adherence_{k}": v for k, v in b.probe.score(recon, b.attributes).items()}
-    return {"rows": rows, "region": region, "adherence_ceiling": ceiling}
+    return {"rows": rows, "protocol": report_settings(protocol, rows), "region": region, "adherence_ceiling": ceiling}
+
+
+def _trained(plan: DemoPlan, name: str) -> str:
+    """The study table's cell for how tokenizer run ``name`` was trained."""
+    budget = plan.tokenizer_budget(name)
+    if name in CONV_FAMILIES:
+        return "study budget"
+    if budget is None:
+        return "nothing to learn"
+    if name in GENERATORS.values():
+        return f"generators' tokenizer: {budget.steps} steps" + ("" if budget.widths else ", preset widths")
+    return f"own recipe: {budget.steps} steps"
 
 
 @torch.no_grad()

@@ -9,7 +9,12 @@
   perfect generator scores the floor, not 0.
 - Adherence: on shapes, the probe reads every cell (``trilemma.metrics.probe``) and scores the
   prompted attributes exactly; on any captioned dataset, a small contrastive model
-  (``trilemma.metrics.contrastive``) gives CLIPScore and R-precision.
+  (``trilemma.metrics.contrastive``) gives CLIPScore and R-precision. Beside each, its ceiling:
+  the scorer on real images of the same prompts.
+- Categories (``benchmark.py``): on shapes, prompts whose compositions no training image shows
+  (the headline), prompts with held-out colour x shape pairs, and training prompts (memorisation),
+  each with its own reference and floor; the protocol states each set and its measured overlap
+  with the train split.
 - Throughput: generated images per second (tokens -> images included).
 
 ``score_generated`` does everything after sampling, so it can score any image set (e.g. real
@@ -18,24 +23,18 @@ test images "as if generated": FID near the floor, adherence near 1).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from trilemma.data import load_dataset
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.metrics import scores
 from trilemma.metrics.features import FeatureExtractor, extract
-from trilemma.studies.images import check_split, load_images, resolve_features
-from trilemma.studies.scorers import contrastive_scorer, shapes_probe
+from trilemma.studies.benchmark import HEADLINE, Benchmark, Category, adherence_scores, benchmark, category_splits
 
-R_PRECISION_CANDIDATES = 32  # captions ranked per image (own + 31 others), as is common practice
+__all__ = ["HEADLINE", "Benchmark", "Category", "benchmark", "category_splits", "evaluate_generation", "generate",
+           "score_generated"]
 
 
 def _features(features: FeatureExtractor, images_or_features: torch.Tensor, batch_size: int, progress: bool):
@@ -63,6 +62,7 @@ def score_generated(
     attributes: list | None = None,
     probe=None,
     contrastive=None,
+    novel_pairs: list[list[str]] | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> dict:
@@ -71,7 +71,8 @@ def score_generated(
     ``reference`` and ``floor`` are two disjoint sets of real images (or their precomputed
     features [M, dim]); ``floor`` must hold exactly N images so that the floor is measured at the
     generated set's size. ``prompts`` are needed for the contrastive scores, ``attributes`` (the
-    prompted objects, e.g. ``parse_caption(prompt)``) for the probe's.
+    prompted objects, e.g. ``parse_caption(prompt)``) for the probe's; ``novel_pairs`` (per image,
+    the held-out pairs it was prompted with) add the probe's ``by_novel_pair`` breakdown.
     """
     n = len(images)
     if len(floor) != n:
@@ -95,13 +96,10 @@ def score_generated(
     floor_scores = _feature_scores(real, floor_feats)
     out.update({"fid_floor": floor_scores["fid"], "kid_floor": floor_scores["kid_mean"],
                 "precision_floor": floor_scores["precision"], "recall_floor": floor_scores["recall"]})  # fmt: skip
-    if probe is not None:
-        if len(attributes) != n:
-            raise ValueError(f"got {n} images but {len(attributes)} attribute lists")
-        out.update({f"adherence_{k}": v for k, v in probe.score(images, attributes, batch_size=batch_size).items()})
-    if contrastive is not None:
-        out["clip_score"] = contrastive.clip_score(images, prompts, batch_size=batch_size)
-        out["r_precision"] = contrastive.r_precision(images, prompts, candidates=min(R_PRECISION_CANDIDATES, n))
+    if probe is not None and len(attributes) != n:
+        raise ValueError(f"got {n} images but {len(attributes)} attribute lists")
+    out.update(adherence_scores(images, Category(prompts or [], reference, floor, attributes, novel_pairs),
+                                probe, contrastive, batch_size))
     out["num_images"] = n
     return out
 
@@ -129,95 +127,59 @@ def generate(pipeline, prompts: list[str], sampling: SamplingConfig | None = Non
     return torch.cat(images), seconds
 
 
-@dataclass
-class Benchmark:
-    """The real side of a generation evaluation: prompts, the reference and floor sets (images
-    [N, 3, H, W], or their features [N, dim] once ``precompute`` ran), the feature network, and the
-    adherence scorer: the shapes probe with each prompt's ``attributes``, or a contrastive model."""
-
-    prompts: list[str]
-    reference: torch.Tensor
-    floor: torch.Tensor
-    features: FeatureExtractor | None
-    attributes: list | None = None
-    probe: Any = None
-    contrastive: Any = None
-
-    def precompute(self, batch_size: int = 64) -> "Benchmark":
-        """Extract the real sets' features once (for several evaluations on the same benchmark)."""
-        if self.features is None or self.reference.ndim == 2:
-            return self
-        return dataclasses.replace(self, reference=extract(self.features, self.reference, batch_size=batch_size),
-                                   floor=extract(self.features, self.floor, batch_size=batch_size))
-
-
-def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto", cache_dir: str | Path = "runs/eval",
-              probe_dir: str | Path | None = None, probe_steps: int | None = None, split: str = "test",
-              probe_data: Any = None) -> Benchmark:
-    """The generation-evaluation protocol, shared by ``trilemma eval generation`` and the demo.
-
-    The reference is the first ``n`` held-out items; the floor is ``n`` other real images (shapes:
-    the val split; a folder: its training images, as val and test coincide), and the prompts are the
-    floor images' captions. Generated and floor sets then answer the same prompts, so a perfect
-    generator scores the floor: prompts taken from the reference would pair each generated image
-    with its reference twin and push FID below the floor. Adherence: on shapes the probe (the run
-    ``probe_dir``, default ``cache_dir/probe``; also the ``auto`` / ``domain`` features); on a
-    folder a contrastive text-image model trained on its train split (the run
-    ``cache_dir/contrastive-KEY``, one per folder and size).
-    ``split`` is the reference's (``test`` by default); the floor comes from another split, or, with
-    ``all`` (a folder kept for testing), the folder is halved: even images the reference, odd the floor.
-    ``probe_data``: shapes training items for a probe trained here (default: fresh draws).
-    """
-    check_split(data, split)
-    cache_dir = Path(cache_dir)
-    probe_dir = Path(probe_dir) if probe_dir is not None else cache_dir / "probe"
-    shapes = data == "shapes"
-    if split == "all":
-        images, every = load_images(data, 2 * n, size, seed=seed, split="all")
-        half = len(images) // 2
-        reference, floor, items = images[0 : 2 * half : 2], images[1 : 2 * half : 2], every[1 : 2 * half : 2]
-        print(f"notice: split='all': {half} of the folder's images are the reference and {half} others the floor")
-    else:
-        other = ("val" if split != "val" else "train") if shapes else ("train" if split != "train" else "val")
-        reference, _ = load_images(data, n, size, seed=seed, split=split)
-        floor, items = load_images(data, n, size, seed=seed, split=other)
-    prompts = [it["caption"] for it in items]
-    if shapes:
-        probe = shapes_probe(probe_dir, size=size, seed=seed, dataset=probe_data,
-                             **({} if probe_steps is None else {"steps": probe_steps}))
-        choice = (features or "none").lower()
-        extractor = probe.features if choice in ("auto", "domain") else resolve_features(choice, data, size, seed)
-        return Benchmark(prompts, reference, floor, extractor, [it["attributes"] for it in items], probe=probe)
-    extractor = resolve_features(features, data, size, seed, probe_dir)
-    train = load_dataset(data, split="train", size=size, seed=seed)
-    key = hashlib.sha256(repr(train).encode()).hexdigest()[:12]  # one scorer per folder and size
-    contrastive = contrastive_scorer(cache_dir / f"contrastive-{key}", train, seed=seed)
-    return Benchmark(prompts, reference, floor, extractor, contrastive=contrastive)
-
-
 def evaluate_generation(pipeline, bench: Benchmark, sampling: SamplingConfig | None = None, batch_size: int = 64,
                         progress: bool = True) -> dict:
-    """Generate one image per ``bench.prompts`` with ``pipeline(prompts_chunk, sampling)`` and score them.
+    """Generate one image per prompt of every category of ``bench`` with ``pipeline(prompts_chunk,
+    sampling)`` (each category from the same seed) and score them.
 
-    Returns ``fid``, ``kid_mean``, ``kid_std``, ``precision``, ``recall`` (generated vs
-    ``bench.reference`` in ``bench.features``), their real-vs-real floors ``fid_floor``,
-    ``kid_floor``, ``precision_floor``, ``recall_floor`` (``bench.floor`` vs the reference; the floor
-    holds one real image per prompt, disjoint from the reference, and the prompts are its captions,
-    so that a perfect generator scores the floor), ``adherence_*`` (``shape_acc``, ``color_acc``,
-    ``size_acc``, ``position_acc``, ``object_acc``, ``image_acc``) with a probe, ``clip_score`` and
-    ``r_precision`` with a contrastive model, ``samples_per_s`` (pipeline calls only) and
-    ``num_images``.
+    Per category (``categories[name]``): ``fid``, ``kid_mean``, ``kid_std``, ``precision``,
+    ``recall`` (generated vs the category's reference in ``bench.features``), their real-vs-real
+    floors ``fid_floor``, ``kid_floor``, ``precision_floor``, ``recall_floor`` (its floor vs the
+    reference; the floor holds one real image per prompt, disjoint from the reference, and the
+    prompts are its captions, so that a perfect generator scores the floor), ``adherence_*``
+    (``shape_acc``, ``color_acc``, ``size_acc``, ``position_acc``, ``object_acc``, ``image_acc``)
+    with a probe, ``clip_score`` and ``r_precision`` with a contrastive model, each beside its
+    ceiling ``NAME_ceiling`` (the scorer on the floor's real images), ``by_novel_pair`` where the
+    prompts show held-out pairs (``benchmark.adherence_scores``; each score beside its ceiling),
+    ``samples_per_s`` (pipeline calls only) and ``num_images``.
+
+    Returns the headline category's scores, with ``samples_per_s`` over every image generated,
+    ``categories`` (every category's, the headline's included) and ``protocol`` (``bench.protocol``
+    and the sampling seed).
     """
-    if len(bench.floor) != len(bench.prompts):  # fail before spending minutes on sampling
-        raise ValueError(
-            f"the floor set has {len(bench.floor)} images but there are {len(bench.prompts)} prompts: the real-vs-real "
-            f"floor needs exactly one real image per generated one ({len(bench.prompts)}), disjoint from the reference"
-        )
-    if (bench.probe is None) != (bench.attributes is None):
-        raise ValueError("adherence needs both probe= and attributes= (e.g. [parse_caption(p) for p in prompts])")
-    images, seconds = generate(pipeline, bench.prompts, sampling, batch_size, progress)
-    out = score_generated(images, bench.reference, bench.floor, bench.features, prompts=bench.prompts,
-                          attributes=bench.attributes, probe=bench.probe, contrastive=bench.contrastive,
-                          batch_size=batch_size, progress=progress)  # fmt: skip
-    out["samples_per_s"] = len(images) / seconds if seconds > 0 else float("inf")
+    for name, cat in bench.categories.items():  # fail before spending minutes on sampling
+        if len(cat.floor) != len(cat.prompts):
+            raise ValueError(
+                f"the {name} floor set has {len(cat.floor)} images but there are {len(cat.prompts)} prompts: the "
+                f"real-vs-real floor needs exactly one real image per generated one ({len(cat.prompts)}), disjoint "
+                "from the reference"
+            )
+        if (bench.probe is None) != (cat.attributes is None):
+            raise ValueError("adherence needs both probe= and attributes= (e.g. [parse_caption(p) for p in prompts])")
+    sampling = sampling if sampling is not None else SamplingConfig(seed=0)
+    bench = bench.with_ceilings(batch_size)
+    results, count, seconds = {}, 0, 0.0
+    for name, cat in bench.categories.items():
+        if progress and len(bench.categories) > 1:
+            print(f"{name}: {len(cat.prompts)} prompts")
+        images, spent = generate(pipeline, cat.prompts, sampling, batch_size, progress)
+        out = score_generated(images, cat.reference, cat.floor, bench.features, prompts=cat.prompts,
+                              attributes=cat.attributes, probe=bench.probe, contrastive=bench.contrastive,
+                              novel_pairs=cat.novel_pairs, batch_size=batch_size, progress=progress)  # fmt: skip
+        out["samples_per_s"] = len(images) / spent if spent > 0 else float("inf")
+        results[name] = _with_ceiling(out, cat.ceiling or {})
+        count, seconds = count + len(images), seconds + spent
+    return {**results[bench.headline], "samples_per_s": count / seconds if seconds > 0 else float("inf"),
+            "categories": results, "protocol": {**bench.protocol, "sampling_seed": sampling.seed}}
+
+
+def _with_ceiling(scores_: dict, ceiling: dict) -> dict:
+    """Each adherence score followed by its ceiling ``NAME_ceiling``; ``by_novel_pair`` alike."""
+    out = {}
+    for key, value in scores_.items():
+        if key == "by_novel_pair":
+            value = {pair: _with_ceiling(v, ceiling.get(key, {}).get(pair, {})) for pair, v in value.items()}
+        out[key] = value
+        if key in ceiling and key not in ("by_novel_pair", "images"):
+            out[f"{key}_ceiling"] = ceiling[key]
     return out

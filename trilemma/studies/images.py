@@ -21,20 +21,27 @@ from trilemma.metrics.features import InceptionFeatures
 from trilemma.studies.scorers import shapes_probe
 
 FEATURE_CHOICES = ("auto", "domain", "inception", "none")
-SPLITS = ("test", "val", "train", "all")
+SPLITS = ("test", "val", "train", "novel", "all")
 
 
 def check_split(data: str, split: str) -> None:
+    """``split`` is one of ``SPLITS`` and ``data`` has it: ``novel`` is shapes' (the compositions with
+    a held-out colour x shape pair), ``all`` a folder's (every image)."""
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
     if data == "shapes" and split == "all":
-        raise ValueError("`split='all'` takes every image of a folder; shapes is generated per split: use test, val or train")
+        raise ValueError("`split='all'` takes every image of a folder; shapes is generated per split: "
+                         "use test, val, train or novel")
+    if data != "shapes" and split == "novel":
+        raise ValueError("`split='novel'` holds the shapes compositions with a held-out colour x shape pair; "
+                         f"a folder ({data}) has none: use test, val, train or all")
 
 
 def load_images(data: str, n: int, size: int, seed: int = 0, split: str = "test",
                 progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
     """The first ``n`` items of ``data``'s ``split`` (by default the held-out one): images
-    [n, 3, size, size] and the items. ``split="all"``: every image of a folder (shapes has none).
+    [n, 3, size, size] and the items. ``split="all"``: every image of a folder (shapes has none);
+    ``split="novel"``: shapes with a held-out colour x shape pair (a folder has none).
 
     A folder whose hash-based hold-out is empty (a handful of images) falls back to every image,
     with a notice: those include the tokenizer's training images, so scores are optimistic.

@@ -2,10 +2,10 @@
 
 Plots (matplotlib, Agg canvas, no pyplot state):
 - ``psnr_vs_bits.png`` / ``rfid_vs_bits.png``: one marker per tokenizer on a log x axis of bits per
-  image; filled = discrete, hollow = continuous. A continuous tokenizer has no bit count, so it is
-  placed at its float32 storage cost (32 bits per float) and says so in its label and the legend:
-  an upper bound on what it stores, not an entropy. The Pareto front (``tradeoff.pareto_front``)
-  is drawn over discrete tokenizers only, as a step line (best score reachable within a budget).
+  image; filled = discrete, hollow = continuous. A continuous tokenizer has no code: it is placed at
+  its effective bits (``metrics.bits``), or, where no quantization step kept its PSNR, at its float32
+  storage, and its label says which. The Pareto front (``tradeoff.pareto_front``) is drawn over
+  discrete tokenizers only, as a step line (best score reachable within a budget).
   A lossless reconstruction (PSNR = inf) is a triangle on an extra "∞" line above the dB scale.
 - ``trilemma.png``: the trilemma triangle, corners compact / lossless / discrete (see
   ``tradeoff.trilemma_weights`` for the formula).
@@ -37,6 +37,8 @@ from trilemma.studies.tradeoff import (
     pareto_front,
     plot_bits,
     raw_bits,
+    report_settings,
+    stored_at_float32,
     trilemma_weights,
 )
 
@@ -69,35 +71,43 @@ def _num(v: Any, fmt: str) -> str:
 
 
 def bits_cell(row: dict) -> str:
+    """Bits per image: a discrete tokenizer's code, a continuous one's effective bits (marked)."""
     if row.get("discrete"):
         return _num(row.get("bits_per_image"), ",.0f")
-    floats = row.get("floats_per_image")
-    return f"continuous ({floats:,.0f} floats)" if floats is not None else "continuous"
+    floats, effective = row.get("floats_per_image"), row.get("effective_bits_per_image")
+    kind = "continuous" if effective is None else f"{effective:,.0f} effective"
+    return f"{kind} ({floats:,.0f} floats)" if floats is not None else kind
+
+
+def _floor_of(rows: Sequence[dict], key: str) -> float | None:
+    """The one real-vs-real floor the rows share (the same real images), or None."""
+    floors = {r.get(key) for r in rows} - {None}
+    return floors.pop() if len(floors) == 1 else None
 
 
 def psnr_cell(v: Any) -> str:
-    if v is None:
-        return "—"
-    return "∞ (lossless)" if math.isinf(v) else f"{v:.2f}"
+    return "—" if v is None else "∞ (lossless)" if math.isinf(v) else f"{v:.2f}"
 
 
 def markdown_table(rows: Sequence[dict], front: Sequence[int] = ()) -> str:
-    """One Markdown table, a row per tokenizer; ``front`` indices get a ``*`` after the name."""
+    """One Markdown table, a row per tokenizer; ``front`` indices get a ``*`` after the name. A
+    ``storage bits`` column (32 x floats) when a row is continuous, the rFID floor in its header
+    when the rows share one, and a ``trained`` column when rows say how they were trained."""
     show_lpips = any(r.get("lpips") is not None for r in rows)
-    head = ["tokenizer", "discrete", "tokens", "bits/image", "PSNR (dB)", "SSIM"]
-    head += ["LPIPS"] if show_lpips else []
-    head += ["rFID", "usage", "encode img/s", "decode img/s"]
+    show_storage = any(not r.get("discrete") for r in rows)
+    show_trained = any(r.get("trained") for r in rows)
+    floor = _floor_of(rows, "rfid_floor")
+    head = ["tokenizer"] + (["trained"] if show_trained else []) + ["discrete", "tokens", "bits/image"]
+    head += (["storage bits"] if show_storage else []) + ["PSNR (dB)", "SSIM"] + (["LPIPS"] if show_lpips else [])
+    head += ["rFID" if floor is None else f"rFID (floor {floor:.2f})", "usage", "encode img/s", "decode img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for i, r in enumerate(rows):
         tokens = r.get("tokens_per_image")
-        cells = [
-            r["tokenizer"] + (" *" if i in front else ""),
-            "yes" if r.get("discrete") else "no",
-            "—" if tokens is None else (f"{tokens:g}" if float(tokens).is_integer() else f"{tokens:.1f}"),
-            bits_cell(r),
-            psnr_cell(r.get("psnr")),
-            _num(r.get("ssim"), ".4f"),
-        ]
+        cells = [r["tokenizer"] + (" *" if i in front else "")] + ([r.get("trained") or "—"] if show_trained else [])
+        cells += ["yes" if r.get("discrete") else "no",
+                  "—" if tokens is None else (f"{tokens:g}" if float(tokens).is_integer() else f"{tokens:.1f}"), bits_cell(r)]
+        cells += [_num(r.get("storage_bits_per_image"), ",.0f")] if show_storage else []
+        cells += [psnr_cell(r.get("psnr")), _num(r.get("ssim"), ".4f")]
         cells += [_num(r.get("lpips"), ".4f")] if show_lpips else []
         usage = r.get("codebook_usage")
         cells += [
@@ -164,6 +174,13 @@ def _place_labels(ax, labels: list[tuple[str, tuple[float, float], str]], fontsi
         taken.append(best[2])
 
 
+def _colors(rows: Sequence[dict]) -> list[str]:
+    """A colour per row: one per tokenizer, a promptable tokenizer's budgets (one ``curve``) sharing theirs."""
+    keys = [r.get("curve") or i for i, r in enumerate(rows)]
+    ordinal = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+    return [COLORS[ordinal[k] % len(COLORS)] for k in keys]
+
+
 def _marker_style(row: dict, color: str) -> dict:
     if row.get("discrete"):
         return dict(facecolor=color, edgecolor=color)
@@ -211,20 +228,17 @@ def plot_metric_vs_bits(rows: Sequence[dict], metric: str, path: str | Path, tit
                 va="bottom" if higher else "top", ha="right")
 
     # A promptable tokenizer is one curve across its budgets: one colour, a line, one label.
-    first_of = {}
-    for i, r in enumerate(rows):
-        first_of.setdefault(r.get("curve") or i, i)
-    color_of = lambda i: COLORS[first_of[rows[i].get("curve") or i] % len(COLORS)]  # noqa: E731
+    colors = _colors(rows)
     curves: dict[str, list[tuple[float, float, int]]] = {}
     for i, x, _ in pts:
         if rows[i].get("curve"):
             curves.setdefault(rows[i]["curve"], []).append((x, ys[i], i))
     for line in curves.values():
         line.sort()
-        ax.plot([x for x, _, _ in line], [y for _, y, _ in line], color=color_of(line[0][2]), linewidth=1.5, zorder=2)
+        ax.plot([x for x, _, _ in line], [y for _, y, _ in line], color=colors[line[0][2]], linewidth=1.5, zorder=2)
     labels = []
     for i, x, y in pts:
-        row, color = rows[i], color_of(i)
+        row, color = rows[i], colors[i]
         ax.scatter([x], [ys[i]], s=40 if row.get("curve") else 80, marker="^" if math.isinf(y) else "o", zorder=3,
                    **_marker_style(row, color))
         if row.get("curve"):
@@ -233,8 +247,10 @@ def plot_metric_vs_bits(rows: Sequence[dict], metric: str, path: str | Path, tit
                                (x, ys[i]), color))
             continue
         text = row["tokenizer"]
-        if not row.get("discrete"):
-            text += f"\n({row.get('floats_per_image') or 0:,.0f} floats x {FLOAT_BITS} bit)"
+        if stored_at_float32(row):
+            text += f"\n({row.get('floats_per_image') or 0:,.0f} floats x {FLOAT_BITS} bit: stored, no step kept PSNR)"
+        elif not row.get("discrete"):
+            text += f"\n(effective bits; {row.get('floats_per_image') or 0:,.0f} floats)"
         labels.append((text, (x, ys[i]), color))
 
     ax.xaxis.set_major_locator(LogLocator(base=2, numticks=20))
@@ -246,7 +262,7 @@ def plot_metric_vs_bits(rows: Sequence[dict], metric: str, path: str | Path, tit
     handles = [
         Line2D([], [], marker="o", linestyle="", color="0.3", markersize=8, label="discrete: ids x log2(vocab) bits"),
         Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="0.3", markeredgewidth=2,
-               markersize=8, label=f"continuous: no bit count, placed at\nfloat32 storage ({FLOAT_BITS} bits per float)"),
+               markersize=8, label="continuous: effective bits, the entropy of its\nlatents quantized within 0.1 dB PSNR"),
     ]
     if lossless:
         handles.append(Line2D([], [], marker="^", linestyle="", color="0.3", markersize=8,
@@ -289,13 +305,13 @@ def plot_triangle(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
     ax.set_aspect("equal")
     ax.axis("off")
 
-    labels = []
+    labels, colors = [], _colors(rows)
     for i, (c, f, d) in placed:
         total = c + f + d
         w = (c / total, f / total, d / total) if total > 0 else (1 / 3,) * 3
         x = sum(wk * corners[k][0] for wk, k in zip(w, ("compact", "lossless", "discrete")))
         y = sum(wk * corners[k][1] for wk, k in zip(w, ("compact", "lossless", "discrete")))
-        row, color = rows[i], COLORS[i % len(COLORS)]
+        row, color = rows[i], colors[i]
         ax.scatter([x], [y], s=80, zorder=3, **_marker_style(row, color))
         labels.append((row["tokenizer"], (x, y), color))
     _place_labels(ax, labels, fontsize=7.5, avoid=edge_labels)
@@ -303,15 +319,17 @@ def plot_triangle(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
     side = fig.add_axes((0.64, 0.1, 0.35, 0.82))
     side.axis("off")
     side.text(0, 1, "c = compactness, f = fidelity, d = discreteness", fontsize=8, va="top", color="0.3")
-    side.text(0, 0.92, f"{'tokenizer':<22} {'c':>4}  {'f':>4}  d", fontsize=8, va="top", family="monospace")
+    step = min(0.055, 0.6 / len(placed))  # the table ends above the formulas however many rows it has
+    size = 8 if step > 0.05 else 7
+    side.text(0, 0.92, f"{'tokenizer':<22} {'c':>4}  {'f':>4}  d", fontsize=size, va="top", family="monospace")
     for k, (i, (c, f, d)) in enumerate(placed, start=1):
-        side.text(0, 0.92 - 0.055 * k, f"{rows[i]['tokenizer'][:22]:<22} {c:.2f}  {f:.2f}  {d:.0f}", fontsize=8,
-                  va="top", family="monospace", color=COLORS[i % len(COLORS)])
+        side.text(0, 0.92 - step * k, f"{rows[i]['tokenizer'][:22]:<22} {c:.2f}  {f:.2f}  {d:.0f}", fontsize=size,
+                  va="top", family="monospace", color=colors[i])
     side.text(0, 0.0, "position = (c, f, d) / (c + f + d)\n"
               "c = log2(raw/bits) / log2(raw/fewest bits in sweep)\n"
               f"f = (PSNR - {PSNR_FLOOR:g} dB) / {PSNR_LOSSLESS - PSNR_FLOOR:g} dB, clipped; ∞ = 1\n"
               "d = 1 if discrete, else 0\n"
-              f"filled = discrete; hollow = continuous\n(counted at {FLOAT_BITS} bits per float)",
+              "filled = discrete; hollow = continuous\n(counted at its effective bits)",
               fontsize=7.5, va="bottom", color="0.35")
     fig.suptitle(title or "The trilemma: compact / lossless / discrete", fontsize=11)
     return _save(fig, Path(path))
@@ -329,9 +347,10 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | Non
     if not rows:
         raise ValueError("nothing to report: no rows")
     front_psnr, front_rfid = discrete_front(rows, "psnr"), discrete_front(rows, "rfid")
+    settings = report_settings(settings, rows)
     subtitle = ""
     if settings:
-        subtitle = f" ({settings.get('data', '?')}, {settings.get('n', '?')} test images)"
+        subtitle = f" ({settings.get('data', '?')}, {settings.get('images', settings.get('n', '?'))} test images)"
     files: dict[str, Path] = {}
     plots = {
         "psnr_plot": plot_metric_vs_bits(rows, "psnr", out / "psnr_vs_bits.png", "PSNR vs bits per image" + subtitle),
@@ -342,14 +361,20 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | Non
 
     notes = [
         "\\* = on the Pareto front of bits per image vs PSNR (discrete tokenizers: fewer bits, higher PSNR).",
-        "Bits per image = ids per image x log2(vocabulary); continuous tokenizers have no bit count and "
-        f"are plotted at their float32 storage ({FLOAT_BITS} bits per float), an upper bound, not an entropy.",
+        "Bits per image = ids per image x log2(vocabulary); a continuous tokenizer has no code, so it is counted "
+        "(and plotted) at its effective bits: the entropy of its latents quantized at the coarsest step costing "
+        f"<= 0.1 dB PSNR. Storage bits = {FLOAT_BITS} x floats, what float32 latents take as stored.",
     ]
+    floor, why = _floor_of(rows, "rfid_floor"), str(settings.get("rfid", ""))
+    if floor is not None:
+        notes.append(f"rFID floor (real vs real) {floor:.2f}: the FID between the evaluated images and as many other "
+                     "real ones; an rFID near it moves the feature statistics about as much as drawing other images.")
     if "rfid_plot" not in files:
-        notes.append("rFID: not computed (no feature network), so there is no rFID plot.")
+        reason = why.removeprefix("left out: ") if why.startswith("left out") else "no feature network"
+        notes.append(f"rFID: not computed ({reason}), so there is no rFID plot.")
     md = [f"# {title}", ""]
     if settings:
-        md += ["Settings: " + ", ".join(f"{k} = {v}" for k, v in settings.items()), ""]
+        md += ["Protocol:", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
     md += [markdown_table(rows, front_psnr), ""] + [f"- {n}" for n in notes] + [""]
     for key, caption in (("psnr_plot", "PSNR vs bits"), ("rfid_plot", "rFID vs bits"), ("triangle_plot", "trilemma")):
         if key in files:

@@ -31,6 +31,12 @@ def contrastive_scorer(run: str | Path, dataset: Any, steps: int = 200, seed: in
     return trained(run, train_contrastive, contrastive_config(steps, seed=seed), data=dataset, held_out=held_out)
 
 
+def trained_on(run: str | Path) -> str:
+    """The data a finished scorer run recorded it was trained on (its dataset's name), as read back."""
+    meta = checkpoint.read_config(Path(run) / "model", kind="features")
+    return str(meta.get("data", "unrecorded data"))
+
+
 def rerank_scorer(generator_dir: str | Path, size: int) -> ContrastiveModel:
     """The contrastive model kept beside a generator run (``RUN/contrastive``), trained on the
     generator's recorded training data the first time it is asked for."""

@@ -3,7 +3,13 @@
 Every tokenizer is scored by ``evaluate_reconstruction`` on one fixed set of test images (the
 dataset's test split, first ``n`` items), so rows are directly comparable. The Pareto front of
 bits per image against PSNR (``pareto_front``) shows which tokenizers are worth their bits, and
-``trilemma_weights`` places each tokenizer between the three corners of the trilemma.
+``trilemma_weights`` places each tokenizer between the three corners of the trilemma. A continuous
+tokenizer sits at its effective bits (``metrics.bits``: the entropy of its latents quantized as
+coarsely as costs 0.1 dB), not at the 32 bits per float it would take to store them.
+
+rFID is measured only when the set has more images than the features have dimensions, beside its
+floor: the FID between the evaluated images and the next ``n`` of the same split, two disjoint real
+sets of one size (``metrics.reconstruction.rfid_left_out``). Every row carries its ``protocol``.
 
 Features for rFID (``features=``):
 - ``"auto"`` (default): ``"domain"`` on shapes, ``"inception"`` on a folder; a folder without the
@@ -24,12 +30,12 @@ import torch
 
 from trilemma import checkpoint
 from trilemma.checkpoint import resolve_checkpoint
-from trilemma.metrics.reconstruction import evaluate_reconstruction
+from trilemma.metrics.bits import FLOAT_BITS, TOLERANCE_DB
+from trilemma.metrics.reconstruction import evaluate_reconstruction, rfid_left_out
 from trilemma.pipeline import load_tokenizer
 from trilemma.studies.images import load_images, resolve_features
 from trilemma.tokens import Prompt
 
-FLOAT_BITS = 32  # storage of one float32 latent value: where continuous tokenizers are plotted
 PSNR_FLOOR, PSNR_LOSSLESS = 10.0, 50.0  # dB mapped to fidelity 0 and 1 in the trilemma triangle
 
 
@@ -60,7 +66,8 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]], maximize: 
 
 def discrete_front(rows: Sequence[dict], metric: str = "psnr") -> list[int]:
     """Row indices on the front of bits per image vs ``metric`` (PSNR up, anything else down),
-    among discrete tokenizers: continuous ones have no bit count to compete with."""
+    among discrete tokenizers: a continuous one's effective bits are an estimate, not a code a
+    token generator could model, so they are plotted beside the front, not on it."""
     discrete = [i for i, r in enumerate(rows) if r.get("discrete")]
     points = [(rows[i].get("bits_per_image"), rows[i].get(metric)) for i in discrete]
     return [discrete[k] for k in pareto_front(points, maximize=metric == "psnr")]
@@ -107,7 +114,9 @@ def make_row(name: str, directory: Path, tok, metrics: dict) -> dict:
     if row.get("floats_per_image") is None and not row["discrete"] and row.get("tokens_per_image") is not None:
         row["floats_per_image"] = row["tokens_per_image"] * spec.latent_dim
     if not row["discrete"]:
-        row["bits_per_image"] = None  # continuous latents have no honest bit count
+        row["bits_per_image"] = None  # no code: effective_bits_per_image and storage_bits_per_image instead
+        if row.get("storage_bits_per_image") is None and row.get("floats_per_image") is not None:
+            row["storage_bits_per_image"] = FLOAT_BITS * row["floats_per_image"]
     return row
 
 
@@ -134,8 +143,11 @@ def tradeoff(
 
     All tokenizers must take one image size (``size``, or the size they share): bits per image are
     only comparable at one resolution. Rows hold the tokenizer's name (preset or directory name),
-    its path and token layout, and every metric of ``evaluate_reconstruction``; continuous
-    tokenizers have ``bits_per_image=None`` and ``floats_per_image`` instead. ``evaluate`` replaces
+    its path and token layout, every metric of ``evaluate_reconstruction`` and the ``protocol``
+    they were measured under (``protocol()``); continuous tokenizers have ``bits_per_image=None`` and
+    ``floats_per_image``, ``effective_bits_per_image`` and ``storage_bits_per_image`` instead. With
+    features and more than their dimension in images, the next ``n`` images of the split are rFID's
+    floor (``rfid_floor``); otherwise rFID is left out and the protocol says why. ``evaluate`` replaces
     ``evaluate_reconstruction`` (same signature), e.g. in tests. Tokenizers and features run on
     ``device``. With a token-conditioned ``decoder``, each tokenizer it was trained on gets a second
     row decoding the same tokens through it. A promptable tokenizer gets one row per budget of
@@ -175,7 +187,19 @@ def tradeoff(
     feats = resolve_features(features, data, size, seed, probe_cache)
     if feats is not None:
         feats = feats.to(device)
-    images, _ = load_images(data, n, size, seed=seed, split=split, progress=progress)
+    # rFID's floor: the next n images of the split, loaded only when rFID can be measured at all
+    wanted = 2 * n if feats is not None and rfid_left_out(n, feats.dim, n) is None else n
+    loaded, _ = load_images(data, wanted, size, seed=seed, split=split, progress=progress)
+    images = loaded[:n]
+    floor = loaded[n : 2 * n] if len(loaded) == 2 * len(images) else None
+    left_out = "no feature network" if feats is None else rfid_left_out(len(images), feats.dim, len(images))
+    if left_out is None and floor is None:
+        left_out = (f"the {split} split holds {len(loaded)} images, fewer than the {2 * len(images)} that "
+                    f"{len(images)} evaluated and as many for the real-vs-real floor take")
+    about = protocol(data, split, len(images), seed, size, features, feats, left_out)
+    if left_out is not None and feats is not None:
+        print(f"notice: rFID left out, {left_out}")
+        feats = None
 
     rows = []
     for i, (name, directory, tok) in enumerate(zip(names, dirs, tokenizers)):
@@ -184,11 +208,32 @@ def tradeoff(
         for k in budget_sweep(tok) if budgets else [None]:
             torch.manual_seed(seed)  # stochastic tokenizers (sampled latents) see the same noise
             kw = {} if k is None else {"prompt": Prompt(budget=k)}
+            if feats is not None:
+                kw["floor_images"] = floor
             metrics = evaluate(tok, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress, **kw)
             rows.append(make_row(name if k is None else f"{name} k={k}", directory, tok, metrics))
             if k is not None:
                 rows[-1].update(budget=k, curve=name)
+            rows[-1]["protocol"] = dict(about)
     return rows
+
+
+def protocol(data: str, split: str, images: int, seed: int, size: int, features: str | None, extractor,
+             left_out: str | None) -> dict:
+    """How a trade-off row was measured, in words and numbers: which images (data, split, how
+    many, seed), the feature network, whether rFID was measured (else why not: ``left_out``) and
+    its floor, and how continuous tokenizers' effective bits are counted."""
+    network = "none" if extractor is None else f"{features} ({type(extractor).__name__}, {extractor.dim}-d)"
+    measured = left_out is None
+    return {
+        "data": str(data), "split": split, "images": images, "seed": seed, "image_size": size, "features": network,
+        "rfid": "measured: more images than feature dimensions" if measured else f"left out: {left_out}",
+        "rfid_floor": (f"FID between the {images} evaluated images and the next {images} of the {split} split, "
+                       "in the same features (rfid_floor in each row)") if measured else "none",
+        "effective_bits": (f"continuous latents uniformly quantized at the coarsest step (octaves, then quarter "
+                           f"octaves) costing <= {TOLERANCE_DB:g} dB PSNR; per-channel entropy of the quantized "
+                           "values x tokens per image"),
+    }
 
 
 def budget_sweep(tok) -> list[int | None]:
@@ -203,11 +248,20 @@ def budget_sweep(tok) -> list[int | None]:
 
 
 def plot_bits(row: dict) -> float | None:
-    """x position: bits per image (discrete) or float32 storage, 32 bits x floats (continuous)."""
+    """x position: bits per image (discrete) or effective bits per image (continuous); a
+    continuous row without effective bits (no quantization step kept its PSNR) falls back to its
+    float32 storage, 32 bits x floats (``stored_at_float32`` says which)."""
     if row.get("discrete"):
         return row.get("bits_per_image")
+    if row.get("effective_bits_per_image") is not None:
+        return row["effective_bits_per_image"]
     floats = row.get("floats_per_image")
-    return None if floats is None else FLOAT_BITS * floats
+    return row.get("storage_bits_per_image") or (None if floats is None else FLOAT_BITS * floats)
+
+
+def stored_at_float32(row: dict) -> bool:
+    """Whether ``plot_bits`` places this continuous row at float32 storage (no effective bits)."""
+    return not row.get("discrete") and row.get("effective_bits_per_image") is None
 
 
 def raw_bits(row: dict) -> float | None:
@@ -223,7 +277,7 @@ def trilemma_weights(rows: Sequence[dict]) -> list[tuple[float, float, float] | 
       compression ratio against the raw 8-bit image (``raw = H*W*3*8`` bits), relative to the most
       compact tokenizer of the sweep (``fewest`` bits), so c = 0 at raw size and 1 for the most
       compact; a sweep where nothing compresses has c = 0 everywhere. Continuous latents count
-      32 bits per float, as in the plots, so they look less compact than their token count.
+      their effective bits (``plot_bits``), as in the plots.
     - fidelity ``f = clip((PSNR - 10 dB) / (50 dB - 10 dB), 0, 1)``: 10 dB is a useless blur,
       50 dB is within 8-bit rounding; a lossless (infinite) PSNR gives 1.
     - discreteness ``d = 1`` for ids from a finite vocabulary, else 0.
@@ -256,5 +310,12 @@ def trilemma_weights(rows: Sequence[dict]) -> list[tuple[float, float, float] | 
 
 
 def settings(data: str, n: int, seed: int, features: str | None, size: int | None, split: str = "test") -> dict:
-    """What a report records about how its rows were produced."""
+    """What a report records about how its rows were produced, as asked; ``report_settings`` adds
+    what the rows say of their ``protocol`` (images evaluated, feature network, rFID and its floor)."""
     return {"data": str(data), "split": split, "n": n, "seed": seed, "features": features or "none", "image_size": size}
+
+
+def report_settings(settings: dict | None, rows: Sequence[dict]) -> dict:
+    """``settings`` with the rows' ``protocol`` over it (the protocol is what was measured: the
+    first row's, as one sweep shares it)."""
+    return {**(settings or {}), **(rows[0].get("protocol") or {} if rows else {})}
