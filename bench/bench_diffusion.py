@@ -39,7 +39,8 @@ def main() -> None:
     torch.set_num_threads(2)
 
     pipe = Pipeline.load(args.generator)
-    bench = benchmark("shapes", args.n, pipe.tokenizer.image_size, cache_dir="runs", probe_dir="runs/bench-probe")
+    bench = benchmark("shapes", args.n, pipe.tokenizer.image_size, cache_dir="runs", probe_dir="runs/bench-probe",
+                      diagnostic_n=0)  # the headline (unseen compositions) only
     rows = []
     for scheduler in SCHEDULERS:
         for steps in args.steps:
@@ -65,7 +66,8 @@ def decode_table(decoder: str, bench) -> list[dict]:
     tok_dir = checkpoint.recorded_tokenizer(checkpoint.resolve_checkpoint(decoder))
     rows = []
     for name, tok in (("own decoder", load_tokenizer(tok_dir)), ("diffusion decoder", load_tokenizer(tok_dir, decoder))):
-        m = evaluate_reconstruction(tok, bench.reference, features=bench.features, lpips=False, progress=False)
+        m = evaluate_reconstruction(tok, bench.reference, features=bench.features, lpips=False, progress=False,
+                                    floor_images=bench.floor)
         rows.append({"decoder": name, "psnr": m["psnr"], "ssim": m["ssim"], "rfid": m["rfid"],
                      "decode_images_per_s": m["decode_images_per_s"]})
         print(rows[-1], flush=True)

@@ -105,7 +105,8 @@ def _metric_pairs(row: dict) -> list[tuple[str, str]]:
         ("PSNR", psnr_cell(row.get("psnr")) + ("" if row.get("psnr") is None else " dB")),
         ("SSIM", _fmt(row.get("ssim"), ".4f")),
         ("LPIPS", _fmt(row.get("lpips"), ".4f") + ("" if row.get("lpips") is not None else " (no backbone weights on disk)")),
-        ("rFID", _fmt(row.get("rfid"), ".3f") + ("" if row.get("rfid") is not None else " (no features)")),
+        ("rFID", _fmt(row.get("rfid"), ".3f") + (f" (floor {_fmt(row.get('rfid_floor'), '.3f')})" if row.get("rfid") is not None
+                                                 else f" ({(row.get('protocol') or {}).get('rfid') or 'no features'})")),
     ]
     if row.get("discrete"):
         usage = row.get("codebook_usage")
