@@ -68,7 +68,7 @@ def decode_table(decoder: str, bench) -> list[dict]:
     for name, tok in (("own decoder", load_tokenizer(tok_dir)), ("diffusion decoder", load_tokenizer(tok_dir, decoder))):
         m = evaluate_reconstruction(tok, bench.reference, features=bench.features, lpips=False, progress=False,
                                     floor_images=bench.floor)
-        rows.append({"decoder": name, "psnr": m["psnr"], "ssim": m["ssim"], "rfid": m["rfid"],
+        rows.append({"decoder": name, "psnr": m["psnr"], "ssim": m["ssim"], "rfid": m["rfid"], "rfid_floor": m["rfid_floor"],
                      "decode_images_per_s": m["decode_images_per_s"]})
         print(rows[-1], flush=True)
     return rows

@@ -44,9 +44,9 @@ def test_known_ids_are_kept_and_only_the_rest_is_drawn(name, levels):
 def test_known_ids_of_the_wrong_shape_or_with_a_budget_are_refused(name):
     gen = tiny_generator(name, TokenSpec("discrete", 16, vocab_size=32, grid=(4, 4)))
     text_ids = gen.text.encode(CAPTIONS)
-    with pytest.raises(ValueError, match="known ids must be"):
+    with pytest.raises(ValueError, match="`known` ids must be"):
         gen.sample(text_ids, S(seed=0), known=torch.zeros(2, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="known ids must be -1 or in"):
+    with pytest.raises(ValueError, match="`known` ids must be -1 or in"):
         gen.sample(text_ids, S(seed=0), known=torch.full((2, 16), 99))
 
 

@@ -109,11 +109,11 @@ def test_a_budget_draws_a_prefix_of_ordered_1d_tokens_and_is_checked_against_the
     full = gen.sample(ids, S(seed=2, cfg_scale=2.0))
     for k in (1, 5, 12):
         assert torch.equal(gen.sample(ids, S(seed=2, cfg_scale=2.0, budget=k)).ids, full.ids[:, :k])  # drawn in order
-    with pytest.raises(ValueError, match="sampling.budget needs ordered 1D tokens .* 1 <= budget <= 12; got 13 for 1D"):
+    with pytest.raises(ValueError, match="`sampling.budget` needs ordered 1D tokens .* 1 <= budget <= 12; got 13 for 1D"):
         gen.sample(ids, S(budget=13))
-    with pytest.raises(ValueError, match="known does not combine with sampling.budget"):
+    with pytest.raises(ValueError, match="`known` does not combine with `sampling.budget`"):
         gen.sample(ids, S(budget=4), known=torch.full((3, 12), -1))
-    with pytest.raises(ValueError, match="sampling.budget needs ordered 1D tokens .* for grid tokens"):
+    with pytest.raises(ValueError, match="`sampling.budget` needs ordered 1D tokens .* for grid tokens"):
         tiny(name, SPECS["grid"])[0].sample(ids, S(budget=4))
 
 
@@ -130,10 +130,10 @@ def test_what_a_family_cannot_take_is_refused_naming_the_generator_and_the_argum
     able = {c: ", ".join(n for n in registry.names("generator") if getattr(registry.model_class("generator", n), c))
             for c in ("takes_budget", "edits")}
     if not cls.takes_budget:
-        with pytest.raises(ValueError, match=rf"^{name} cannot take sampling.budget: .* \({able['takes_budget']} can\)$"):
+        with pytest.raises(ValueError, match=rf"^{name} cannot take `sampling.budget`: .* \({able['takes_budget']} can\)$"):
             gen.sample(ids, S(budget=4))
     if not cls.edits:
-        with pytest.raises(ValueError, match=rf"^{name} cannot take known: .* \({able['edits']} can\)$"):
+        with pytest.raises(ValueError, match=rf"^{name} cannot take `known`: .* \({able['edits']} can\)$"):
             gen.sample(ids, S(), known=torch.full((2, 16), -1))
 
 

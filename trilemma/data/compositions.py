@@ -3,8 +3,8 @@
 A *composition* is the set of objects in an image, each a (position, shape, colour, size). The
 renderer adds no jitter and no noise, so a composition fixes the pixels (at a given image size)
 and the caption. Only 432 one-object compositions exist (9 x 4 x 6 x 2), so splits drawn as
-separate random streams shared most of them: 41% of the old ``test[:1000]`` were pixel-identical
-to images in ``train[:50000]``. Here each composition belongs to exactly one split:
+separate random streams shared most of them (docs/experiments.md, "Held out means unseen").
+Here each composition belongs to exactly one split:
 
 - ``novel``: every composition holding one of ``NOVEL_PAIRS`` (colour x shape pairs that train,
   val and test never show; the systematic held-out combinations of CLEVR-CoGenT and SCAN, which
@@ -40,6 +40,7 @@ NOVEL_PAIRS = (("red", "triangle"), ("green", "cross"), ("blue", "circle"))
 HELD_OUT = {1: 0.10, 2: 0.05, 3: 0.05}
 # versioned: changing the assignment means changing this, and every split's stream with it
 HASH_PREFIX = b"trilemma shapes split v1\n"
+SPLIT_RULE = "by composition v1"  # named in ShapesDataset's repr, so caches keyed by it follow the rule
 MAX_DRAWS = 10_000  # the rarest acceptance (3 objects in val) is ~3%: ~30 draws on average
 
 

@@ -51,8 +51,11 @@ def content_digest(path: str | os.PathLike) -> str:
 
 @functools.cache
 def _digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file re-hashes
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # in chunks: hashlib.file_digest needs Python 3.11
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def hash_position(digest: str) -> float:

@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from trilemma.data.compositions import (COLORS, POSITIONS, SHAPES, SIZES, SPLITS, draw_objects,
+from trilemma.data.compositions import (COLORS, POSITIONS, SHAPES, SIZES, SPLIT_RULE, SPLITS, draw_objects,
                                         novel_pairs)
 
 # Corners of the RGB cube: maximally separated, saturated, and exactly representable in uint8.
@@ -274,4 +274,4 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(split={self.split!r}, size={self.size}, seed={self.seed}, "
-                f"length={self.length})")
+                f"length={self.length}, splits={SPLIT_RULE!r})")

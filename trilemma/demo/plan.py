@@ -106,13 +106,9 @@ _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 
 DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
 
 # make demo: two one-thread workers (run.py), under 15 minutes; each schedule was measured run by run
-# (docs/experiments.md, "Schedules, run by run"). The generators' AE trains 600 steps so that diffusion (900) fills
-# the second worker's idle time; the promptable tokenizer trains at batch 32 (at 16, whether it left the mean
-# image in time varied from seed to seed). The study's five families share 300 lite steps (one thread, a pool of
-# 4000: vq 23.2 dB, rvq 24.6, fsq 23.4, lfq 19.3, ae 24.6 held out; at 200 steps 18.8 / 20.7 / 20.1 / 17.9 / 20.6,
-# most still near the mean image). With the generators' AE that is 2100 lite steps where there were 900 (rvq / fsq /
-# lfq 100, one AE 600): ~130 s more worker time; replayed on the task times of a whole run (on a busy machine:
-# 1144 s), the demo ends ~60 s later, ~5%.
+# (docs/experiments.md, "Schedules, run by run"). The generators' AE trains 600 steps so that diffusion fills
+# the second worker's idle time; the promptable tokenizer trains at batch 32; the study's five families share
+# 300 lite steps, the fewest at which they leave the mean image (docs/experiments.md, "The study's shared budget").
 STANDARD = DemoPlan(
     name="standard", pool=12256, study_budget=Budget(300, LITE_LR, widths=LITE),
     own_budgets={"vq-gen": _own("vq-gen", 600), "ae-gen": _own("ae-gen", 600),

@@ -116,19 +116,19 @@ class Generator(nn.Module):
         a budget of 1 to ``max_tokens`` ordered 1D tokens (a promptable tokenizer's); known ids
         [B, image_len], -1 where drawn anew, else ids of this vocabulary."""
         if sampling.budget is not None and not self.takes_budget:
-            self.refuse("sampling.budget", "takes_budget",
+            self.refuse("`sampling.budget`", "takes_budget",
                         "stopping after the first tokens needs a generator that draws them in order")
         if known is not None and not self.edits:
-            self.refuse("known", "edits", "editing keeps token ids and draws the rest")
+            self.refuse("`known`", "edits", "editing keeps token ids and draws the rest")
         if known is not None:
             if tuple(known.shape) != (batch, self.image_len):
-                raise ValueError(f"known ids must be [{batch}, {self.image_len}] (-1 where to draw), got {tuple(known.shape)}")
+                raise ValueError(f"`known` ids must be [{batch}, {self.image_len}] (-1 where to draw), got {tuple(known.shape)}")
             if sampling.budget is not None:
-                raise ValueError("editing draws a region of a whole image; known does not combine with sampling.budget")
+                raise ValueError("editing draws a region of a whole image; `known` does not combine with `sampling.budget`")
             if ((known < -1) | (known >= self.spec.vocab_size)).any():
-                raise ValueError(f"known ids must be -1 or in [0, {self.spec.vocab_size}); these tokens are not this generator's")
+                raise ValueError(f"`known` ids must be -1 or in [0, {self.spec.vocab_size}); these tokens are not this generator's")
         if sampling.budget is not None and (self.spec.grid is not None or sampling.budget > self.spec.max_tokens):
-            raise ValueError(f"sampling.budget needs ordered 1D tokens (a promptable tokenizer) and 1 <= budget <= "
+            raise ValueError(f"`sampling.budget` needs ordered 1D tokens (a promptable tokenizer) and 1 <= budget <= "
                              f"{self.spec.max_tokens}; got {sampling.budget} for {'grid' if self.spec.grid else '1D'} tokens")
 
     def refuse(self, argument: str, capability: str, why: str) -> None:

@@ -39,11 +39,13 @@ BOX_LEVELS = 256  # box coordinates are stated as multiples of 1/256: ~30 bits a
 
 @torch.no_grad()
 def reconstruct(tok, images: torch.Tensor, prompt: Prompt | None, batch: int = 250) -> torch.Tensor:
-    """``decode(encode(images, prompt))`` in chunks; per-image boxes are split with the images."""
+    """``decode(encode(images, prompt))`` in chunks of ``batch`` images (a prompt without boxes: the
+    region study passes its boxes through ``region_study``)."""
+    if prompt is not None and (prompt.boxes is not None or prompt.points is not None):
+        raise ValueError("`prompt` may carry a budget only; boxes and points go through region_study")
     parts = []
     for start in range(0, len(images), batch):
-        p = prompt if prompt is None or prompt.boxes is None else Prompt(budget=prompt.budget, boxes=prompt.boxes[start : start + batch])
-        parts.append(tok.decode(tok.encode(images[start : start + batch], p)).clamp(-1, 1))
+        parts.append(tok.decode(tok.encode(images[start : start + batch], prompt)).clamp(-1, 1))
     return torch.cat(parts)
 
 

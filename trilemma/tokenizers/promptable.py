@@ -379,7 +379,7 @@ _PROMPT_TRAINING = dict(prompt_prob=0.75, region_weight=8.0, budget_sampling="lo
                         full_budget_weight=8.0, outside_weight=0.15)
 # promptable-shapes' recipe (`trilemma train` takes it where no flag is given): 1600 steps of 32 at lr 2e-3,
 # over an AE (from pixels it sat at the mean image): docs/experiments.md, learning rate and region_weight.
-_preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / point prompts, 32x32; train it over an AE (--set base=DIR)",
+_preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / point prompts, 32x32; train it over an AE (config field `base`: its directory)",
         recipe={"steps": 1600, "lr": 2e-3}, box_crop=4, **_PROMPT_TRAINING)
 _preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,
         fourier_bands=4, conv_channels=8, quantizer={"name": "vq", "codebook_size": 64, "codebook_dim": 4}, box_crop=2)
