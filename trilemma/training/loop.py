@@ -18,6 +18,7 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import hashlib
@@ -166,8 +167,16 @@ class StepSampler(Sampler[list[int]]):
 
 def init_distributed() -> None:
     """Join the process group now (when launched by torchrun / accelerate launch), before models are
-    built: quantizers decide at construction whether to all-reduce their codebook statistics."""
-    PartialState(cpu=not torch.cuda.is_available())
+    built: quantizers decide at construction whether to all-reduce their codebook statistics. The
+    group is left at exit: a gloo group torn down with the interpreter can abort the process after
+    training has finished."""
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if torch.distributed.is_initialized() and not _leaving:
+        _leaving.append(state)
+        atexit.register(state.destroy_process_group)
+
+
+_leaving: list[PartialState] = []  # the state whose group is left at exit, registered once
 
 
 def check_run_dir(out: Path, resume: bool) -> bool:
