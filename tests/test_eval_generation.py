@@ -62,6 +62,8 @@ def test_degraded_images_score_worse_than_the_floor_and_wrong_prompts_adhere_les
     shifted = attributes[1:] + attributes[:1]
     wrong = score_generated(images, reference, floor, probe.features, attributes=shifted, probe=probe, progress=False)
     assert wrong["adherence_object_acc"] < 0.3 and wrong["adherence_image_acc"] < 0.1
+    blind = score_generated(images, reference, floor, None, attributes=shifted, probe=probe, progress=False)
+    assert blind["adherence_object_acc"] == wrong["adherence_object_acc"] and "fid" not in blind  # no features: no FID
 
 
 class LookupPipeline:

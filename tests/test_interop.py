@@ -9,7 +9,8 @@ import torch
 
 from trilemma import checkpoint
 from trilemma.cli import main
-from trilemma.tokenizers.interop import DiffusersVQ, import_diffusers_vq
+from trilemma.tokenizers.diffusers_vq import DiffusersVQ
+from trilemma.tokenizers.interop import import_diffusers
 from trilemma.tokens import Tokens
 
 diffusers = pytest.importorskip("diffusers")
@@ -58,7 +59,7 @@ def source(tmp_path_factory):
 def imported(source, tmp_path_factory):
     src, _ = source
     dst = tmp_path_factory.mktemp("trilemma") / "tok"
-    assert main(["import", "diffusers-vq", str(src), "--image-size", "32", "--out", str(dst)]) == 0
+    assert main(["import", "diffusers-vq", str(src), "--image-size", "32", "--out", str(dst)]) == 0  # the old name, kept
     return dst
 
 
@@ -101,7 +102,7 @@ def test_amused_pipeline_layout_takes_zero_one_pixels(tmp_path, images):
     index = {"_class_name": "AmusedPipeline", "vqvae": ["diffusers", "VQModel"],
              "transformer": ["diffusers", "UVit2DModel"]}
     (tmp_path / "amused" / "model_index.json").write_text(json.dumps(index))
-    tok = import_diffusers_vq(tmp_path / "amused", image_size=32)
+    tok = import_diffusers(tmp_path / "amused", image_size=32)
     assert tok.config.pixel_range == (0.0, 1.0)
     ids = diffusers_ids(model, (images + 1) / 2)
     tokens = tok.encode(images)
@@ -113,7 +114,7 @@ def test_amused_pipeline_layout_takes_zero_one_pixels(tmp_path, images):
 def test_fp16_variant_only_directory_loads_as_float32(tmp_path):
     model = tiny_vq_model().half()
     model.save_pretrained(tmp_path / "vq16", variant="fp16")  # only diffusion_pytorch_model.fp16.safetensors
-    tok = import_diffusers_vq(tmp_path / "vq16", image_size=32)
+    tok = import_diffusers(tmp_path / "vq16", image_size=32)
     weight = tok.vq.quantize.embedding.weight
     assert weight.dtype == torch.float32
     assert torch.equal(weight, model.quantize.embedding.weight.float())
@@ -125,44 +126,42 @@ def test_import_never_touches_the_network(source, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    import_diffusers_vq(source[0], image_size=32)
+    import_diffusers(source[0], image_size=32)
 
 
 def test_errors_name_the_path_and_the_problem(source, tmp_path, capsys):
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match=re.escape(f"{missing}: no such directory") + ".*config.json"):
-        import_diffusers_vq(missing)
-    assert main(["import", "diffusers-vq", str(missing), "--out", str(tmp_path / "out")]) == 1
+        import_diffusers(missing)
+    assert main(["import", "diffusers", str(missing), "--out", str(tmp_path / "out")]) == 1
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json: missing.*diffusion_pytorch_model.safetensors"):
-        import_diffusers_vq(tmp_path / "empty")
+        import_diffusers(tmp_path / "empty")
 
     (tmp_path / "no_weights").mkdir()
     (tmp_path / "no_weights" / "config.json").write_text((source[0] / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no_weights: no weights file; expected diffusion_pytorch_model"):
-        import_diffusers_vq(tmp_path / "no_weights")
+        import_diffusers(tmp_path / "no_weights")
 
-    kl = diffusers.AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=2)
-    kl.save_pretrained(tmp_path / "kl")
-    with pytest.raises(ValueError, match="AutoencoderKL config, not a diffusers VQModel"):
-        import_diffusers_vq(tmp_path / "kl")
+    with pytest.raises(ValueError, match="`sample` and `decoder` are for continuous autoencoders"):
+        import_diffusers(source[0], image_size=32, sample=True)
 
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
-                                                                     "vae": ["diffusers", "AutoencoderKL"]}))
-    with pytest.raises(ValueError, match="StableDiffusionPipeline directory without a VQModel component"):
-        import_diffusers_vq(tmp_path / "pipe")
+                                                                     "unet": ["diffusers", "UNet2DConditionModel"]}))
+    with pytest.raises(ValueError, match="StableDiffusionPipeline directory without an autoencoder trilemma imports"):
+        import_diffusers(tmp_path / "pipe")
 
-    with pytest.raises(ValueError, match="not a positive multiple of this VQModel's downsampling factor 2"):
-        import_diffusers_vq(source[0], image_size=33)
+    with pytest.raises(ValueError, match="`image_size` 33 is not a positive multiple of this VQModel's downsampling factor 2"):
+        import_diffusers(source[0], image_size=33)
 
 
 def test_already_a_trilemma_checkpoint_is_refused(imported):
     with pytest.raises(ValueError, match="already a trilemma checkpoint"):
-        import_diffusers_vq(imported)
+        import_diffusers(imported)
 
 
 def test_decoding_foreign_tokens_is_refused(imported):

@@ -14,7 +14,8 @@ from trilemma.cli.options import command, group, positive_int
 from trilemma.files import check_writable_file
 from trilemma.images import save_grid
 from trilemma.metrics.scores import psnr
-from trilemma.tokenizers.interop import import_diffusers_vq
+from trilemma.tokenizers.diffusers_files import SUPPORTED
+from trilemma.tokenizers.interop import import_diffusers
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +34,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     options.add_device(p)
 
     imports = group(sub, "import", "import pretrained weights from another project (local files only)", "import_command")
-    p = command(imports, "diffusers-vq", "a local diffusers VQModel directory (e.g. aMUSEd's VQ-GAN)", run_import)
-    p.add_argument("path")
+    p = command(imports, "diffusers", f"a local diffusers autoencoder directory ({', '.join(SUPPORTED)})", run_import,
+                aliases=["diffusers-vq"])
+    p.add_argument("path", help="the model directory (config.json + weights) or a pipeline directory with vae/ or vqvae/")
     p.add_argument("--image-size", type=positive_int, default=256)
+    p.add_argument("--sample", action="store_true", help="encode draws from the posterior instead of its mean (KL VAEs)")
+    p.add_argument("--decoder", help="a ConsistencyDecoderVAE directory that decodes in place of an AutoencoderKL's decoder")
+    p.add_argument("--pixel-range", type=_pixel_range, help="LOW,HIGH: the pixels the model takes (default: -1,1; 0,1 for aMUSEd)")
     p.add_argument("--out", required=True)
 
 
@@ -99,11 +104,23 @@ def _encode(tok, images: torch.Tensor, args: argparse.Namespace):
     return tok.encode(images, prompt)
 
 
+def _pixel_range(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as -1,1 or 0,1, got {text!r}") from None
+    return lo, hi
+
+
 def run_import(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists():  # an import never replaces a run or a file
         raise FileExistsError(f"--out {out} already exists; choose a new path for the imported tokenizer")
-    model = import_diffusers_vq(args.path, image_size=args.image_size)
-    checkpoint.save(model, out, extra={"imported_from": str(args.path)})
+    model = import_diffusers(args.path, image_size=args.image_size, pixel_range=args.pixel_range, sample=args.sample,
+                             decoder=args.decoder)
+    extra = {"imported_from": str(args.path)} | ({"decoder_from": str(args.decoder)} if args.decoder else {})
+    checkpoint.save(model, out, extra=extra)
     spec = model.spec
-    print(f"imported {args.path} -> {args.out}: {spec.grid[0]}x{spec.grid[1]} tokens, {spec.vocab_size} codes")
+    what = f"{spec.vocab_size} codes" if spec.discrete else f"{spec.latent_dim} channels ({spec.max_tokens * spec.latent_dim} floats per image)"
+    print(f"imported {args.path} -> {args.out}: {spec.grid[0]}x{spec.grid[1]} tokens, {what}")

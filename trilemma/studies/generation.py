@@ -57,7 +57,7 @@ def score_generated(
     images: torch.Tensor,
     reference: torch.Tensor,
     floor: torch.Tensor,
-    features: FeatureExtractor,
+    features: FeatureExtractor | None,
     prompts: list[str] | None = None,
     attributes: list | None = None,
     probe=None,
@@ -89,13 +89,15 @@ def score_generated(
     if contrastive is not None and prompts is None:
         raise ValueError("the contrastive scores need the prompts (prompts=...)")
 
-    real = _features(features, reference, batch_size, progress)
-    fake = _features(features, images, batch_size, progress)
-    floor_feats = _features(features, floor, batch_size, progress)
-    out = _feature_scores(real, fake)
-    floor_scores = _feature_scores(real, floor_feats)
-    out.update({"fid_floor": floor_scores["fid"], "kid_floor": floor_scores["kid_mean"],
-                "precision_floor": floor_scores["precision"], "recall_floor": floor_scores["recall"]})  # fmt: skip
+    out = {}
+    if features is not None:  # without a feature network: adherence only
+        real = _features(features, reference, batch_size, progress)
+        fake = _features(features, images, batch_size, progress)
+        floor_feats = _features(features, floor, batch_size, progress)
+        out = _feature_scores(real, fake)
+        floor_scores = _feature_scores(real, floor_feats)
+        out.update({"fid_floor": floor_scores["fid"], "kid_floor": floor_scores["kid_mean"],
+                    "precision_floor": floor_scores["precision"], "recall_floor": floor_scores["recall"]})  # fmt: skip
     if probe is not None and len(attributes) != n:
         raise ValueError(f"got {n} images but {len(attributes)} attribute lists")
     out.update(adherence_scores(images, Category(prompts or [], reference, floor, attributes, novel_pairs),

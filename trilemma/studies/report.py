@@ -90,14 +90,15 @@ def psnr_cell(v: Any) -> str:
 
 
 def markdown_table(rows: Sequence[dict], front: Sequence[int] = ()) -> str:
-    """One Markdown table, a row per tokenizer; ``front`` indices get a ``*`` after the name. A
-    ``storage bits`` column (32 x floats) when a row is continuous, the rFID floor in its header
-    when the rows share one, and a ``trained`` column when rows say how they were trained."""
+    """One Markdown table, a row per tokenizer (``f``: its downsampling factor on a grid); ``front``
+    indices get a ``*`` after the name. A ``storage bits`` column (32 x floats) when a row is
+    continuous, the rFID floor in its header when the rows share one, and a ``trained`` column when
+    rows say how they were trained."""
     show_lpips = any(r.get("lpips") is not None for r in rows)
     show_storage = any(not r.get("discrete") for r in rows)
     show_trained = any(r.get("trained") for r in rows)
     floor = _floor_of(rows, "rfid_floor")
-    head = ["tokenizer"] + (["trained"] if show_trained else []) + ["discrete", "tokens", "bits/image"]
+    head = ["tokenizer"] + (["trained"] if show_trained else []) + ["discrete", "tokens", "f", "bits/image"]
     head += (["storage bits"] if show_storage else []) + ["PSNR (dB)", "SSIM"] + (["LPIPS"] if show_lpips else [])
     head += ["rFID" if floor is None else f"rFID (floor {floor:.2f})", "usage", "encode img/s", "decode img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -105,7 +106,8 @@ def markdown_table(rows: Sequence[dict], front: Sequence[int] = ()) -> str:
         tokens = r.get("tokens_per_image")
         cells = [r["tokenizer"] + (" *" if i in front else "")] + ([r.get("trained") or "—"] if show_trained else [])
         cells += ["yes" if r.get("discrete") else "no",
-                  "—" if tokens is None else (f"{tokens:g}" if float(tokens).is_integer() else f"{tokens:.1f}"), bits_cell(r)]
+                  "—" if tokens is None else (f"{tokens:g}" if float(tokens).is_integer() else f"{tokens:.1f}"),
+                  "—" if r.get("downsampling") is None else f"{r['downsampling']}", bits_cell(r)]
         cells += [_num(r.get("storage_bits_per_image"), ",.0f")] if show_storage else []
         cells += [psnr_cell(r.get("psnr")), _num(r.get("ssim"), ".4f")]
         cells += [_num(r.get("lpips"), ".4f")] if show_lpips else []

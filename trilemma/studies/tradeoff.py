@@ -109,6 +109,8 @@ def make_row(name: str, directory: Path, tok, metrics: dict) -> dict:
         "vocab_size": spec.vocab_size,
         "levels": spec.levels,
         "latent_dim": spec.latent_dim,
+        # pixels per token side on a grid (f8: 8x8 pixels a token); None for 1D tokens
+        "downsampling": tok.image_size // spec.grid[1] if spec.grid else None,
     }
     row.update(metrics)
     if row.get("floats_per_image") is None and not row["discrete"] and row.get("tokens_per_image") is not None:
