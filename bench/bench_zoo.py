@@ -5,7 +5,10 @@ FLUX.2's, DC-AE f32c32 as in SANA, TAESD, aMUSEd's VQ-GAN) with *random weights*
 ``save_pretrained``, imports it as ``trilemma import diffusers`` does, and runs the trade-off study
 on ``--n`` images of a folder at ``--size``. Random weights cost what trained ones cost (the same
 layers, the same arithmetic), so the timings stand; the quality columns of these rows mean nothing
-and are not written. No weights are downloaded (none are on this machine).
+and are not written. No weights are downloaded (none are on this machine). On 2 CPU cores the
+full-size KL and DC autoencoders take 2-3 s per image to encode and as long to decode at 256, and a
+continuous tokenizer's effective bits decode every image once per quantization step tried (about a
+dozen), so the whole set takes most of an hour there; ``--models taesd`` runs in about a minute.
 
     .venv/bin/python bench/bench_zoo.py --data photos/ [--n 48] [--size 256] [--models sd-vae flux-vae ...]
 
@@ -66,6 +69,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward (progress moves per batch)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +82,7 @@ def main() -> None:
         for name, directory in zip(args.models, dirs):  # one study per model: each one's own wall time
             start = time.perf_counter()
             (row,) = tradeoff([directory], data=args.data, n=args.n, size=args.size, features="none", lpips=False,
-                              split="all", progress=True)
+                              split="all", progress=True, batch_size=args.batch_size)
             spec = checkpoint.load(directory, kind="tokenizer").spec
             rows.append({"model": name, "tokens": row["tokens_per_image"], "f": row["downsampling"],
                          "latent_dim": spec.latent_dim, "floats_per_image": row.get("floats_per_image"),

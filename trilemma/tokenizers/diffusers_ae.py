@@ -35,7 +35,8 @@ from einops import rearrange
 
 from trilemma import registry
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
-from trilemma.tokenizers.diffusers_files import check_image_size, check_pixel_range, diffusers_class, downsampling, from_model, to_model
+from trilemma.tokenizers.diffusers_files import (check_image_size, check_pixel_range, diffusers_class, downsampling,
+                                                  from_config, from_model, to_model)
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
 POSTERIOR = ("AutoencoderKL", "AutoencoderKLFlux2", "ConsistencyDecoderVAE")  # encode to a distribution
@@ -70,7 +71,7 @@ class DiffusersAE(Tokenizer):
             raise ValueError(f"`sample`: a {name} encodes to one latent, not a distribution to sample; "
                              f"only {', '.join(POSTERIOR)} do")
         check_pixel_range(config.pixel_range)
-        self.ae = diffusers_class(name).from_config(dict(config.model_config)).float()
+        self.ae = from_config(name, dict(config.model_config))
         c = self.ae.config
         channels = (c.get("in_channels", c.get("encoder_in_channels")), c.get("out_channels", 3))
         if channels != (3, 3):
@@ -80,7 +81,7 @@ class DiffusersAE(Tokenizer):
         if config.decoder_config:
             if name != "AutoencoderKL":
                 raise ValueError(f"`decoder_config`: a consistency decoder replaces an AutoencoderKL's decoder, not a {name}'s")
-            self.consistency = diffusers_class("ConsistencyDecoderVAE").from_config(dict(config.decoder_config)).float()
+            self.consistency = from_config("ConsistencyDecoderVAE", dict(config.decoder_config))
             if self.consistency.config.latent_channels != c.latent_channels:
                 raise ValueError(f"`decoder_config`: the consistency decoder takes {self.consistency.config.latent_channels} "
                                  f"latent channels, this AutoencoderKL makes {c.latent_channels}")

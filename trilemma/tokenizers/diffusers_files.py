@@ -8,6 +8,7 @@ weights (plain, sharded, or one variant such as ``.fp16``), loading it in float3
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,15 @@ def load_local(path: str | Path) -> tuple[torch.nn.Module, str, str | None]:
 def plain_config(config: Any) -> dict[str, Any]:
     """A diffusers FrozenDict as JSON, without its metadata keys (``_class_name``, ``_name_or_path``...)."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+
+def from_config(name: str, config: dict[str, Any]) -> torch.nn.Module:
+    """The diffusers ``name`` model (float32) built from ``config``, without the entries some classes
+    record beside their arguments (``block_out_channels`` of AutoencoderTiny, ``force_upcast``),
+    which ``from_config`` would warn about on every load."""
+    cls = diffusers_class(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls.from_config({k: v for k, v in config.items() if k in accepted}).float()
 
 
 def check_pixel_range(pixel_range: tuple[float, float]) -> None:

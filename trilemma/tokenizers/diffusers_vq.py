@@ -34,7 +34,7 @@ from einops import rearrange
 
 from trilemma import registry
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
-from trilemma.tokenizers.diffusers_files import check_image_size, check_pixel_range, diffusers_class, downsampling, from_model, to_model
+from trilemma.tokenizers.diffusers_files import check_image_size, check_pixel_range, downsampling, from_config, from_model, to_model
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
 if TYPE_CHECKING:  # diffusers takes seconds to import: only the functions that need it import it
@@ -57,7 +57,7 @@ class DiffusersVQ(Tokenizer):
     def __init__(self, config: DiffusersVQConfig):
         super().__init__()
         self.config = config
-        self.vq: VQModel = diffusers_class("VQModel").from_config(dict(config.vq_config)).float()
+        self.vq: VQModel = from_config("VQModel", dict(config.vq_config))
         vq = self.vq.config
         if vq.in_channels != 3 or vq.out_channels != 3:
             raise ValueError(f"trilemma tokenizers take RGB images; this VQModel has {vq.in_channels} input "
