@@ -171,9 +171,9 @@ def test_errors_name_the_class_and_the_fix(tmp_path):
                                          "AutoencoderKLFlux2, AutoencoderDC, AutoencoderTiny, ConsistencyDecoderVAE"):
         import_diffusers(tmp_path / "unet")
     build("dc").save_pretrained(tmp_path / "dc")
-    with pytest.raises(ValueError, match="`sample`: a AutoencoderDC encodes to one latent"):
+    with pytest.raises(ValueError, match="`sample`: AutoencoderDC encodes to one latent"):
         import_diffusers(tmp_path / "dc", image_size=32, sample=True)
-    with pytest.raises(ValueError, match="`decoder` .*holds a AutoencoderDC; .* is a ConsistencyDecoderVAE"):
+    with pytest.raises(ValueError, match="`decoder` .*holds AutoencoderDC; .* is a ConsistencyDecoderVAE"):
         build("sd").save_pretrained(tmp_path / "sd")
         import_diffusers(tmp_path / "sd", image_size=32, decoder=tmp_path / "dc")
     with pytest.raises(ValueError, match="not a positive multiple of this AutoencoderKLFlux2's downsampling factor 4"):

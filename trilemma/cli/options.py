@@ -73,7 +73,7 @@ FLAGS = {
     # arguments of the training functions, the pipeline, checkpoint loading and the studies
     "out": "--out", "resume": "--resume", "tokenizer": "--tokenizer", "tokenizer_dir": "--tokenizer",
     "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
-    "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder",
+    "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder", "sample": "--sample",
 }
 _NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
 

@@ -68,7 +68,7 @@ class DiffusersAE(Tokenizer):
         if name not in CLASSES:
             raise ValueError(f"`class_name` {name!r}: diffusers-ae wraps {', '.join(CLASSES)}")
         if config.sample and name not in POSTERIOR:
-            raise ValueError(f"`sample`: a {name} encodes to one latent, not a distribution to sample; "
+            raise ValueError(f"`sample`: {name} encodes to one latent, not a distribution to sample; "
                              f"only {', '.join(POSTERIOR)} do")
         check_pixel_range(config.pixel_range)
         self.ae = from_config(name, dict(config.model_config))
@@ -80,7 +80,7 @@ class DiffusersAE(Tokenizer):
         self.consistency = None
         if config.decoder_config:
             if name != "AutoencoderKL":
-                raise ValueError(f"`decoder_config`: a consistency decoder replaces an AutoencoderKL's decoder, not a {name}'s")
+                raise ValueError(f"`decoder_config`: a consistency decoder replaces an AutoencoderKL's decoder, not {name}'s")
             self.consistency = from_config("ConsistencyDecoderVAE", dict(config.decoder_config))
             if self.consistency.config.latent_channels != c.latent_channels:
                 raise ValueError(f"`decoder_config`: the consistency decoder takes {self.consistency.config.latent_channels} "

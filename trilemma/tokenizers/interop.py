@@ -51,7 +51,7 @@ def import_diffusers(
     if decoder is not None:
         consistency, decoder_name, _ = load_local(decoder)
         if decoder_name != "ConsistencyDecoderVAE":
-            raise ValueError(f"`decoder` {decoder}: holds a {decoder_name}; a decoder that replaces an "
+            raise ValueError(f"`decoder` {decoder}: holds {decoder_name}; a decoder that replaces an "
                              "AutoencoderKL's is a ConsistencyDecoderVAE")
     tokenizer = DiffusersAE(DiffusersAEConfig(
         image_size=image_size, class_name=name, model_config=config, pixel_range=_floats(pixel_range or (-1.0, 1.0)),
