@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from trilemma.metrics import scores
 
@@ -76,23 +77,26 @@ def _passes(psnr: float, reference: float, tolerance_db: float) -> bool:
 
 @torch.no_grad()
 def effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float = TOLERANCE_DB,
-                   batch_size: int = 64, prompt=None) -> EffectiveBits:
+                   batch_size: int = 64, prompt=None, progress: bool = False) -> EffectiveBits:
     """Effective bits per image of continuous ``tokenizer`` on ``images`` [N, 3, H, W] in [-1, 1]
     (module docstring), encoded with ``prompt`` when given. PSNR is the mean over images of
     reconstructions clamped to [-1, 1], as in ``evaluate_reconstruction``; the tokenizer runs in
-    eval mode (its mode is restored)."""
+    eval mode (its mode is restored). ``progress``: a bar counting the decodes of the set (one per
+    step tried; a large autoencoder spends minutes here on a CPU)."""
     if tokenizer.spec.discrete:
         raise ValueError("effective bits are for continuous tokenizers; a discrete one has `bits_per_image`")
     if tolerance_db <= 0:
         raise ValueError(f"`tolerance_db` must be > 0, got {tolerance_db}")
     was_training = tokenizer.training
     try:
-        return _effective_bits(tokenizer.eval(), images, tolerance_db, batch_size, prompt)
+        with tqdm(unit="decode", desc="effective bits", disable=not progress) as bar:
+            return _effective_bits(tokenizer.eval(), images, tolerance_db, batch_size, prompt, bar)
     finally:
         tokenizer.train(was_training)
 
 
-def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_size: int, prompt) -> EffectiveBits:
+def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_size: int, prompt,
+                    bar: tqdm) -> EffectiveBits:
     param = next(tokenizer.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     batches = [x.to(device=device, dtype=torch.float32) for x in images.split(batch_size)]
@@ -104,6 +108,7 @@ def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_
             z = t.latents if step is None else quantize(t.latents, step).to(t.latents.dtype) * step
             recon = tokenizer.decode(dataclasses.replace(t, latents=z)).float().clamp(-1, 1)
             values.append(scores.psnr(recon, x).double())
+        bar.update(1)
         return torch.cat(values).mean().item()
 
     valid = torch.cat([t.latents[t.mask.bool()] if t.mask is not None else t.latents.flatten(0, 1) for t in tokens])

@@ -165,7 +165,8 @@ def evaluate_reconstruction(
                 counts = count_codes(tokens, spec, counts)
                 n_tokens += int(tokens.tokens_per_image().sum())
                 bar.update(len(batch))
-        measured = None if spec.discrete else effective_bits(tokenizer, images, batch_size=batch_size, prompt=prompt)
+        measured = (None if spec.discrete
+                    else effective_bits(tokenizer, images, batch_size=batch_size, prompt=prompt, progress=progress))
     finally:
         tokenizer.train(was_training)
 

@@ -70,7 +70,7 @@ def score_generated(
 
     ``reference`` and ``floor`` are two disjoint sets of real images (or their precomputed
     features [M, dim]); ``floor`` must hold exactly N images so that the floor is measured at the
-    generated set's size. ``prompts`` are needed for the contrastive scores, ``attributes`` (the
+    generated set's size. ``features=None`` scores adherence only (no FID, KID, precision, recall). ``prompts`` are needed for the contrastive scores, ``attributes`` (the
     prompted objects, e.g. ``parse_caption(prompt)``) for the probe's; ``novel_pairs`` (per image,
     the held-out pairs it was prompted with) add the probe's ``by_novel_pair`` breakdown.
     """
