@@ -149,6 +149,9 @@ def test_effective_bits_of_a_lossy_autoencoder_lie_between_nothing_and_float_sto
     assert result.coarser_step == pytest.approx(result.step * 2**0.25)  # quarter octaves near the answer
     finer = effective_bits(PoolAE(), shapes, tolerance_db=0.01)
     assert finer.step < result.step and finer.bits_per_image > result.bits_per_image
+    out = evaluate_reconstruction(PoolAE(), shapes, batch_size=7, lpips=False, progress=False)  # hands its tokens over
+    alone = effective_bits(PoolAE(), shapes, batch_size=7)
+    assert out["effective_bits_per_image"] == alone.bits_per_image and out["quantization_step"] == alone.step
 
 
 class CraftedTokenizer(nn.Module):

@@ -77,12 +77,15 @@ def _passes(psnr: float, reference: float, tolerance_db: float) -> bool:
 
 @torch.no_grad()
 def effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float = TOLERANCE_DB,
-                   batch_size: int = 64, prompt=None, progress: bool = False) -> EffectiveBits:
+                   batch_size: int = 64, prompt=None, progress: bool = False,
+                   encoded: tuple[list, float] | None = None) -> EffectiveBits:
     """Effective bits per image of continuous ``tokenizer`` on ``images`` [N, 3, H, W] in [-1, 1]
     (module docstring), encoded with ``prompt`` when given. PSNR is the mean over images of
     reconstructions clamped to [-1, 1], as in ``evaluate_reconstruction``; the tokenizer runs in
     eval mode (its mode is restored). ``progress``: a bar counting the decodes of the set (one per
-    step tried; a large autoencoder spends minutes here on a CPU)."""
+    step tried; a large autoencoder spends minutes here on a CPU). ``encoded``: (the tokens of
+    ``images`` in batches of ``batch_size``, their unquantized mean PSNR) when the caller has them
+    (``evaluate_reconstruction``), so the set is not encoded and decoded twice."""
     if tokenizer.spec.discrete:
         raise ValueError("effective bits are for continuous tokenizers; a discrete one has `bits_per_image`")
     if tolerance_db <= 0:
@@ -90,17 +93,22 @@ def effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float = TOLERA
     was_training = tokenizer.training
     try:
         with tqdm(unit="decode", desc="effective bits", disable=not progress) as bar:
-            return _effective_bits(tokenizer.eval(), images, tolerance_db, batch_size, prompt, bar)
+            return _effective_bits(tokenizer.eval(), images, tolerance_db, batch_size, prompt, bar, encoded)
     finally:
         tokenizer.train(was_training)
 
 
 def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_size: int, prompt,
-                    bar: tqdm) -> EffectiveBits:
+                    bar: tqdm, encoded: tuple[list, float] | None) -> EffectiveBits:
     param = next(tokenizer.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     batches = [x.to(device=device, dtype=torch.float32) for x in images.split(batch_size)]
-    tokens = [tokenizer.encode(x) if prompt is None else tokenizer.encode(x, prompt) for x in batches]
+    if encoded is not None:
+        tokens, reference = encoded
+        if len(tokens) != len(batches):
+            raise ValueError(f"`encoded` holds {len(tokens)} batches of tokens, `images` split by {batch_size} makes {len(batches)}")
+    else:
+        tokens = [tokenizer.encode(x) if prompt is None else tokenizer.encode(x, prompt) for x in batches]
 
     def mean_psnr(step: float | None) -> float:
         values = []
@@ -117,7 +125,8 @@ def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_
         raise ValueError("the tokenizer made no valid latents for these images")
     span = float((valid.max(0).values - valid.min(0).values).max())  # the widest channel's range
     span = span if span > 0 else float(valid.abs().max()) or 1.0  # constant latents: their magnitude
-    reference = mean_psnr(None)
+    if encoded is None:
+        reference = mean_psnr(None)
     tried: list[tuple[float, float]] = []  # (step, PSNR), coarse to fine
 
     def passes(step: float) -> bool:

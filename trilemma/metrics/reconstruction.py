@@ -140,7 +140,7 @@ def evaluate_reconstruction(
         lpips_net = lpips_net.to(device)
 
     psnrs, ssims, lpipses, real_feats, fake_feats = [], [], [], [], []
-    counts, n_tokens, encode_s, decode_s = None, 0, 0.0, 0.0
+    counts, n_tokens, encode_s, decode_s, encoded = None, 0, 0.0, 0.0, []
     try:
         with tqdm(total=len(images), unit="img", desc="reconstruction", disable=not progress) as bar:
             for batch in images.split(batch_size):
@@ -163,10 +163,13 @@ def evaluate_reconstruction(
                     real_feats.append(extract(features, x, batch_size=len(x), progress=False))
                     fake_feats.append(extract(features, recon, batch_size=len(x), progress=False))
                 counts = count_codes(tokens, spec, counts)
+                if not spec.discrete:
+                    encoded.append(tokens)  # effective bits start from these tokens and this PSNR
                 n_tokens += int(tokens.tokens_per_image().sum())
                 bar.update(len(batch))
-        measured = (None if spec.discrete
-                    else effective_bits(tokenizer, images, batch_size=batch_size, prompt=prompt, progress=progress))
+        measured = None if spec.discrete else effective_bits(
+            tokenizer, images, batch_size=batch_size, prompt=prompt, progress=progress,
+            encoded=(encoded, torch.cat(psnrs).double().mean().item()))
     finally:
         tokenizer.train(was_training)
 
