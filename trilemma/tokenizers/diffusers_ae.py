@@ -35,7 +35,7 @@ from einops import rearrange
 
 from trilemma import registry
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
-from trilemma.tokenizers.diffusers_files import (check_image_size, check_pixel_range, diffusers_class, downsampling,
+from trilemma.tokenizers.diffusers_files import (check_image_size, check_pixel_range, check_rgb, downsampling,
                                                   from_config, from_model, to_model)
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
@@ -72,11 +72,8 @@ class DiffusersAE(Tokenizer):
                              f"only {', '.join(POSTERIOR)} do")
         check_pixel_range(config.pixel_range)
         self.ae = from_config(name, dict(config.model_config))
+        check_rgb(self.ae, name)
         c = self.ae.config
-        channels = (c.get("in_channels", c.get("encoder_in_channels")), c.get("out_channels", 3))
-        if channels != (3, 3):
-            raise ValueError(f"trilemma tokenizers take RGB images; this {name} has {channels[0]} input and "
-                             f"{channels[1]} output channels")
         self.consistency = None
         if config.decoder_config:
             if name != "AutoencoderKL":
@@ -139,7 +136,7 @@ class DiffusersAE(Tokenizer):
             ph, pw = self.patch
             z = rearrange(z, "b (c ph pw) h w -> b c (h ph) (w pw)", ph=ph, pw=pw)
         decoder = self.consistency if self.consistency is not None else self.ae
-        if isinstance(decoder, diffusers_class("ConsistencyDecoderVAE")):
+        if decoder is self.consistency or self.config.class_name == "ConsistencyDecoderVAE":
             noise = torch.Generator(z.device).manual_seed(self.config.decode_seed)
             out = decoder.decode(z, generator=noise, num_inference_steps=self.config.decode_steps).sample
         else:

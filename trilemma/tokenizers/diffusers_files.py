@@ -136,6 +136,16 @@ def from_config(name: str, config: dict[str, Any]) -> torch.nn.Module:
     return cls.from_config({k: v for k, v in config.items() if k in accepted}).float()
 
 
+def check_rgb(model: torch.nn.Module, name: str) -> None:
+    """Refuse a model that does not map RGB to RGB (ConsistencyDecoderVAE names its input
+    ``encoder_in_channels``; DC-AE records no output channels)."""
+    c = model.config
+    channels = (c.get("in_channels", c.get("encoder_in_channels")), c.get("out_channels", 3))
+    if channels != (3, 3):
+        raise ValueError(f"trilemma tokenizers take RGB images; this {name} has {channels[0]} input and "
+                         f"{channels[1]} output channels")
+
+
 def check_pixel_range(pixel_range: tuple[float, float]) -> None:
     lo, hi = pixel_range
     if not lo < hi:

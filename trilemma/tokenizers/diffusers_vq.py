@@ -34,7 +34,8 @@ from einops import rearrange
 
 from trilemma import registry
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
-from trilemma.tokenizers.diffusers_files import check_image_size, check_pixel_range, downsampling, from_config, from_model, to_model
+from trilemma.tokenizers.diffusers_files import (check_image_size, check_pixel_range, check_rgb, downsampling, from_config,
+                                                  from_model, to_model)
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
 if TYPE_CHECKING:  # diffusers takes seconds to import: only the functions that need it import it
@@ -59,9 +60,7 @@ class DiffusersVQ(Tokenizer):
         self.config = config
         self.vq: VQModel = from_config("VQModel", dict(config.vq_config))
         vq = self.vq.config
-        if vq.in_channels != 3 or vq.out_channels != 3:
-            raise ValueError(f"trilemma tokenizers take RGB images; this VQModel has {vq.in_channels} input "
-                             f"and {vq.out_channels} output channels")
+        check_rgb(self.vq, "VQModel")
         check_pixel_range(config.pixel_range)
         factor = downsampling(len(vq.block_out_channels))
         check_image_size(config.image_size, factor, "VQModel")
