@@ -23,6 +23,13 @@ def tiny(name, spec):
     return registry.build("generator", f"{name}-tiny", spec=spec, text=text), text
 
 
+def tiny_with_prompts(name, layout):
+    """A tiny generator on one of SPECS' layouts, its spec, and CAPTIONS as text ids."""
+    spec = SPECS[layout]
+    gen, text = tiny(name, spec)
+    return gen, spec, text.encode(CAPTIONS)
+
+
 def random_tokens(spec, b):
     shape = (b, spec.max_tokens, spec.levels) if spec.levels > 1 else (b, spec.max_tokens)
     return Tokens(ids=torch.randint(spec.vocab_size, shape, generator=torch.Generator().manual_seed(1)))
@@ -34,9 +41,7 @@ AUTOREGRESSIVE = [n for n in GENERATORS if n in ("dalle", "parti")]
 @pytest.mark.parametrize("layout", SPECS)
 @pytest.mark.parametrize("name", AUTOREGRESSIVE)
 def test_cached_sampling_equals_uncached(name, layout):
-    spec = SPECS[layout]
-    gen, text = tiny(name, spec)
-    ids = text.encode(CAPTIONS)
+    gen, _, ids = tiny_with_prompts(name, layout)
     for cfg_scale in (1.0, 2.5):
         a = gen.sample(ids, S(temperature=0, cfg_scale=cfg_scale), use_cache=True)
         b = gen.sample(ids, S(temperature=0, cfg_scale=cfg_scale), use_cache=False)
@@ -46,9 +51,7 @@ def test_cached_sampling_equals_uncached(name, layout):
 @pytest.mark.parametrize("layout", SPECS)
 @pytest.mark.parametrize("name", GENERATORS)
 def test_samples_are_valid_ids_and_seeded_sampling_repeats(name, layout):
-    spec = SPECS[layout]
-    gen, text = tiny(name, spec)
-    ids = text.encode(CAPTIONS)
+    gen, spec, ids = tiny_with_prompts(name, layout)
     for options in ({"temperature": 0}, {"temperature": 0, "cfg_scale": 2.5}, {"seed": 3, "top_p": 0.9, "cfg_scale": 3.0}):
         out = gen.sample(ids, S(**options))
         assert out.ids.shape == random_tokens(spec, 3).ids.shape

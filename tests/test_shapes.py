@@ -71,10 +71,13 @@ def test_item_format_and_lengths():
         ShapesDataset("dev")
 
 
+def _attributes(split, n):
+    ds = ShapesDataset(split)
+    return (ds.attributes(i) for i in range(n))
+
+
 def test_attributes_are_valid_and_in_distinct_cells():
-    ds = ShapesDataset("train")
-    for i in range(300):
-        attrs = ds.attributes(i)
+    for attrs in _attributes("train", 300):
         assert [POSITIONS.index(a["position"]) for a in attrs] == \
             sorted({POSITIONS.index(a["position"]) for a in attrs})  # distinct, raster order
         for a in attrs:
@@ -82,9 +85,7 @@ def test_attributes_are_valid_and_in_distinct_cells():
 
 
 def test_every_caption_parses_back_to_its_attributes():
-    ds = ShapesDataset("val")
-    for i in range(300):
-        attrs = ds.attributes(i)
+    for attrs in _attributes("val", 300):
         assert parse_caption(caption(attrs)) == attrs
         assert torch.equal(attributes_to_cells(parse_caption(caption(attrs))),
                            attributes_to_cells(attrs))
@@ -107,9 +108,7 @@ def test_parse_caption_lenient_and_errors():
 
 
 def test_cells_round_trip():
-    ds = ShapesDataset("test")
-    for i in range(200):
-        attrs = ds.attributes(i)
+    for attrs in _attributes("test", 200):
         cells = attributes_to_cells(attrs)
         assert cells.shape == (9, 3) and cells.dtype == torch.long
         assert int((cells[:, 0] > 0).sum()) == len(attrs)
