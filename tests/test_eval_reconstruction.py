@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from trilemma import registry
 from trilemma.data import load_dataset
 from trilemma.metrics import scores
-from trilemma.metrics.bits import effective_bits
+from trilemma.metrics.bits import effective_bits, entropy_bits, quantize
 from trilemma.metrics.features import DomainFeatures
 from trilemma.metrics.reconstruction import KEYS, evaluate_reconstruction, rfid_left_out
 from trilemma.tokens import Tokens, TokenSpec
@@ -203,3 +203,19 @@ def test_lpips_is_averaged_over_images_when_available(shapes, monkeypatch):
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         evaluate_reconstruction(registry.build("tokenizer", "patch4-8bit"), torch.zeros(3, 32, 32), progress=False)
+
+
+def test_effective_bits_choose_the_step_on_a_subset_and_count_every_image(shapes):
+    images = shapes[:12]
+    whole = effective_bits(PoolAE(), images, batch_size=5)
+    first = effective_bits(PoolAE(), images[:4], batch_size=5)
+    subset = effective_bits(PoolAE(), images, batch_size=5, step_images=4)  # the sweep on 4 images
+    assert subset.step == first.step and subset.step_images == 4 and whole.step_images == 12
+    assert subset.psnr == pytest.approx(whole.psnr)  # reported on all 12
+    assert subset.psnr_quantized == pytest.approx(quantized_psnr(PoolAE(), images, subset.step))
+    valid = rearrange(F.avg_pool2d(images, 4), "b c h w -> (b h w) c").double()
+    assert subset.bits_per_image == pytest.approx(64 * entropy_bits(quantize(valid, subset.step)))
+    out = evaluate_reconstruction(PoolAE(), images, batch_size=5, lpips=False, progress=False, bits_step_images=4)
+    assert out["quantization_step"] == subset.step and out["effective_bits_per_image"] == subset.bits_per_image
+    with pytest.raises(ValueError, match="step_images"):
+        effective_bits(PoolAE(), images, step_images=0)

@@ -223,3 +223,19 @@ def test_rfid_with_its_floor_only_above_the_feature_dimension_and_every_row_stat
     assert few[0]["protocol"]["rfid"].startswith("left out: 8 images for 8-d features")
     files = write_report(few, tmp_path / "left-out")
     assert "rFID: not computed (8 images for 8-d features" in files["markdown"].read_text()
+
+
+def test_effective_bits_step_images_reach_every_evaluation_and_the_protocol(saved_tokenizers, tmp_path):
+    seen = []
+
+    def record(tok, images, **kw):
+        seen.append(kw.get("bits_step_images"))
+        return evaluate_reconstruction(tok, images, **kw)
+
+    rows = tradeoff(saved_tokenizers[:2], n=6, features="none", lpips=False, progress=False, evaluate=record,
+                    bits_step_images=3)
+    assert seen == [3, 3]
+    assert all("the first 3 evaluated images, the entropy counted on all 6" in r["protocol"]["effective_bits"]
+               for r in rows)
+    rows = tradeoff(saved_tokenizers[:1], n=6, features="none", lpips=False, progress=False, evaluate=record)
+    assert seen[-1] is None and "every evaluated image" in rows[0]["protocol"]["effective_bits"]

@@ -33,6 +33,9 @@ class TokenSpec:
     # Ordered 1D tokens (a promptable tokenizer): any prefix of the max_tokens decodes, so a generator
     # may model only the first k (trained at a budget) and still decode through this tokenizer.
     ordered: bool = False
+    # Multi-scale tokens (a next-scale tokenizer, msvq): the ids are s x s maps for each s here, coarse
+    # to fine, concatenated (max_tokens = sum of s^2); any prefix of whole scales decodes.
+    scales: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("discrete", "continuous"):
@@ -43,6 +46,11 @@ class TokenSpec:
             raise ValueError("a continuous TokenSpec needs latent_dim")
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
+            if sum(s * s for s in self.scales) != self.max_tokens:
+                raise ValueError(f"TokenSpec.scales {self.scales} hold {sum(s * s for s in self.scales)} tokens, "
+                                 f"not max_tokens={self.max_tokens}")
 
     @property
     def discrete(self) -> bool:
@@ -63,8 +71,9 @@ class TokenSpec:
         d = dict(d)
         if "sparse" in d:  # what `ordered` was called in specs saved before
             d["ordered"] = d.pop("sparse")
-        if d.get("grid") is not None:
-            d["grid"] = tuple(d["grid"])
+        for key in ("grid", "scales"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 

@@ -67,6 +67,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
     p.add_argument("--size", type=positive_int, default=None, help="image size (default: the one the tokenizers share)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--bits-step-images", type=positive_int, default=None, metavar="N",
+                   help="choose continuous tokenizers' effective-bits step on the first N images (default: all); "
+                        "a large autoencoder on a CPU decodes the set about a dozen times otherwise")
 
 
 def _fmt(v, fmt: str = ".4g", unit: str = "") -> str:
@@ -222,7 +225,7 @@ def run_tradeoff(args: argparse.Namespace) -> list[dict]:
     rows = tradeoff(
         args.tokenizers, data=args.data, n=args.n, size=args.size, seed=args.seed, features=args.features,
         out_dir=args.out, probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips,
-        device=options.device(args), split=args.split,
+        device=options.device(args), split=args.split, bits_step_images=args.bits_step_images,
     )
     files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"],
                                                            args.split))

@@ -74,6 +74,7 @@ FLAGS = {
     "out": "--out", "resume": "--resume", "tokenizer": "--tokenizer", "tokenizer_dir": "--tokenizer",
     "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
     "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder", "sample": "--sample",
+    "bits_step_images": "--bits-step-images",
 }
 _NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
 

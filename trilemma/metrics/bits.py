@@ -11,7 +11,9 @@ measure a continuous latent by the entropy of its uniformly quantized values). H
    (``s_k = range / 2^k``), then quarter octaves between the last one that fails and the first
    that passes; the chosen step is the coarsest whose mean PSNR is at most ``tolerance_db``
    (0.1 dB) below the unquantized latents' (with an exact, infinite reference a step passes only
-   when it stays exact);
+   when it stays exact). With ``step_images`` the sweep runs on the first that many images (a
+   large autoencoder on a CPU decodes the set a dozen times otherwise) and the chosen step is
+   decoded once on the whole set, which the reported PSNR is;
 3. the bits are the empirical (plug-in) entropy of the indices ``round(z / s)``, one histogram per
    latent channel over every image and token position, summed over channels and multiplied by the
    tokens per image.
@@ -51,7 +53,8 @@ class EffectiveBits:
     psnr_quantized: float | None  # at ``step``
     coarser_step: float | None  # the next coarser step tried, which failed (None: the coarsest passed; with no
     # passing step, the finest tried)
-    coarser_psnr: float | None  # at ``coarser_step``
+    coarser_psnr: float | None  # at ``coarser_step`` (on the images the sweep ran on)
+    step_images: int  # how many images the sweep chose the step on (the first ones)
 
 
 def quantize(latents: torch.Tensor, step: float) -> torch.Tensor:
@@ -78,14 +81,17 @@ def _passes(psnr: float, reference: float, tolerance_db: float) -> bool:
 @torch.no_grad()
 def effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float = TOLERANCE_DB,
                    batch_size: int = 64, prompt=None, progress: bool = False,
-                   encoded: tuple[list, float] | None = None) -> EffectiveBits:
+                   encoded: tuple[list, float] | None = None, step_images: int | None = None) -> EffectiveBits:
     """Effective bits per image of continuous ``tokenizer`` on ``images`` [N, 3, H, W] in [-1, 1]
     (module docstring), encoded with ``prompt`` when given. PSNR is the mean over images of
     reconstructions clamped to [-1, 1], as in ``evaluate_reconstruction``; the tokenizer runs in
     eval mode (its mode is restored). ``progress``: a bar counting the decodes of the set (one per
     step tried; a large autoencoder spends minutes here on a CPU). ``encoded``: (the tokens of
     ``images`` in batches of ``batch_size``, their unquantized mean PSNR) when the caller has them
-    (``evaluate_reconstruction``), so the set is not encoded and decoded twice."""
+    (``evaluate_reconstruction``), so the set is not encoded and decoded twice. ``step_images``: choose
+    the step on the first that many images (None: all of them); the entropy counts every image."""
+    if step_images is not None and step_images < 1:
+        raise ValueError(f"`step_images` must be >= 1 or None, got {step_images}")
     if tokenizer.spec.discrete:
         raise ValueError("effective bits are for continuous tokenizers; a discrete one has `bits_per_image`")
     if tolerance_db <= 0:
@@ -93,16 +99,18 @@ def effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float = TOLERA
     was_training = tokenizer.training
     try:
         with tqdm(unit="decode", desc="effective bits", disable=not progress) as bar:
-            return _effective_bits(tokenizer.eval(), images, tolerance_db, batch_size, prompt, bar, encoded)
+            return _effective_bits(tokenizer.eval(), images, tolerance_db, batch_size, prompt, bar, encoded,
+                                   len(images) if step_images is None else min(step_images, len(images)))
     finally:
         tokenizer.train(was_training)
 
 
 def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_size: int, prompt,
-                    bar: tqdm, encoded: tuple[list, float] | None) -> EffectiveBits:
+                    bar: tqdm, encoded: tuple[list, float] | None, step_images: int) -> EffectiveBits:
     param = next(tokenizer.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     batches = [x.to(device=device, dtype=torch.float32) for x in images.split(batch_size)]
+    reference = None  # the unquantized latents' mean PSNR on every image
     if encoded is not None:
         tokens, reference = encoded
         if len(tokens) != len(batches):
@@ -110,9 +118,12 @@ def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_
     else:
         tokens = [tokenizer.encode(x) if prompt is None else tokenizer.encode(x, prompt) for x in batches]
 
-    def mean_psnr(step: float | None) -> float:
+    pairs = list(zip(batches, tokens))
+    search = _first(pairs, step_images)  # what the sweep decodes
+
+    def mean_psnr(step: float | None, pairs: list = search) -> float:
         values = []
-        for x, t in zip(batches, tokens):
+        for x, t in pairs:
             z = t.latents if step is None else quantize(t.latents, step).to(t.latents.dtype) * step
             recon = tokenizer.decode(dataclasses.replace(t, latents=z)).float().clamp(-1, 1)
             values.append(scores.psnr(recon, x).double())
@@ -125,23 +136,40 @@ def _effective_bits(tokenizer, images: torch.Tensor, tolerance_db: float, batch_
         raise ValueError("the tokenizer made no valid latents for these images")
     span = float((valid.max(0).values - valid.min(0).values).max())  # the widest channel's range
     span = span if span > 0 else float(valid.abs().max()) or 1.0  # constant latents: their magnitude
-    if encoded is None:
+    whole = step_images == len(images)
+    if reference is None and whole:
         reference = mean_psnr(None)
+    search_reference = reference if whole else mean_psnr(None)
     tried: list[tuple[float, float]] = []  # (step, PSNR), coarse to fine
 
     def passes(step: float) -> bool:
         tried.append((step, mean_psnr(step)))
-        return _passes(tried[-1][1], reference, tolerance_db)
+        return _passes(tried[-1][1], search_reference, tolerance_db)
 
     octave = next((k for k in range(OCTAVES + 1) if passes(span / 2**k)), None)
+    if reference is None:
+        reference = mean_psnr(None, pairs)
     if octave is None:
-        return EffectiveBits(None, None, reference, None, *tried[-1])
+        return EffectiveBits(None, None, reference, None, *tried[-1], step_images)
     if octave > 0:  # quarter octaves between the last failing octave and the first passing one
         passing = tried.pop()
         if not any(passes(span / 2 ** (octave - 1 + j / REFINE)) for j in range(1, REFINE)):
             tried.append(passing)
     step, psnr_quantized = tried[-1]
+    if not whole:
+        psnr_quantized = mean_psnr(step, pairs)
     coarser = tried[-2] if len(tried) > 1 else (None, None)
     count = len(valid) / len(images)  # tokens per image
     bits = count * entropy_bits(quantize(valid, step))
-    return EffectiveBits(bits, step, reference, psnr_quantized, *coarser)
+    return EffectiveBits(bits, step, reference, psnr_quantized, *coarser, step_images)
+
+
+def _first(pairs: list, n: int) -> list:
+    """The (images, tokens) batches cut to their first ``n`` images."""
+    out = []
+    for x, t in pairs:
+        if n <= 0:
+            break
+        out.append((x[:n], t[:n]) if len(x) > n else (x, t))
+        n -= len(x)
+    return out

@@ -98,10 +98,13 @@ def evaluate_reconstruction(
     progress: bool = True,
     prompt=None,
     floor_images: torch.Tensor | None = None,
+    bits_step_images: int | None = None,
 ) -> dict:
     """Encode and decode ``images`` [N, 3, H, W] in [-1, 1] and measure everything (``KEYS``).
     ``prompt`` (a promptable tokenizer's budget, e.g. ``Prompt(budget=8)``) goes to every encode.
     ``floor_images``: N other real images (disjoint from ``images``) for rFID's floor.
+    ``bits_step_images``: a continuous tokenizer's quantization step for effective bits is chosen on
+    the first that many images (``effective_bits``' ``step_images``; None: all).
 
     - ``psnr``, ``ssim``: means over images (``psnr`` is inf when every image is exact);
     - ``lpips``: mean LPIPS-VGG, None when disabled or when its backbone file is missing (a
@@ -169,7 +172,7 @@ def evaluate_reconstruction(
                 bar.update(len(batch))
         measured = None if spec.discrete else effective_bits(
             tokenizer, images, batch_size=batch_size, prompt=prompt, progress=progress,
-            encoded=(encoded, torch.cat(psnrs).double().mean().item()))
+            encoded=(encoded, torch.cat(psnrs).double().mean().item()), step_images=bits_step_images)
     finally:
         tokenizer.train(was_training)
 

@@ -140,6 +140,7 @@ def tradeoff(
     decoder: str | Path | None = None,
     budgets: bool = True,
     split: str = "test",
+    bits_step_images: int | None = None,
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
@@ -155,6 +156,8 @@ def tradeoff(
     row decoding the same tokens through it. A promptable tokenizer gets one row per budget of
     ``budget_sweep`` (``budget`` and ``curve`` set, so reports draw it as a line) when ``budgets``.
     ``split``: the images evaluated (``test``, held out, by default; ``all`` for a folder kept for testing).
+    ``bits_step_images``: continuous tokenizers' effective-bits step is chosen on the first that many
+    images (None: all; the bits count every image).
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
@@ -198,7 +201,7 @@ def tradeoff(
     if left_out is None and floor is None:
         left_out = (f"the {split} split holds {len(loaded)} images, fewer than the {2 * len(images)} that "
                     f"{len(images)} evaluated and as many for the real-vs-real floor take")
-    about = protocol(data, split, len(images), seed, size, features, feats, left_out)
+    about = protocol(data, split, len(images), seed, size, features, feats, left_out, bits_step_images)
     if left_out is not None and feats is not None:
         print(f"notice: rFID left out, {left_out}")
         feats = None
@@ -210,6 +213,8 @@ def tradeoff(
         for k in budget_sweep(tok) if budgets else [None]:
             torch.manual_seed(seed)  # stochastic tokenizers (sampled latents) see the same noise
             kw = {} if k is None else {"prompt": Prompt(budget=k)}
+            if bits_step_images is not None:
+                kw["bits_step_images"] = bits_step_images
             if feats is not None:
                 kw["floor_images"] = floor
             metrics = evaluate(tok, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress, **kw)
@@ -221,10 +226,13 @@ def tradeoff(
 
 
 def protocol(data: str, split: str, images: int, seed: int, size: int, features: str | None, extractor,
-             left_out: str | None) -> dict:
+             left_out: str | None, bits_step_images: int | None = None) -> dict:
     """How a trade-off row was measured, in words and numbers: which images (data, split, how
     many, seed), the feature network, whether rFID was measured (else why not: ``left_out``) and
-    its floor, and how continuous tokenizers' effective bits are counted."""
+    its floor, and how continuous tokenizers' effective bits are counted (the step chosen on the
+    first ``bits_step_images`` images when fewer than all)."""
+    chosen_on = ("every evaluated image" if bits_step_images is None or bits_step_images >= images
+                 else f"the first {bits_step_images} evaluated images, the entropy counted on all {images}")
     network = "none" if extractor is None else f"{features} ({type(extractor).__name__}, {extractor.dim}-d)"
     measured = left_out is None
     return {
@@ -233,8 +241,8 @@ def protocol(data: str, split: str, images: int, seed: int, size: int, features:
         "rfid_floor": (f"FID between the {images} evaluated images and the next {images} of the {split} split, "
                        "in the same features (rfid_floor in each row)") if measured else "none",
         "effective_bits": (f"continuous latents uniformly quantized at the coarsest step (octaves, then quarter "
-                           f"octaves) costing <= {TOLERANCE_DB:g} dB PSNR; per-channel entropy of the quantized "
-                           "values x tokens per image"),
+                           f"octaves) costing <= {TOLERANCE_DB:g} dB PSNR, chosen on {chosen_on}; per-channel "
+                           "entropy of the quantized values x tokens per image"),
     }
 
 
