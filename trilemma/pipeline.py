@@ -20,7 +20,7 @@ from trilemma.generators.sampling import SamplingConfig
 def check_compatible(tokenizer_spec: Any, generator_spec: Any) -> None:
     """The generator models this tokenizer's tokens: the same spec, or, on ordered 1D tokens (a
     promptable tokenizer), a prefix of them (a generator trained at a budget)."""
-    fields = ("kind", "vocab_size", "latent_dim", "max_tokens", "levels", "grid", "ordered")
+    fields = ("kind", "vocab_size", "latent_dim", "max_tokens", "levels", "grid", "ordered", "scales")
     diff = [f for f in fields if getattr(tokenizer_spec, f) != getattr(generator_spec, f)]
     if tokenizer_spec.ordered and generator_spec.max_tokens <= tokenizer_spec.max_tokens and "max_tokens" in diff:
         diff.remove("max_tokens")  # a prefix decodes
@@ -35,6 +35,15 @@ def check_box(box: tuple[float, ...]) -> tuple[float, ...]:
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
         raise ValueError(f"`box` must be x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1, got {','.join(map(str, box))}")
     return box
+
+
+def _box_cells(box: tuple[float, ...], h: int, w: int) -> torch.Tensor:
+    """[h * w] bool, raster order: the cells of an h x w grid the box overlaps by more than an edge."""
+    x0, y0, x1, y1 = box
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_r = ((rows + 1) / h > y0 + 1e-6) & (rows / h < y1 - 1e-6)
+    inside_c = ((cols + 1) / w > x0 + 1e-6) & (cols / w < x1 - 1e-6)
+    return (inside_r[:, None] & inside_c[None, :]).flatten()
 
 
 def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = None) -> Any:
@@ -74,19 +83,17 @@ class Pipeline:
     @torch.no_grad()
     def known_ids(self, init: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
         """Editing: the token ids of ``init`` images [B, 3, H, W], flat as the generator reads them,
-        with -1 at every grid cell the box x0,y0,x1,y1 (in [0, 1]) touches: the ids to draw anew."""
-        grid = self.tokenizer.spec.grid
+        with -1 at every grid cell the box x0,y0,x1,y1 (in [0, 1]) touches: the ids to draw anew.
+        Multi-scale tokens have a grid per scale: the box's cells at every scale are drawn (at the
+        coarsest the box touches the whole map, so what lies outside it changes too)."""
+        spec = self.tokenizer.spec
         if self.generator.spec.kind != "discrete":
-            raise ValueError("editing keeps token ids; use a token generator (dalle, parti or muse), not diffusion")
-        if grid is None:
+            raise ValueError("editing keeps token ids; use a token generator (dalle, parti, muse or var), not diffusion")
+        grids = [(s, s) for s in spec.scales] if spec.scales else [spec.grid]
+        if grids == [None]:
             raise ValueError("editing a box needs tokens laid on a grid; these 1D tokens have no place in the image")
-        x0, y0, x1, y1 = check_box(box)
-        h, w = grid
-        rows, cols = torch.arange(h), torch.arange(w)
-        inside_r = (rows + 1) / h > y0 + 1e-6  # a cell [r/h, (r+1)/h] overlaps the box by more than an edge
-        inside_r &= rows / h < y1 - 1e-6
-        inside_c = ((cols + 1) / w > x0 + 1e-6) & (cols / w < x1 - 1e-6)
-        cells = (inside_r[:, None] & inside_c[None, :]).flatten().repeat_interleave(self.generator.spec.levels)
+        box = check_box(box)
+        cells = torch.cat([_box_cells(box, h, w) for h, w in grids]).repeat_interleave(self.generator.spec.levels)
         flat = self.generator.flat_ids(self.tokenizer.encode(init.to(self.device)))
         return flat.masked_fill(cells.to(flat.device)[None], -1)
 

@@ -67,9 +67,11 @@ class Attention(nn.Module):
         layer: int = 0,
         max_len: int = 0,
         key_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``key_mask`` [B, keys] (the context's for cross-attention, ``x``'s for self-attention):
-        True where a key may be attended, False at padding."""
+        True where a key may be attended, False at padding. ``attn_mask`` [n, n]: True where query i
+        may attend key j, for uncached self-attention (VAR's block-causal mask over scales)."""
         q = self._split(self.q(x))
         mask, is_causal = None, False
         if self.cross:
@@ -80,8 +82,8 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.cross_kv[layer] = (k, v)
         else:
-            if key_mask is not None and cache is not None:
-                raise ValueError("`key_mask` masks uncached self-attention only (a prompt encoder's)")
+            if (key_mask is not None or attn_mask is not None) and cache is not None:
+                raise ValueError("`key_mask` and `attn_mask` mask uncached self-attention only")
             k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
             if cache is not None:
                 start, n = cache.length, x.shape[1]
@@ -97,6 +99,10 @@ class Attention(nn.Module):
                     mask = qpos >= torch.arange(start + n, device=x.device)[None, :]
             elif causal and key_mask is not None:
                 mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+            elif attn_mask is not None:
+                if causal:
+                    raise ValueError("give `attn_mask` or `causal=True`, not both")
+                mask = attn_mask
             else:
                 is_causal = causal
         if key_mask is not None:
@@ -119,8 +125,10 @@ class Block(nn.Module):
         hidden = int(cfg.dim * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, context=None, causal=False, cache=None, layer=0, max_len=0, key_mask=None, context_mask=None):
-        x = x + self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer, max_len=max_len, key_mask=key_mask)
+    def forward(self, x, context=None, causal=False, cache=None, layer=0, max_len=0, key_mask=None, context_mask=None,
+                attn_mask=None):
+        x = x + self.attn(self.norm1(x), causal=causal, cache=cache, layer=layer, max_len=max_len, key_mask=key_mask,
+                          attn_mask=attn_mask)
         if self.cross is not None:
             x = x + self.cross(self.norm2(x), context=context, cache=cache, layer=layer, key_mask=context_mask)
         return x + self.mlp(self.norm3(x))
@@ -130,7 +138,8 @@ class Transformer(nn.Module):
     """A stack of blocks and a final norm. ``context_dim`` adds cross-attention to every block.
 
     ``key_mask`` [B, n] and ``context_mask`` [B, context length]: True where ``x`` / ``context`` may
-    be attended, False at padding (None: everything is)."""
+    be attended, False at padding (None: everything is). ``attn_mask`` [n, n]: which positions of
+    ``x`` each may attend (uncached only; None: all, or causal)."""
 
     def __init__(self, cfg: TransformerConfig, context_dim: int | None = None):
         super().__init__()
@@ -142,10 +151,11 @@ class Transformer(nn.Module):
         return KVCache(len(self.blocks))
 
     def forward(self, x, context=None, causal=False, cache: KVCache | None = None, max_len: int = 0,
-                key_mask: torch.Tensor | None = None, context_mask: torch.Tensor | None = None):
+                key_mask: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None):
         for i, block in enumerate(self.blocks):
             x = block(x, context=context, causal=causal, cache=cache, layer=i, max_len=max_len,
-                      key_mask=key_mask, context_mask=context_mask)
+                      key_mask=key_mask, context_mask=context_mask, attn_mask=attn_mask)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)
