@@ -8,8 +8,9 @@ The networks are diffusers': a ``UNet2DConditionModel`` or an MMDiT (``SD3Transf
 denoiser. The process, DDPM noise for training and DDIM or DPM-Solver++ for sampling through
 ``denoise``, is ``trilemma.nn.diffusion``'s, shared with the token-conditioned decoder. Latents are
 normalised by a mean and scale measured on the training set (``fit``), stored in the checkpoint as
-buffers. Classifier-free guidance follows the other generators: the model output of the conditional
-and empty-prompt rows, stacked in one batch, is combined by ``Generator.guide``.
+buffers (``generators/latents.py``, shared with MAR). Classifier-free guidance follows the other
+generators: the model output of the conditional and empty-prompt rows, stacked in one batch, is
+combined by ``Generator.guide``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from einops import rearrange
 
 from trilemma import registry
 from trilemma.generators.base import Generator
+from trilemma.generators.latents import LatentNormalisationMixin
 from trilemma.generators.sampling import SamplingConfig
 from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
 from trilemma.nn.diffusion import NoiseScheduleConfig, check_noise_schedule, denoise, denoising_loss, make_scheduler
@@ -57,7 +59,7 @@ class DiffusionConfig(NoiseScheduleConfig):
 
 
 @registry.register("generator", "diffusion")
-class Diffusion(TextEncoderMixin, Generator):
+class Diffusion(LatentNormalisationMixin, TextEncoderMixin, Generator):
     Config = DiffusionConfig
     accepts = ("continuous",)
 
@@ -75,35 +77,17 @@ class Diffusion(TextEncoderMixin, Generator):
         init_text_embeddings(self.text_emb, self.text_pos)
         self.net = _denoiser_net(config, spec)
         self.noise_schedule = make_scheduler("ddpm", config)
-        # Latent normalisation, measured on the training set by ``fit``; saved with the weights.
-        self.register_buffer("latent_mean", torch.zeros(spec.latent_dim))
-        self.register_buffer("latent_scale", torch.ones(()))
+        self._add_latent_normalisation(spec.latent_dim)  # measured on the training set by ``fit``
 
     # ------------------------------------------------------------------ latents
 
-    @torch.no_grad()
-    def fit(self, tokens: Tokens) -> None:
-        """Measure the training latents' per-channel mean and overall 1 / std."""
-        latents = self._latents(tokens).float()
-        mean = latents.mean(dim=(0, 2, 3))
-        std = (latents - mean[None, :, None, None]).std()
-        self.latent_mean.copy_(mean)
-        self.latent_scale.copy_(1.0 / std.clamp_min(1e-6))
-
-    def _latents(self, tokens: Tokens) -> torch.Tensor:
-        if tokens.latents is None:
-            raise ValueError("diffusion needs continuous latents; these tokens carry only ids")
-        h, w = self.spec.grid
-        return rearrange(tokens.latents, "b (h w) c -> b c h w", h=h, w=w)
-
     def model_input(self, tokens: Tokens) -> torch.Tensor:
         """Tokens -> normalised latents [B, C, h, w], what ``forward`` trains on."""
-        x = self._latents(tokens).float()
-        return (x - self.latent_mean[None, :, None, None]) * self.latent_scale
+        h, w = self.spec.grid
+        return rearrange(self.normalise(tokens), "b (h w) c -> b c h w", h=h, w=w)
 
     def _to_tokens(self, x: torch.Tensor) -> Tokens:
-        x = x / self.latent_scale + self.latent_mean[None, :, None, None]
-        return Tokens(latents=rearrange(x, "b c h w -> b (h w) c"))
+        return self.to_tokens(rearrange(x, "b c h w -> b (h w) c"))
 
     def denoiser(self, x: torch.Tensor, t: torch.Tensor, memory: TextEncoding) -> torch.Tensor:
         """The denoiser's prediction for noisy latents ``x`` [B, C, h, w] at timesteps ``t`` (one per

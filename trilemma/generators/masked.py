@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from trilemma import registry
 from trilemma.generators.base import Generator
-from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, remask_least_confident, sample_logits
+from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, random_mask, remask_least_confident, sample_logits
 from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
 from trilemma.nn.transformer import init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
@@ -63,10 +63,7 @@ class Muse(TextEncoderMixin, Generator):
         """Masked-token loss for flat image ids [B, M] and text ids [B, L]."""
         text_ids, _ = self.drop_captions(text_ids)
         b, m = image_ids.shape
-        progress = torch.rand(b, device=image_ids.device)
-        count = (mask_schedule(progress, self.config.schedule).to(image_ids.device) * m).ceil().clamp(1, m)
-        rank = torch.rand(b, m, device=image_ids.device).argsort(-1).argsort(-1)
-        masked = rank < count[:, None]  # a uniformly random set of `count` positions per row
+        masked = random_mask(b, m, self.config.schedule, image_ids.device)
         logits = self._logits(image_ids.masked_fill(masked, self.mask_id), self.encode_text(text_ids))
         loss = F.cross_entropy(logits[masked], image_ids[masked])
         return {"loss": loss, "masked_fraction": masked.float().mean().detach()}

@@ -139,6 +139,16 @@ def mask_schedule(ratio: torch.Tensor | float, kind: str = "cosine") -> torch.Te
     raise ValueError(f"unknown mask schedule {kind!r}; choose cosine, linear or square")
 
 
+def random_mask(batch: int, n: int, kind: str = "cosine", device: torch.device | str = "cpu") -> torch.Tensor:
+    """Masked-model training (MaskGIT, Muse, MAR): per row, a progress r ~ U(0, 1) and a uniformly
+    random set of ceil(n * mask_schedule(r)) positions (at least one), from the global RNG.
+    Returns BoolTensor [batch, n], True where masked."""
+    progress = torch.rand(batch, device=device)
+    count = (mask_schedule(progress, kind).to(device) * n).ceil().clamp(1, n)
+    rank = torch.rand(batch, n, device=device).argsort(-1).argsort(-1)
+    return rank < count[:, None]
+
+
 def masked_count(step: int, steps: int, total: int, still_masked: int, kind: str = "cosine") -> int:
     """Tokens left masked after decoding step ``step`` (0-based) of ``steps``: ``total`` times the
     schedule at progress (step + 1) / steps, but at least one token fewer than now (every step
