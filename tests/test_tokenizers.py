@@ -20,6 +20,10 @@ def tiny(name):
             q["levels"] = [5, 3]
         return registry.build("tokenizer", name, channels=8, image_size=32, dim=min(preset.config.dim, 16),
                               num_res_blocks=1, quantizer=q)
+    if preset.model == "msvq":  # a narrow body; the preset's scales that fit a 32x32 image's latent side
+        side = 32 // preset.config.factor
+        return registry.build("tokenizer", name, channels=8, image_size=32, codebook_size=64,
+                              scales=tuple(s for s in preset.config.scales if s < side) + (side,))
     if preset.model == "promptable":  # the same layout (patch, tokens, quantizer), a narrow body
         return registry.build("tokenizer", name, image_size=32, dim=32, encoder_depth=1, decoder_depth=1, heads=2)
     return registry.build("tokenizer", name, image_size=32)

@@ -109,8 +109,8 @@ def make_row(name: str, directory: Path, tok, metrics: dict) -> dict:
         "vocab_size": spec.vocab_size,
         "levels": spec.levels,
         "latent_dim": spec.latent_dim,
-        # pixels per token side on a grid (f8: 8x8 pixels a token); None for 1D tokens
-        "downsampling": tok.image_size // spec.grid[1] if spec.grid else None,
+        # pixels per token side on a grid (f8: 8x8 pixels a token; multi-scale: at the finest scale); None for 1D tokens
+        "downsampling": tok.image_size // (spec.grid[1] if spec.grid else spec.scales[-1]) if spec.grid or spec.scales else None,
     }
     row.update(metrics)
     if row.get("floats_per_image") is None and not row["discrete"] and row.get("tokens_per_image") is not None:
@@ -153,8 +153,9 @@ def tradeoff(
     floor (``rfid_floor``); otherwise rFID is left out and the protocol says why. ``evaluate`` replaces
     ``evaluate_reconstruction`` (same signature), e.g. in tests. Tokenizers and features run on
     ``device``. With a token-conditioned ``decoder``, each tokenizer it was trained on gets a second
-    row decoding the same tokens through it. A promptable tokenizer gets one row per budget of
-    ``budget_sweep`` (``budget`` and ``curve`` set, so reports draw it as a line) when ``budgets``.
+    row decoding the same tokens through it. With ``budgets``, a promptable tokenizer gets one row per
+    budget of ``budget_sweep`` and a multi-scale one a row per prefix of its scales
+    (``operating_points``; ``budget`` and ``curve`` set, so reports draw each as a line).
     ``split``: the images evaluated (``test``, held out, by default; ``all`` for a folder kept for testing).
     ``bits_step_images``: continuous tokenizers' effective-bits step is chosen on the first that many
     images (None: all; the bits count every image).
@@ -210,15 +211,14 @@ def tradeoff(
     for i, (name, directory, tok) in enumerate(zip(names, dirs, tokenizers)):
         if progress and len(names) > 1:
             print(f"[{i + 1}/{len(names)}] {name}")
-        for k in budget_sweep(tok) if budgets else [None]:
+        for k, view, kw in operating_points(tok, budgets):
             torch.manual_seed(seed)  # stochastic tokenizers (sampled latents) see the same noise
-            kw = {} if k is None else {"prompt": Prompt(budget=k)}
             if bits_step_images is not None:
                 kw["bits_step_images"] = bits_step_images
             if feats is not None:
                 kw["floor_images"] = floor
-            metrics = evaluate(tok, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress, **kw)
-            rows.append(make_row(name if k is None else f"{name} k={k}", directory, tok, metrics))
+            metrics = evaluate(view, images, features=feats, batch_size=batch_size, lpips=lpips, progress=progress, **kw)
+            rows.append(make_row(name if k is None else f"{name} k={k}", directory, view, metrics))
             if k is not None:
                 rows[-1].update(budget=k, curve=name)
             rows[-1]["protocol"] = dict(about)
@@ -244,6 +244,18 @@ def protocol(data: str, split: str, images: int, seed: int, size: int, features:
                            f"octaves) costing <= {TOLERANCE_DB:g} dB PSNR, chosen on {chosen_on}; per-channel "
                            "entropy of the quantized values x tokens per image"),
     }
+
+
+def operating_points(tok, budgets: bool = True) -> list[tuple[int | None, object, dict]]:
+    """Where a tokenizer is evaluated, as (k, the tokenizer to evaluate, ``evaluate``'s keyword
+    arguments): once (k None); with ``budgets``, a promptable one at each budget of ``budget_sweep``
+    and a multi-scale one at each prefix of its scales (k its tokens, the last prefix all of them)."""
+    if budgets and getattr(tok, "promptable", False):
+        return [(k, tok, {"prompt": Prompt(budget=k)}) for k in budget_sweep(tok)]
+    if budgets and tok.spec.scales:
+        views = [tok.at_scales(count) for count in range(1, len(tok.spec.scales) + 1)]
+        return [(view.spec.max_tokens, view, {}) for view in views]
+    return [(None, tok, {})]
 
 
 def budget_sweep(tok) -> list[int | None]:
