@@ -13,6 +13,8 @@ from trilemma.data.text import words
 from trilemma.demo.plan import CONV_FAMILIES, GENERATORS, PLANS, TOKENIZERS
 from trilemma.demo.report import ATTRIBUTES
 
+QUICK = PLANS["quick"]
+
 
 @pytest.mark.slow
 def test_quick_demo_writes_a_report(tmp_path):
@@ -21,6 +23,7 @@ def test_quick_demo_writes_a_report(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "report:" in done.stdout and "[demo] finished in" in done.stdout
+    assert QUICK.generators == tuple(GENERATORS) and QUICK.tokenizers() == list(TOKENIZERS)  # every family
     tasks = [*TOKENIZERS, "probe", "contrastive", *GENERATORS, "study", "rerank", "editing"]
     for task in tasks:  # two workers: every task announced as it starts and ends, its output in its own log
         assert f"start {task}\n" in done.stdout and f" {task} done in " in done.stdout, task
@@ -28,8 +31,11 @@ def test_quick_demo_writes_a_report(tmp_path):
     results = json.loads((out / "results.json").read_text())
     # The study: one row per tokenizer, the promptable one (32 tokens) once per budget.
     rows = results["study"]["rows"]
-    assert [Path(r["path"]).parent.name for r in rows if not r.get("curve")] == [n for n in TOKENIZERS if n != "promptable"]
-    assert [r["budget"] for r in rows if r.get("curve")] == [1, 2, 4, 8, 16, 32]
+    curves = ("promptable", "msvq", "msvq-gen")  # a row per budget, a row per prefix of scales
+    assert [Path(r["path"]).parent.name for r in rows if not r.get("curve")] == [n for n in TOKENIZERS if n not in curves]
+    assert [r["budget"] for r in rows if r["model"] == "promptable"] == [1, 2, 4, 8, 16, 32]
+    for name in ("msvq", "msvq-gen"):  # 1 + 4 + 9 + 16 + 36 + 64 tokens
+        assert [r["budget"] for r in rows if Path(r["path"]).parent.name == name] == [1, 5, 14, 30, 66, 130]
     assert all(r["psnr"] > 5 for r in rows)
     # The conv families share one budget; the generators' tokenizers are marked as trained on their own.
     trained = {Path(r["path"]).parent.name: r["trained"] for r in rows}
@@ -45,7 +51,7 @@ def test_quick_demo_writes_a_report(tmp_path):
     assert (out / "tradeoff" / "psnr_vs_bits.png").is_file()
     for kind in GENERATORS:
         assert (out / f"{kind}_samples.png").is_file()
-    assert set(results["editing"]) == {"dalle", "parti", "muse"}  # diffusion has no ids to keep
+    assert set(results["editing"]) == {"dalle", "parti", "muse", "var"}  # diffusion and mar have no ids to keep
     for edit in results["editing"].values():  # an edit keeps what lies outside its box far better than what it redraws
         assert edit["psnr_outside"] > edit["psnr_inside"] + 3, edit
     report = (out / "report.md").read_text()
@@ -152,10 +158,13 @@ def check_categories(gens: dict) -> None:
 
 def test_plans_name_every_study_model():
     for plan in PLANS.values():
-        assert {n for n in TOKENIZERS if plan.tokenizer_budget(n) is not None} == set(TOKENIZERS) - {"patch"}
-        assert set(plan.own_budgets) == {*GENERATORS.values(), "promptable"}  # the rest share study_budget
+        names = plan.tokenizers()
+        assert {n for n in names if plan.tokenizer_budget(n) is not None} == set(names) - {"patch"}
+        assert set(CONV_FAMILIES) <= set(names)  # the study is every plan's
+        used = {GENERATORS[g] for g in plan.generators} | {"ae-gen"}  # ae-gen: also the promptable tokenizer's base
+        assert set(plan.own_budgets) >= used | {"promptable"} and used <= set(names)
         assert not set(CONV_FAMILIES) & set(plan.own_budgets)
-        assert set(plan.generator_steps) == set(plan.generator_lr) == set(plan.generator_batch) == set(GENERATORS)
+        assert set(plan.generator_steps) == set(plan.generator_lr) == set(plan.generator_batch) >= set(plan.generators)
         assert plan.pool > 256  # the generators hold out their last 256 items for validation
 
 
@@ -172,9 +181,10 @@ def test_graph_runs_every_task_once_and_the_ae_trainings_before_the_vq_generator
 
     for plan in PLANS.values():
         names = [t.name for t in graph(tmp_path, plan)]
-        assert sorted(names) == sorted([*TOKENIZERS, *GENERATORS, "probe", "contrastive", "study", "rerank", "editing"])
-        on_vq = [names.index(g) for g, tok in GENERATORS.items() if tok == "vq-gen"]
-        on_ae = [names.index(g) for g, tok in GENERATORS.items() if tok == "ae-gen"] + [names.index("promptable")]
+        assert sorted(names) == sorted([*plan.tokenizers(), *plan.generators, "probe", "contrastive", "study", "rerank",
+                                        "editing"])
+        on_vq = [names.index(g) for g in plan.generators if GENERATORS[g] == "vq-gen"]
+        on_ae = [names.index(g) for g in plan.generators if GENERATORS[g] == "ae-gen"] + [names.index("promptable")]
         assert names[:2] == ["vq-gen", "ae-gen"]  # the generators' tokenizers start first
         assert max(on_ae) < min(on_vq)  # the ae is ready long before the vq: its trainings fill the wait
 

@@ -144,7 +144,8 @@ CONTINUOUS = TokenSpec("continuous", 16, latent_dim=4, grid=(4, 4))
 @pytest.mark.parametrize("name", registry.names("generator"))
 def test_what_a_family_cannot_take_is_refused_naming_the_generator_and_the_argument(name):
     cls = registry.model_class("generator", name)
-    expected = {"dalle": (True, True), "parti": (True, True), "muse": (False, True), "diffusion": (False, False)}
+    expected = {"dalle": (True, True), "parti": (True, True), "muse": (False, True), "diffusion": (False, False),
+                "var": (False, True), "mar": (False, False)}
     assert (cls.takes_budget, cls.edits) == expected.get(name, (cls.takes_budget, cls.edits))
     gen, text = tiny(name, spec_for(name, "grid") if "discrete" in cls.accepts else CONTINUOUS)
     ids = text.encode(CAPTIONS[:2])

@@ -28,15 +28,17 @@ EDIT_PROMPT = "a large red circle at the top left"
 # "ae-gen" are the generators' tokenizers, each on its own schedule (``own_budgets``): the token generators'
 # VQ at the preset's widths, the diffusion generator's AE (also the promptable tokenizer's frozen base).
 TOKENIZERS = {"vq": "vq-f4-shapes", "rvq": "rvq-f4-shapes", "fsq": "fsq-f4-shapes", "lfq": "lfq-f4-shapes",
-              "ae": "ae-f4-shapes", "patch": "patch4-8bit", "promptable": "promptable-shapes",
-              "vq-gen": "vq-f4-shapes", "ae-gen": "ae-f4-shapes"}
-CONV_FAMILIES = ("vq", "rvq", "fsq", "lfq", "ae")
+              "msvq": "msvq-f4-shapes", "ae": "ae-f4-shapes", "patch": "patch4-8bit", "promptable": "promptable-shapes",
+              "vq-gen": "vq-f4-shapes", "ae-gen": "ae-f4-shapes", "msvq-gen": "msvq-f4-shapes"}
+CONV_FAMILIES = ("vq", "rvq", "fsq", "lfq", "msvq", "ae")
 PROMPTABLE_BASE = "ae-gen"
-# One generator of each family, and the tokenizer it trains on.
-GENERATORS = {"dalle": "vq-gen", "parti": "vq-gen", "muse": "vq-gen", "diffusion": "ae-gen"}
+# One generator of each family, and the tokenizer it trains on (a plan trains those of ``DemoPlan.generators``).
+GENERATORS = {"dalle": "vq-gen", "parti": "vq-gen", "muse": "vq-gen", "diffusion": "ae-gen", "var": "msvq-gen",
+              "mar": "ae-gen"}
+GENERATOR_TOKENIZERS = frozenset(GENERATORS.values())
 # The models that train in fp32 (bf16 autocast slows them on a CPU: bench/results/steps.json); every other
 # trains under bf16 autocast.
-FP32 = frozenset({"diffusion", "promptable"})
+FP32 = frozenset({"diffusion", "promptable", "mar"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,13 @@ class DemoPlan:
     contrastive_steps: int  # training steps of the rerank scorer (batch 128)
     contrastive_images: int  # the first images of the pool it trains on
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)  # per family, where not SAMPLING
+    generators: tuple[str, ...] = tuple(GENERATORS)  # the families this plan trains (keys of GENERATORS)
+
+    def tokenizers(self) -> list[str]:
+        """The runs of ``TOKENIZERS`` this plan trains: the study's, and the generators' tokenizers its
+        ``generators`` (and the promptable tokenizer's base) need."""
+        needed = {GENERATORS[g] for g in self.generators} | {PROMPTABLE_BASE}
+        return [n for n in TOKENIZERS if n not in GENERATOR_TOKENIZERS or n in needed]
 
     def tokenizer_budget(self, name: str) -> Budget | None:
         """How tokenizer ``name`` of ``TOKENIZERS`` trains; None for raw patches (nothing to learn)."""
@@ -100,7 +109,8 @@ def _own(name: str, steps: int) -> Budget:
 
 # The generators' widths in the standard and full demos: smaller than the presets, more steps a minute.
 _DEMO_ARCH = {"dalle": {"dim": 192, "heads": 3}, "parti": {"dim": 192, "heads": 3}, "muse": {"dim": 128, "heads": 2},
-              "diffusion": {"channels": (32, 64)}}
+              "diffusion": {"channels": (32, 64)}, "var": {"dim": 192, "heads": 3},
+              "mar": {"width": 192, "heads": 3, "head_width": 192}}
 
 # DALL-E samples at temperature 0.5 (better adherence and FID than 1.0); Parti and Muse did not gain from it.
 DALLE_SAMPLING = SamplingConfig(temperature=0.5, cfg_scale=3.0, seed=0)
@@ -120,31 +130,35 @@ STANDARD = DemoPlan(
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10),
                                        "dalle": DALLE_SAMPLING},
+    generators=("dalle", "parti", "muse", "diffusion"),  # var and mar in --full: make demo keeps to 15 minutes
 )
 QUICK = DemoPlan(
     name="quick", pool=768, study_budget=Budget(20, LITE_LR, widths=LITE),
-    own_budgets={"vq-gen": _own("vq-gen", 60), "ae-gen": _own("ae-gen", 40), "promptable": _own("promptable", 10)},
+    own_budgets={"vq-gen": _own("vq-gen", 60), "ae-gen": _own("ae-gen", 40), "promptable": _own("promptable", 10),
+                 "msvq-gen": _own("msvq-gen", 40)},
     generator_preset="tiny", generator_arch={},
-    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32},
-    generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20},
-    generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 1e-3},
+    generator_batch={"dalle": 16, "parti": 32, "muse": 64, "diffusion": 32, "var": 32, "mar": 32},
+    generator_steps={"dalle": 30, "parti": 30, "muse": 30, "diffusion": 20, "var": 30, "mar": 20},
+    generator_lr={"dalle": 2e-3, "parti": 1e-3, "muse": 2e-3, "diffusion": 1e-3, "var": 2e-3, "mar": 1e-3},
     eval_images=64, study_images=64, probe_steps=60, rerank_n=8, rerank_candidates=2, contrastive_steps=10,
     contrastive_images=256,
-    sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
+    sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4),
+              "mar": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
-# --full: the demo's model sizes, 3-13x its schedules and larger evaluation sets (37-41 minutes on a Xeon:
+# --full: every family (var and mar too), the demo's model sizes, 3-13x its schedules and larger evaluation sets (37-41 minutes on a Xeon before var and mar:
 # docs/experiments.md, --full); the study's families share 600 lite steps (what its rvq / fsq / lfq had), its 500
 # images are enough for rFID in the probe's 256-d features.
 FULL = DemoPlan(
     name="full", pool=20256, study_budget=Budget(600, LITE_LR, widths=LITE),
-    own_budgets={"vq-gen": _own("vq-gen", 2000), "ae-gen": _own("ae-gen", 2000),
+    own_budgets={"vq-gen": _own("vq-gen", 2000), "ae-gen": _own("ae-gen", 2000), "msvq-gen": _own("msvq-gen", 1200),
                           "promptable": _own("promptable", 1600)},
     generator_preset="shapes", generator_arch=_DEMO_ARCH,
-    generator_batch={"dalle": 16, "parti": 16, "muse": 64, "diffusion": 32},
-    generator_steps={"dalle": 4000, "parti": 3000, "muse": 1500, "diffusion": 2500},
-    generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3},
+    generator_batch={"dalle": 16, "parti": 16, "muse": 64, "diffusion": 32, "var": 32, "mar": 32},
+    generator_steps={"dalle": 4000, "parti": 3000, "muse": 1500, "diffusion": 2500, "var": 1500, "mar": 1500},
+    generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3, "var": 2e-3, "mar": 2e-3},
     eval_images=1000, study_images=500, probe_steps=600, rerank_n=256, rerank_candidates=8, contrastive_steps=400,
     contrastive_images=12000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=20),
-                                        "dalle": DALLE_SAMPLING},
+                                        "dalle": DALLE_SAMPLING,
+                                        "mar": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=16)},
 )
 PLANS = {"quick": QUICK, "standard": STANDARD, "full": FULL}

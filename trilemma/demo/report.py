@@ -57,7 +57,7 @@ def _settings(plan: DemoPlan) -> str:
 
     tok = "; ".join(f"{k} {b.describe()}" for k, b in plan.own_budgets.items())
     gen = ", ".join(f"{k} {plan.generator_steps[k]} (batch {plan.generator_batch[k]}, lr {plan.generator_lr[k]:g}"
-                    + (f"; {arch(plan.generator_arch[k])}" if plan.generator_arch.get(k) else "") + ")" for k in GENERATORS)
+                    + (f"; {arch(plan.generator_arch[k])}" if plan.generator_arch.get(k) else "") + ")" for k in plan.generators)
     return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. The study's conv families "
             f"({', '.join(CONV_FAMILIES)}) each trained {plan.study_budget.describe()}; the generators' tokenizers and "
             f"the promptable one on their own schedules ({tok}); generators (`*-{plan.generator_preset}` presets) for "
@@ -70,7 +70,7 @@ def _sampling(plan: DemoPlan) -> str:
     def one(s) -> str:
         return f"temperature {s.temperature:g}, guidance {s.cfg_scale:g}" + (f", {s.steps} steps" if s.steps else "")
 
-    return "; ".join(f"{kind} {one(plan.sampling_for(kind))}" for kind in GENERATORS)
+    return "; ".join(f"{kind} {one(plan.sampling_for(kind))}" for kind in plan.generators)
 
 
 def _study(study: dict, plan: DemoPlan) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from trilemma.demo import tasks
-from trilemma.demo.plan import GENERATORS, PLANS, PROMPTABLE_BASE, TOKENIZERS, DemoPlan
+from trilemma.demo.plan import GENERATOR_TOKENIZERS, GENERATORS, PLANS, PROMPTABLE_BASE, DemoPlan
 from trilemma.demo.report import write_demo_report
 from trilemma.demo.schedule import Task, run_tasks
 
@@ -29,16 +29,18 @@ def graph(out: Path, plan: DemoPlan) -> list[Task]:
     def generator(kind: str) -> Task:
         return Task(kind, tasks.generator, (out, plan, kind), (GENERATORS[kind], "probe"))
 
-    study = [n for n in TOKENIZERS if n not in ("vq-gen", "ae-gen", "promptable")]
+    names = plan.tokenizers()
+    own = [n for n in names if n in GENERATOR_TOKENIZERS]  # vq-gen first: the longest chain
+    study = [n for n in names if n not in GENERATOR_TOKENIZERS and n != "promptable"]
     # the longest training first (images seen as its measure): it must not be the one left at the end
-    generator_order = sorted(GENERATORS, key=lambda g: -plan.generator_steps[g] * plan.generator_batch[g])
+    generator_order = sorted(plan.generators, key=lambda g: -plan.generator_steps[g] * plan.generator_batch[g])
     on_ae = [generator(g) for g in generator_order if GENERATORS[g] == "ae-gen"] + [tokenizer("promptable")]
-    return ([tokenizer("vq-gen"), tokenizer("ae-gen"), Task("probe", tasks.probe, (out, plan))]
+    return ([tokenizer(n) for n in own] + [Task("probe", tasks.probe, (out, plan))]
             + [tokenizer(n) for n in study] + [Task("contrastive", tasks.contrastive, (out, plan))]
             + on_ae + [generator(g) for g in generator_order if GENERATORS[g] != "ae-gen"]
-            + [Task("study", tasks.study, (out, plan), (*TOKENIZERS, "probe")),
+            + [Task("study", tasks.study, (out, plan), (*names, "probe")),
                Task("rerank", tasks.rerank, (out, plan), ("dalle", "contrastive")),
-               Task("editing", tasks.editing, (out, plan), tuple(GENERATORS))])
+               Task("editing", tasks.editing, (out, plan), plan.generators)])
 
 
 def run_demo(out: Path, plan: str | DemoPlan = "standard", workers: int | None = None) -> Path:
@@ -51,13 +53,13 @@ def run_demo(out: Path, plan: str | DemoPlan = "standard", workers: int | None =
     cores = os.cpu_count() or 1
     workers = workers or min(2, cores)
     threads = max(1, cores // workers)
-    print(f"[demo] {plan.name}: {len(TOKENIZERS)} tokenizers ({', '.join(TOKENIZERS)}), {len(GENERATORS)} generators "
-          f"({', '.join(f'{g} on {t}' for g, t in GENERATORS.items())}), probe, trilemma study, editing, reranking; "
+    print(f"[demo] {plan.name}: {len(plan.tokenizers())} tokenizers ({', '.join(plan.tokenizers())}), "
+          f"{len(plan.generators)} generators ({', '.join(f'{g} on {GENERATORS[g]}' for g in plan.generators)}), probe, trilemma study, editing, reranking; "
           f"{workers} worker processes of {threads} thread{'s' * (threads > 1)}; each task's output in {out / 'logs'}", flush=True)
     t0 = time.perf_counter()
     results, seconds = run_tasks(graph(out, plan), out / "logs", workers=workers, threads=threads,
                                  say=lambda line: print(line, flush=True))
-    summary = {"plan": plan.name, "study": results["study"], "generation": {g: results[g] for g in GENERATORS},
+    summary = {"plan": plan.name, "study": results["study"], "generation": {g: results[g] for g in plan.generators},
                "editing": results["editing"], "rerank": results["rerank"], "workers": workers,
                "timings_s": seconds, "total_s": time.perf_counter() - t0}
     report, page = write_demo_report(out, summary, plan)

@@ -108,13 +108,13 @@ def study(out: Path, plan: DemoPlan) -> dict:
     """The trade-off rows of every study tokenizer (the promptable one per budget), the prompted
     region table, and the adherence ceiling of each generator's tokenizer."""
     b, n = bench(out, plan), plan.study_images
-    rows = tradeoff([tokenizer_run(out, k) / "model" for k in TOKENIZERS], "shapes", n=n, features="domain",
+    rows = tradeoff([tokenizer_run(out, k) / "model" for k in plan.tokenizers()], "shapes", n=n, features="domain",
                     probe_cache=out / "probe", lpips=False, progress=False)
     for row in rows:  # how each was trained: the families alike, the generators' tokenizers marked as such
         row["trained"] = _trained(plan, Path(row["path"]).parent.name)
     protocol = {**settings("shapes", n, 0, "domain", 32), "study_budget": plan.study_budget.describe()}
     write_report(rows, out / "tradeoff", protocol, title="Trilemma study")
-    _reconstruction_grid(out / "reconstructions.png", out, b.reference[:6])
+    _reconstruction_grid(out / "reconstructions.png", out, plan.tokenizers(), b.reference[:6])
     promptable = checkpoint.load(tokenizer_run(out, "promptable") / "model", kind="tokenizer")
     test = load_dataset("shapes", split="test", size=32)
     items = [test[i] for i in range(n)]
@@ -122,7 +122,7 @@ def study(out: Path, plan: DemoPlan) -> dict:
     region = region_study(promptable, b.reference[:n], first_object_boxes(items),
                           [k for k in (1, 2, 4, 8) if k <= k_max // 4] or [1])
     ceiling = {}
-    for name in sorted(set(GENERATORS.values())):
+    for name in sorted({GENERATORS[g] for g in plan.generators}):
         tok = checkpoint.load(tokenizer_run(out, name) / "model", kind="tokenizer")
         with torch.no_grad():
             recon = torch.cat([tok.decode(tok.encode(x)).clamp(-1, 1) for x in b.floor.split(128)])
@@ -144,11 +144,11 @@ def _trained(plan: DemoPlan, name: str) -> str:
 
 
 @torch.no_grad()
-def _reconstruction_grid(path: Path, out: Path, images: torch.Tensor) -> None:
+def _reconstruction_grid(path: Path, out: Path, names: list[str], images: torch.Tensor) -> None:
     """One row per study tokenizer (the promptable one at 4 tokens and at all of them) under the
     real images: what each corner of the trilemma keeps."""
     rows, captions = [images], ["real"] * len(images)
-    for name in TOKENIZERS:
+    for name in names:
         tok = checkpoint.load(tokenizer_run(out, name) / "model", kind="tokenizer")
         k_max = tok.spec.max_tokens
         for prompt, label in ([(Prompt(budget=4), f"{name} k=4"), (Prompt(budget=k_max), f"{name} k={k_max}")]
@@ -189,7 +189,7 @@ def editing(out: Path, plan: DemoPlan) -> dict:
     reconstruction and four edits per generator (diffusion draws continuous latents: no ids to keep)."""
     init = bench(out, plan).floor[:1]
     results, rows, captions = {}, [], []
-    for kind in GENERATORS:
+    for kind in plan.generators:
         pipe = Pipeline.load(out / kind)
         if pipe.generator.spec.kind != "discrete":
             continue

@@ -23,12 +23,12 @@ SCHEDULERS = ("dpm++", "ddim")  # diffusion samplers (diffusers' DPM-Solver++ 2M
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    temperature: float = 1.0  # 0 = greedy (argmax)
+    temperature: float = 1.0  # 0 = greedy (argmax); mar: scales the noise its head starts from
     top_k: int | None = None  # keep the k most likely ids (None = all)
     top_p: float | None = None  # keep the smallest set with this much probability mass (None = all)
     cfg_scale: float = 1.0  # classifier-free guidance scale (1 = none)
     seed: int | None = None  # None = nondeterministic
-    steps: int | None = None  # parallel decoding / denoising steps (masked and diffusion generators)
+    steps: int | None = None  # parallel decoding / denoising / autoregressive steps (muse, diffusion, mar)
     scheduler: str | None = None  # diffusion sampler: "dpm++" or "ddim" (None = the generator's own)
     budget: int | None = None  # autoregressive on ordered 1D tokens: stop after this many tokens
 
