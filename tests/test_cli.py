@@ -14,7 +14,7 @@ from trilemma import checkpoint, registry
 from trilemma.cli import main
 from trilemma.tokens import Tokens
 
-SUBCOMMANDS = ["list", "data", "train", "generate", "demo", "eval", "tokenize", "reconstruct", "import"]
+SUBCOMMANDS = ["list", "data", "train", "generate", "caption", "demo", "eval", "tokenize", "reconstruct", "import"]
 
 
 def _png(path: Path, size: int, seed: int = 0) -> Path:

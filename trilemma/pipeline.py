@@ -98,6 +98,21 @@ class Pipeline:
         return flat.masked_fill(cells.to(flat.device)[None], -1)
 
     @torch.no_grad()
+    def caption(self, images: torch.Tensor, sampling: SamplingConfig | None = None, batch_size: int = 64) -> list[str]:
+        """Captions of ``images`` [B, 3, H, W] in [-1, 1]: the tokenizer's ids read by the generator
+        (one trained in both orders, ``caption_share`` > 0); greedy unless ``sampling`` says
+        otherwise, each chunk seeded with ``sampling.for_chunk(start)``."""
+        if not hasattr(self.generator, "caption"):
+            raise ValueError(f"{self.generator.registry_name} does not read images; a dalle generator trained with "
+                             "`caption_share` > 0 captions them")
+        captions = []
+        for start in range(0, len(images), batch_size):
+            ids = self.generator.flat_ids(self.tokenizer.encode(images[start : start + batch_size].to(self.device)))
+            text_ids = self.generator.caption(ids, None if sampling is None else sampling.for_chunk(start))
+            captions += self.text.decode(text_ids.cpu())
+        return captions
+
+    @torch.no_grad()
     def __call__(self, prompts: list[str], sampling: SamplingConfig | None = None, batch_size: int = 64,
                  known: torch.Tensor | None = None) -> torch.Tensor:
         """Images [len(prompts), 3, H, W] in [-1, 1], on the CPU. ``sampling`` goes to

@@ -1,4 +1,4 @@
-"""``trilemma eval reconstruction | generation | tradeoff``.
+"""``trilemma eval reconstruction | generation | captioning | tradeoff``.
 
 - ``reconstruction``: one tokenizer on the held-out images; prints the metrics, writes
   ``OUT/reconstruction.json``.
@@ -8,6 +8,9 @@
   values are evaluated in turn on the same prompts and printed side by side. Prints the protocol and
   one table per category in Markdown, writes it to ``OUT/generation.md`` and ``OUT/generation.json``
   (the protocol, one run per guidance scale).
+- ``captioning``: a generator trained in both orders captions held-out images; on shapes each
+  caption is parsed and scored per attribute / object / caption, on a folder by a contrastive model
+  beside the true captions' score; writes ``OUT/captioning.json``.
 - ``tradeoff``: several tokenizers on the same images; writes the report of ``trilemma.studies.report``
   (JSON, Markdown, PNG plots) into ``OUT``.
 
@@ -27,7 +30,8 @@ from trilemma.cli import options
 from trilemma.cli.options import Parser, command, group, positive_int, seed
 from trilemma.files import atomic_write_bytes
 from trilemma.pipeline import Pipeline
-from trilemma.studies.benchmark import protocol_lines
+from trilemma.studies.benchmark import folder_contrastive, protocol_lines
+from trilemma.studies.captioning import evaluate_captioning
 from trilemma.studies.generation import benchmark, evaluate_generation
 from trilemma.studies.images import FEATURE_CHOICES, SPLITS, check_split
 from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, write_json, write_report
@@ -63,6 +67,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="shapes: prompts of each diagnostic category (novel pairs, training prompts); "
                         "default a third of --n, 0 for the headline alone")
     options.add_sampling(p, several_scales=True)
+    p = command(evals, "captioning", "caption held-out images and score the captions (a generator trained in both orders)",
+                run_captioning, parents=[common])
+    p.add_argument("--generator", required=True, help="generator checkpoint or run directory (dalle, caption_share > 0)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
     p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff, parents=[common])
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
     p.add_argument("--size", type=positive_int, default=None, help="image size (default: the one the tokenizers share)")
@@ -214,6 +223,29 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     line = lambda row: "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |"  # noqa: E731
     return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+
+
+# ----------------------------------------------------------------------------- captioning
+
+
+def run_captioning(args: argparse.Namespace) -> dict:
+    check_split(args.data, args.split)
+    sampling = options.sampling(argparse.Namespace(temperature=args.temperature, top_k=None, top_p=None, cfg_scale=1.0,
+                                                   sample_steps=None, scheduler=None, budget=None), seed=args.seed)
+    pipe = Pipeline.load(args.generator, args.tokenizer).to(options.device(args))
+    size = pipe.tokenizer.image_size
+    contrastive = None if args.data == "shapes" else folder_contrastive(args.data, size, args.seed, args.out)[1]
+    result = evaluate_captioning(pipe, args.data, args.n, size, args.seed, args.split, sampling, args.batch_size,
+                                 contrastive)
+    keys = ([f"caption_{a}_acc" for a in ("shape", "color", "size", "position")]
+            + ["caption_object_acc", "caption_image_acc", "caption_parsed"] if args.data == "shapes"
+            else ["clip_score", "clip_score_true"]) + ["caption_exact", "captions_per_s"]
+    print("\n".join(f"{k}: {result[k]:.4g}" for k in keys))
+    print("protocol: " + ", ".join(f"{k} {v}" for k, v in result["protocol"].items()))
+    for example in result["examples"][:4]:
+        print(f"  {example['caption']!r}  (true: {example['true']!r})")
+    print(f"wrote {write_json({'generator': str(args.generator), **result}, Path(args.out) / 'captioning.json')}")
+    return result
 
 
 # ----------------------------------------------------------------------------- trade-off

@@ -1,4 +1,5 @@
-"""``trilemma generate``: text prompts -> a grid of images through a generator's pipeline."""
+"""``trilemma generate``: text prompts -> a grid of images through a generator's pipeline; and
+``trilemma caption``, the other direction: images -> text through a generator that reads them."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "sampling settings, generator); refused when it already holds images")
     options.add_device(p)
 
+    p = command(sub, "caption", "caption images with a generator trained in both orders (dalle, caption_share > 0)",
+                run_caption)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--generator", required=True, help="generator checkpoint or run directory")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely words")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    p.add_argument("--seed", type=seed, default=None, help="sampling seed (default: nondeterministic)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images captioned at once")
+    p.add_argument("--out", default=None, metavar="CAPTIONS.jsonl", help="also write one JSON line per image (file, caption)")
+    options.add_device(p)
+
 
 def run(args: argparse.Namespace) -> None:
     sampling = options.sampling(args, seed=args.seed)  # checked before any work
@@ -66,6 +80,23 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {len(images)} images to {args.out}")
     if out_dir is not None:
         _write_each(images, prompts, sampling, args, out_dir)
+
+
+def run_caption(args: argparse.Namespace) -> list[str]:
+    sampling = options.sampling(argparse.Namespace(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                                   cfg_scale=1.0, sample_steps=None, scheduler=None, budget=None),
+                                seed=args.seed)
+    if args.out is not None:
+        check_writable_file(args.out, "--out")
+    pipe = Pipeline.load(args.generator, args.tokenizer).to(options.device(args))
+    captions = pipe.caption(options.load_images(args.images, pipe.tokenizer.image_size), sampling, args.batch_size)
+    for path, text in zip(args.images, captions):
+        print(f"{path}\t{text}")
+    if args.out is not None:
+        lines = "".join(json.dumps({"file": path, "caption": text}) + "\n" for path, text in zip(args.images, captions))
+        atomic_write_bytes(args.out, lines.encode())
+        print(f"wrote {len(captions)} captions to {args.out}")
+    return captions
 
 
 def _scorer(args: argparse.Namespace, size: int):

@@ -87,6 +87,8 @@ def parse_caption(text: str) -> list[dict]:
     while i < len(words):
         obj, i = _parse_object(words, i, text)
         objects.append(obj)
+        if i < len(words) and words[i] == "a":  # the next object, its comma lost (``text.words`` drops it)
+            continue
         if i < len(words):  # a separator must follow: ",", "and" or ", and"
             if words[i] not in (",", "and"):
                 raise ValueError(f"unknown word {words[i]!r} in caption {text!r}: "

@@ -153,6 +153,15 @@ def category_splits(data: str, split: str, diagnostic: bool = True) -> dict[str,
     return {**head, **{k: v for k, v in rest.items() if k not in head}}
 
 
+def folder_contrastive(data: str, size: int, seed: int, cache_dir: str | Path) -> tuple[Path, Any]:
+    """The contrastive text-image model that scores a folder: trained on its train split only, once
+    per folder and size (the run ``cache_dir/contrastive-KEY``); its run and the model."""
+    train = load_dataset(data, split="train", size=size, seed=seed)
+    key = hashlib.sha256(repr(train).encode()).hexdigest()[:12]
+    run = Path(cache_dir) / f"contrastive-{key}"
+    return run, contrastive_scorer(run, train, seed=seed)
+
+
 def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto", cache_dir: str | Path = "runs/eval",
               probe_dir: str | Path | None = None, probe_steps: int | None = None, split: str = "test",
               probe_data: Any = None, diagnostic_n: int | None = None) -> Benchmark:
@@ -193,10 +202,8 @@ def benchmark(data: str, n: int, size: int, seed: int = 0, features: str = "auto
             Benchmark(categories, extractor, probe=probe)
     else:
         extractor = resolve_features(features, data, size, seed, probe_dir)
-        train = load_dataset(data, split="train", size=size, seed=seed)
-        key = hashlib.sha256(repr(train).encode()).hexdigest()[:12]  # one scorer per folder and size
-        run = cache_dir / f"contrastive-{key}"
-        bench = Benchmark(categories, extractor, contrastive=contrastive_scorer(run, train, seed=seed))
+        run, contrastive = folder_contrastive(data, size, seed, cache_dir)
+        bench = Benchmark(categories, extractor, contrastive=contrastive)
         scorer = f"a contrastive text-image model ({run}), trained on {trained_on(run)}"
         if split != "all":
             _folder_overlap(data, size, about)

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trilemma.generators.sampling import SamplingConfig
+from trilemma.studies.captioning import round_trip
 from trilemma.metrics import scores
 from trilemma.metrics.features import FeatureExtractor, extract
 from trilemma.studies.benchmark import HEADLINE, Benchmark, Category, adherence_scores, benchmark, category_splits
@@ -143,7 +144,9 @@ def evaluate_generation(pipeline, bench: Benchmark, sampling: SamplingConfig | N
     with a probe, ``clip_score`` and ``r_precision`` with a contrastive model, each beside its
     ceiling ``NAME_ceiling`` (the scorer on the floor's real images), ``by_novel_pair`` where the
     prompts show held-out pairs (``benchmark.adherence_scores``; each score beside its ceiling),
-    ``samples_per_s`` (pipeline calls only) and ``num_images``.
+    ``samples_per_s`` (pipeline calls only) and ``num_images``; with a generator that reads images
+    (a dalle trained in both orders) on shapes, ``round_trip_*``: its own captions of the generated
+    images scored against the prompts (``studies.captioning.round_trip``).
 
     Returns the headline category's scores, with ``samples_per_s`` over every image generated,
     ``categories`` (every category's, the headline's included) and ``protocol`` (``bench.protocol``
@@ -169,10 +172,18 @@ def evaluate_generation(pipeline, bench: Benchmark, sampling: SamplingConfig | N
                               attributes=cat.attributes, probe=bench.probe, contrastive=bench.contrastive,
                               novel_pairs=cat.novel_pairs, batch_size=batch_size, progress=progress)  # fmt: skip
         out["samples_per_s"] = len(images) / spent if spent > 0 else float("inf")
+        if cat.attributes is not None and reads_images(pipeline):  # a second adherence measure, no probe in it
+            out.update(round_trip(pipeline, images, cat.attributes, batch_size))
         results[name] = _with_ceiling(out, cat.ceiling or {})
         count, seconds = count + len(images), seconds + spent
     return {**results[bench.headline], "samples_per_s": count / seconds if seconds > 0 else float("inf"),
             "categories": results, "protocol": {**bench.protocol, "sampling_seed": sampling.seed}}
+
+
+def reads_images(pipeline) -> bool:
+    """Whether a pipeline's generator also captions (a decoder-only model trained in both orders)."""
+    generator = getattr(pipeline, "generator", None)
+    return getattr(getattr(generator, "config", None), "caption_share", 0) > 0
 
 
 def _with_ceiling(scores_: dict, ceiling: dict) -> dict:
