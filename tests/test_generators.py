@@ -175,3 +175,18 @@ def test_masked_decoding_runs_the_requested_number_of_steps():
     gen.transformer.register_forward_hook(lambda *a: calls.append(1))
     gen.sample(text.encode(CAPTIONS), S(steps=5, cfg_scale=2.0, seed=0))
     assert len(calls) == 5  # one stacked (conditional + unconditional) pass per step
+
+
+def test_a_cross_only_cache_computes_the_prompts_keys_once_and_changes_no_output():
+    from trilemma.nn.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    net, context = Transformer(TransformerConfig(32, 2, 2), context_dim=32).eval(), torch.randn(2, 5, 32)
+    calls = []
+    net.blocks[0].cross.kv.register_forward_hook(lambda *a: calls.append(1))
+    cache = net.new_cache(cross_only=True)
+    for _ in range(3):  # a sequence rerun each step (Muse, MAR), the prompt fixed
+        x = torch.randn(2, 7, 32)
+        cached = net(x, context=context, cache=cache)
+        assert torch.equal(cached, net(x, context=context))
+    assert len(calls) == 1 + 3 and cache.length == 0  # once with the cache, then once per uncached call

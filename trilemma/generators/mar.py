@@ -33,7 +33,8 @@ from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_c
 from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
 from trilemma.nn.diffusion import PREDICTIONS, SCHEDULERS, NoiseScheduleConfig, denoise, denoising_loss, make_scheduler
 from trilemma.nn.diffusion_head import DiffusionHead, DiffusionHeadConfig
-from trilemma.nn.transformer import TokenEmbedding, Transformer, TransformerConfig, init_text_embeddings, init_weights
+from trilemma.nn.transformer import (KVCache, TokenEmbedding, Transformer, TransformerConfig, init_text_embeddings,
+                                     init_weights)
 from trilemma.tokens import Tokens
 
 
@@ -100,14 +101,15 @@ class Mar(LatentNormalisationMixin, TextEncoderMixin, Generator):
                              f"each, as the tokenizer's spec says; got {shape}")
         return self.normalise(tokens)
 
-    def condition(self, x: torch.Tensor, masked: torch.Tensor, memory: TextEncoding) -> torch.Tensor:
+    def condition(self, x: torch.Tensor, masked: torch.Tensor, memory: TextEncoding,
+                  cache: KVCache | None = None) -> torch.Tensor:
         """The head's conditions z [B, N, width] for normalised latents ``x`` [B, N, D] of which the
         ``masked`` [B, N] are hidden (their values never read), given the prompt encodings."""
         n = x.shape[1]
         mask_vector = self.image_emb.tok.weight[0]
         h = torch.where(masked[..., None], mask_vector, self.latent_proj(x))
         h = h + self.image_emb.position_embedding(torch.arange(n, device=x.device))
-        return self.transformer(h, context=memory.states, context_mask=memory.mask)
+        return self.transformer(h, context=memory.states, context_mask=memory.mask, cache=cache)
 
     # ------------------------------------------------------------------ training
 
@@ -147,12 +149,13 @@ class Mar(LatentNormalisationMixin, TextEncoderMixin, Generator):
         scheduler = make_scheduler(sampling.scheduler or self.config.head_scheduler, self.config.head_noise())
         # Each position's place in its row's random order: tokens are revealed by place.
         place = torch.rand(b, n, generator=gen, device=device).argsort(-1).argsort(-1)
+        cache = self.transformer.new_cache(cross_only=True)  # the prompt's keys and values, once per request
         x = torch.zeros(b, n, self.spec.latent_dim, device=device)
         masked = torch.ones(b, n, dtype=torch.bool, device=device)
         for step in range(steps):
             left = masked_count(step, steps, n, int(masked.sum(1).max()), self.config.schedule)
             reveal = masked & (place < n - left)  # the next tokens of each row's order
-            z = self.condition(self.stack_rows(x, rows), self.stack_rows(masked, rows), memory)
+            z = self.condition(self.stack_rows(x, rows), self.stack_rows(masked, rows), memory, cache)
             x[reveal] = self.draw_tokens(z[self.stack_rows(reveal, rows)], int(reveal.sum()), sampling, scheduler, gen)
             masked &= ~reveal
         return self.to_tokens(x)

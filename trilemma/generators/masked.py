@@ -23,7 +23,7 @@ from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, random_mask, remask_least_confident, sample_logits
 from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
-from trilemma.nn.transformer import init_text_embeddings, init_weights
+from trilemma.nn.transformer import KVCache, init_text_embeddings, init_weights
 from trilemma.tokens import Tokens
 
 
@@ -55,8 +55,8 @@ class Muse(TextEncoderMixin, Generator):
         self.apply(init_weights)
         init_text_embeddings(self.text_emb, self.text_pos)
 
-    def _logits(self, ids: torch.Tensor, memory: TextEncoding) -> torch.Tensor:
-        h = self.transformer(self.image_emb(ids), context=memory.states, context_mask=memory.mask)
+    def _logits(self, ids: torch.Tensor, memory: TextEncoding, cache: KVCache | None = None) -> torch.Tensor:
+        h = self.transformer(self.image_emb(ids), context=memory.states, context_mask=memory.mask, cache=cache)
         return self.image_head(h).float()
 
     def forward(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -87,9 +87,10 @@ class Muse(TextEncoderMixin, Generator):
         total = int((ids == self.mask_id).sum(1).max())  # the schedule runs over the tokens to draw
         steps = min(sampling.steps or self.config.steps, max(total, 1))
         memory = self.encode_text(rows)
+        cache = self.transformer.new_cache(cross_only=True)  # the prompt's keys and values, once per request
         for step in range(steps):
             masked = ids == self.mask_id
-            logits = self.guide(self._logits(self.stack_rows(ids, rows), memory), b, sampling.cfg_scale)
+            logits = self.guide(self._logits(self.stack_rows(ids, rows), memory, cache), b, sampling.cfg_scale)
             drawn = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
             confidence = logits.softmax(-1).gather(-1, drawn[..., None])[..., 0]
             drawn = torch.where(masked, drawn, ids)

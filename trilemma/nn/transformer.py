@@ -28,13 +28,18 @@ class TransformerConfig:
 
 
 class KVCache:
-    """Per-layer key/value buffers [B, heads, max_len, head_dim] and the current length."""
+    """Per-layer key/value buffers [B, heads, max_len, head_dim] and the current length.
 
-    def __init__(self, layers: int):
+    ``cross_only``: keep only cross-attention's keys and values (of a fixed context), for models
+    that rerun the whole sequence each step (Muse, MAR) but read the same prompt throughout: the
+    self-attention then runs uncached, as without a cache."""
+
+    def __init__(self, layers: int, cross_only: bool = False):
         self.self_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
         self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
         self.length = 0  # tokens already in the self-attention buffers
         self.max_len = 0
+        self.cross_only = cross_only
 
     def allocate(self, layer: int, like: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         b, h, _, d = like.shape
@@ -82,6 +87,8 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.cross_kv[layer] = (k, v)
         else:
+            if cache is not None and cache.cross_only:
+                cache = None  # the self-attention of a rerun sequence: nothing to keep
             if (key_mask is not None or attn_mask is not None) and cache is not None:
                 raise ValueError("`key_mask` and `attn_mask` mask uncached self-attention only")
             k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
@@ -147,8 +154,8 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.apply(init_weights)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(len(self.blocks))
+    def new_cache(self, cross_only: bool = False) -> KVCache:
+        return KVCache(len(self.blocks), cross_only)
 
     def forward(self, x, context=None, causal=False, cache: KVCache | None = None, max_len: int = 0,
                 key_mask: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
@@ -156,7 +163,7 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, context=context, causal=causal, cache=cache, layer=i, max_len=max_len,
                       key_mask=key_mask, context_mask=context_mask, attn_mask=attn_mask)
-        if cache is not None:
+        if cache is not None and not cache.cross_only:
             cache.length += x.shape[1]
         return self.norm(x)
 
