@@ -56,6 +56,11 @@ def test_quick_demo_writes_a_report(tmp_path):
         assert edit["psnr_outside"] > edit["psnr_inside"] + 3, edit
     report = (out / "report.md").read_text()
     check_generation_and_rerank(results, report)
+    # DALL-E trains in both orders in this plan: it captions held-out images, and reads its own images back
+    captioned = results["generation"]["dalle"]["captioning"]
+    assert captioned["protocol"]["images"] == 64 and 0 <= captioned["caption_shape_acc"] <= 1
+    assert "round_trip_mean" in results["generation"]["dalle"] and "round_trip_mean" not in results["generation"]["muse"]
+    assert "### Captioning" in report and "| round trip: its own captions" in report
     for needle in ("trilemma study", "Prompted region", "Generation", "diffusion (ae-gen)", "Editing", "Reranking", "Time",
                    "20 steps of 32 at lr 0.002, channels 32, num_res_blocks 0", "No rFID in this table: 64 images for 256-d features"):
         assert needle in report, needle
@@ -134,7 +139,7 @@ def check_categories(gens: dict) -> None:
     for kind, gen in gens.items():
         cats, protocol = gen["categories"], gen["protocol"]
         assert list(cats) == list(splits) and protocol["headline"] == "unseen", kind
-        assert {k: v for k, v in gen.items() if k not in ("categories", "protocol", "samples_per_s")} == \
+        assert {k: v for k, v in gen.items() if k not in ("categories", "protocol", "samples_per_s", "captioning")} == \
             {k: v for k, v in cats["unseen"].items() if k != "samples_per_s"}
         for name, scores in cats.items():
             n = 64 if name == "unseen" else 22

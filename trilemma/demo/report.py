@@ -35,6 +35,8 @@ def write_demo_report(out: Path, results: dict, plan: DemoPlan) -> tuple[Path, P
     for scores in results["generation"].values():
         for scored in (scores, *scores.get("categories", {}).values()):
             scored["adherence_mean"] = mean_adherence(scored)
+            if "round_trip_shape_acc" in scored:  # read back by the generator's own captions
+                scored["round_trip_mean"] = sum(scored[f"round_trip_{a}_acc"] for a in ATTRIBUTES) / len(ATTRIBUTES)
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
     report = atomic_write_bytes(out / "report.md", markdown(results, plan).encode())
     return report, write_html(report)
@@ -150,7 +152,8 @@ def _generation(gens: dict, ceiling: dict) -> list[str]:
 
     attributes = [(f"adherence {a}", f"adherence_{a}_acc", _pct) for a in ATTRIBUTES]
     mean = [("adherence (mean of the four)", "adherence_mean", _pct), ("objects right", "adherence_object_acc", _pct)]
-    rows("", lambda scores: scores, attributes + mean + [
+    trip = [("round trip: its own captions of its images (mean of the four)", "round_trip_mean", _pct)]
+    rows("", lambda scores: scores, attributes + mean + trip * any("round_trip_mean" in g for g in gens.values()) + [
         ("images right", "adherence_image_acc", _pct), ("FID (probe features)", "fid", _fmt),
         ("precision", "precision", _fmt), ("recall", "recall", _fmt)])
     for name in [c for c in ("novel", "train") if c in cats]:
@@ -168,8 +171,30 @@ def _generation(gens: dict, ceiling: dict) -> list[str]:
                  + " | ".join(ceiling_cell(ceiling[GENERATORS[g]]) for g in gens) + f" | {real} |")
     lines.append("| seconds per image | " + " | ".join(f"{1 / gens[g]['samples_per_s']:.4f}" for g in gens) + " | - |")
     lines.append("")
+    lines += _captioning({g: v["captioning"] for g, v in gens.items() if "captioning" in v})
     for g in gens:
         lines += [f"### {g}", "", f"![{g}]({g}_samples.png)", ""]
+    return lines
+
+
+def _captioning(captioning: dict) -> list[str]:
+    """Each generator that reads images (trained in both orders) captioning held-out images."""
+    if not captioning:
+        return []
+    first = next(iter(captioning.values()))
+    about = first["protocol"]
+    lines = ["### Captioning", "",
+             (f"The same model reads images: {about['images']} {about['split']} images (compositions no training image "
+              f"shows), {about['decoding']} decoding, each caption parsed and its objects matched to the image's by "
+              "position. *Round trip* above: the generator's captions of its own generated images, scored against the "
+              "prompts (adherence without the probe)."), "",
+             "| generator | " + " | ".join(ATTRIBUTES) + " | objects right | captions right | words exact | captions / s |",
+             "|---|" + "---|" * (len(ATTRIBUTES) + 4)]
+    for g, c in captioning.items():
+        lines.append(f"| {g} | " + " | ".join(_pct(c[f"caption_{a}_acc"]) for a in ATTRIBUTES)
+                     + f" | {_pct(c['caption_object_acc'])} | {_pct(c['caption_image_acc'])} | "
+                     f"{_pct(c['caption_exact'])} | {c['captions_per_s']:.1f} |")
+    lines += ["", "Examples: " + "; ".join(f"*{e['caption']}* (true: {e['true']})" for e in first["examples"][:3]), ""]
     return lines
 
 

@@ -18,7 +18,8 @@ from trilemma.images import save_grid
 from trilemma.metrics.prompted import first_object_boxes, region_study
 from trilemma.pipeline import Pipeline
 from trilemma.studies.editing import edit_study, rerank_study
-from trilemma.studies.generation import benchmark, evaluate_generation
+from trilemma.studies.captioning import evaluate_captioning
+from trilemma.studies.generation import benchmark, evaluate_generation, reads_images
 from trilemma.studies.report import write_report
 from trilemma.studies.scorers import contrastive_scorer
 from trilemma.studies.tradeoff import report_settings, settings, tradeoff
@@ -171,7 +172,10 @@ def generator(out: Path, plan: DemoPlan, kind: str) -> dict:
     sampling = plan.sampling_for(kind)
     captions = [p for p in PROMPTS for _ in range(4)]
     save_grid(pipe(captions, sampling), out / f"{kind}_samples.png", captions=captions, nrow=4)
-    return evaluate_generation(pipe, bench(out, plan), sampling, progress=False)
+    scores = evaluate_generation(pipe, bench(out, plan), sampling, progress=False)
+    if reads_images(pipe):  # a model trained in both orders: its captions of held-out images too
+        scores["captioning"] = evaluate_captioning(pipe, "shapes", plan.eval_images, progress=False)
+    return scores
 
 
 def contrastive(out: Path, plan: DemoPlan) -> dict:
