@@ -121,3 +121,14 @@ def test_round_trip_reads_generated_images_back_through_the_generators_own_capti
     scores = round_trip(Reader(), torch.zeros(20, 3, 32, 32), [it["attributes"] for it in items])
     assert scores["round_trip_image_acc"] == pytest.approx(19 / 20) and scores["round_trip_parsed"] == 1.0
     assert reads_images(Reader()) and not reads_images(types.SimpleNamespace(generator=tiny(0.0)[0]))
+
+
+def test_every_parameter_gets_a_gradient_even_in_a_batch_of_one_order():
+    gen, text = tiny(0.5)
+    gen.train()
+    torch.manual_seed(3)
+    ids, text_ids = torch.randint(32, (1, 16)), text.encode(CAPTIONS[:1])
+    for _ in range(6):  # one row: each step's batch holds a single order
+        gen.zero_grad()
+        gen.loss(Tokens(ids=ids), text_ids)["loss"].backward()
+        assert all(p.grad is not None for p in gen.parameters())

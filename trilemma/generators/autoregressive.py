@@ -87,6 +87,8 @@ class Dalle(AutoregressiveGenerator):
             part = (self._image_to_text if image_first else self._text_to_image)(image_ids[keep], text_ids[keep])
             loss = loss + part.pop("loss") * keep.float().mean()  # each order weighted by its rows
             logged.update({k: v.detach() for k, v in part.items()})
+        if first is not None and not first.any():  # the begin vector takes part every step (DDP expects each parameter)
+            loss = loss + self.image_first.sum() * 0.0
         return {"loss": loss, **logged}
 
     def _text_to_image(self, image_ids: torch.Tensor, text_ids: torch.Tensor) -> dict[str, torch.Tensor]:
