@@ -190,3 +190,22 @@ def test_a_cross_only_cache_computes_the_prompts_keys_once_and_changes_no_output
         cached = net(x, context=context, cache=cache)
         assert torch.equal(cached, net(x, context=context))
     assert len(calls) == 1 + 3 and cache.length == 0  # once with the cache, then once per uncached call
+
+
+@pytest.mark.parametrize("name", registry.names("generator"))
+def test_every_family_samples_under_bf16_autocast_through_a_pipeline(name):
+    from trilemma.pipeline import Pipeline
+
+    cls = registry.model_class("generator", name)
+    preset = "msvq-tiny" if name == "var" else "ae-f4-shapes" if "discrete" not in cls.accepts else "vq-f4-shapes"
+    torch.manual_seed(0)
+    tok = registry.build("tokenizer", preset, channels=8) if preset != "msvq-tiny" else registry.build("tokenizer", preset)
+    text = TextTokenizer.build(CAPTIONS, max_length=10)
+    gen = registry.build("generator", f"{name}-tiny", spec=tok.spec, text=text)
+    if hasattr(gen, "latent_mean"):
+        gen.fit(tok.encode(torch.rand(4, 3, 32, 32) * 2 - 1))
+    fp32, bf16 = Pipeline(tok, gen), Pipeline(tok, gen, precision="bf16")
+    a, b = fp32(CAPTIONS[:2], S(seed=0, temperature=0)), bf16(CAPTIONS[:2], S(seed=0, temperature=0))
+    assert a.shape == b.shape == (2, 3, 32, 32) and b.dtype == torch.float32 and torch.isfinite(b).all()
+    with pytest.raises(ValueError, match="`precision` must be one of fp32, bf16, fp16"):
+        Pipeline(tok, gen, precision="int8")

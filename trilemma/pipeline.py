@@ -59,17 +59,27 @@ def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = N
     return DecodedBy(tokenizer, checkpoint.load(dec_dir, kind="decoder"))
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # the generator's sampling arithmetic
+
+
 class Pipeline:
-    def __init__(self, tokenizer: Any, generator: Any):
+    def __init__(self, tokenizer: Any, generator: Any, precision: str = "fp32"):
         check_compatible(tokenizer.spec, generator.spec)
+        if precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.tokenizer, self.generator, self.text = tokenizer, generator, generator.text
+        self.precision = precision  # the generator samples under this autocast; tokenizers decode in fp32
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     @classmethod
     def load(cls, generator_dir: str | Path, tokenizer_dir: str | Path | None = None,
-             decoder_dir: str | Path | None = None) -> "Pipeline":
+             decoder_dir: str | Path | None = None, precision: str = "fp32") -> "Pipeline":
         gen_dir = checkpoint.resolve_checkpoint(generator_dir)
         tokenizer = load_tokenizer(checkpoint.recorded_tokenizer(gen_dir, tokenizer_dir, kind="generator"), decoder_dir)
-        return cls(tokenizer, checkpoint.load(gen_dir, kind="generator"))
+        return cls(tokenizer, checkpoint.load(gen_dir, kind="generator"), precision)
 
     def to(self, device: torch.device | str) -> "Pipeline":
         self.tokenizer.to(device)
@@ -108,7 +118,8 @@ class Pipeline:
         captions = []
         for start in range(0, len(images), batch_size):
             ids = self.generator.flat_ids(self.tokenizer.encode(images[start : start + batch_size].to(self.device)))
-            text_ids = self.generator.caption(ids, None if sampling is None else sampling.for_chunk(start))
+            with self._autocast():
+                text_ids = self.generator.caption(ids, None if sampling is None else sampling.for_chunk(start))
             captions += self.text.decode(text_ids.cpu())
         return captions
 
@@ -126,7 +137,10 @@ class Pipeline:
         for start in range(0, len(prompts), batch_size):
             text_ids = self.text.encode(prompts[start : start + batch_size]).to(self.device)
             part = None if known is None else known[start : start + batch_size].to(self.device)
-            tokens = self.generator.sample(text_ids, sampling.for_chunk(start), known=part)
+            with self._autocast():
+                tokens = self.generator.sample(text_ids, sampling.for_chunk(start), known=part)
+            if tokens.latents is not None:
+                tokens.latents = tokens.latents.float()
             images.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu())
         return torch.cat(images)
 

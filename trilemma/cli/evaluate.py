@@ -67,11 +67,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="shapes: prompts of each diagnostic category (novel pairs, training prompts); "
                         "default a third of --n, 0 for the headline alone")
     options.add_sampling(p, several_scales=True)
+    options.add_precision(p)
     p = command(evals, "captioning", "caption held-out images and score the captions (a generator trained in both orders)",
                 run_captioning, parents=[common])
     p.add_argument("--generator", required=True, help="generator checkpoint or run directory (dalle, caption_share > 0)")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    options.add_precision(p)
     p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff, parents=[common])
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
     p.add_argument("--size", type=positive_int, default=None, help="image size (default: the one the tokenizers share)")
@@ -160,7 +162,7 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
     scales = list(dict.fromkeys(args.cfg_scale))  # in the order given, each once
     samplings = [options.sampling(args, seed=args.seed, cfg_scale=scale) for scale in scales]  # checked before any work
     dev = options.device(args)
-    pipe = Pipeline.load(args.generator, args.tokenizer).to(dev)
+    pipe = Pipeline.load(args.generator, args.tokenizer, precision=args.dtype).to(dev)
     size = pipe.tokenizer.image_size
     bench = benchmark(args.data, args.n, size, seed=args.seed, features=args.features, cache_dir=args.out,
                       probe_dir=_probe_cache(args), split=args.split, diagnostic_n=args.diagnostic_n)
@@ -232,7 +234,7 @@ def run_captioning(args: argparse.Namespace) -> dict:
     check_split(args.data, args.split)
     sampling = options.sampling(argparse.Namespace(temperature=args.temperature, top_k=None, top_p=None, cfg_scale=1.0,
                                                    sample_steps=None, scheduler=None, budget=None), seed=args.seed)
-    pipe = Pipeline.load(args.generator, args.tokenizer).to(options.device(args))
+    pipe = Pipeline.load(args.generator, args.tokenizer, precision=args.dtype).to(options.device(args))
     size = pipe.tokenizer.image_size
     contrastive = None if args.data == "shapes" else folder_contrastive(args.data, size, args.seed, args.out)[1]
     result = evaluate_captioning(pipe, args.data, args.n, size, args.seed, args.split, sampling, args.batch_size,

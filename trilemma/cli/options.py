@@ -74,7 +74,7 @@ FLAGS = {
     "out": "--out", "resume": "--resume", "tokenizer": "--tokenizer", "tokenizer_dir": "--tokenizer",
     "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
     "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder", "sample": "--sample",
-    "bits_step_images": "--bits-step-images",
+    "bits_step_images": "--bits-step-images", "precision": "--dtype",
 }
 _NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
 
@@ -139,6 +139,11 @@ def _int(text: str) -> int:
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, ... (auto: cuda when available, else cpu)")
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="the generator's sampling arithmetic (autocast; the tokenizer decodes in fp32)")
 
 
 def device(args: argparse.Namespace) -> torch.device:
