@@ -165,7 +165,7 @@ def test_plans_name_every_study_model():
     for plan in PLANS.values():
         names = plan.tokenizers()
         assert {n for n in names if plan.tokenizer_budget(n) is not None} == set(names) - {"patch"}
-        assert set(CONV_FAMILIES) <= set(names)  # the study is every plan's
+        assert set(plan.study) <= set(CONV_FAMILIES) and set(plan.study) <= set(names)
         used = {GENERATORS[g] for g in plan.generators} | {"ae-gen"}  # ae-gen: also the promptable tokenizer's base
         assert set(plan.own_budgets) >= used | {"promptable"} and used <= set(names)
         assert not set(CONV_FAMILIES) & set(plan.own_budgets)

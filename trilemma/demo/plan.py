@@ -23,7 +23,7 @@ SAMPLING = SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0)
 EDIT_BOX = (0.0, 0.0, 0.5, 0.5)
 EDIT_PROMPT = "a large red circle at the top left"
 
-# The trilemma study: a tokenizer of every family, by the name its run gets. The conv families (CONV_FAMILIES)
+# The trilemma study: a tokenizer of every family, by the name its run gets. The conv families (a plan's study, of CONV_FAMILIES)
 # train alike, on the plan's ``study_budget``, so that the quantizer is all that differs between them. "vq-gen" and
 # "ae-gen" are the generators' tokenizers, each on its own schedule (``own_budgets``): the token generators'
 # VQ at the preset's widths, the diffusion generator's AE (also the promptable tokenizer's frozen base).
@@ -60,7 +60,7 @@ class Budget:
 class DemoPlan:
     name: str
     pool: int  # shapes training images drawn once, shared by every tokenizer and generator
-    study_budget: Budget  # every one of CONV_FAMILIES, alike
+    study_budget: Budget  # every one of its study's conv families, alike
     own_budgets: dict[str, Budget]  # "vq-gen", "ae-gen" and the promptable tokenizer: their own schedules
     generator_preset: str  # size suffix of every generator preset: "shapes" or "tiny"
     generator_arch: dict[str, dict]  # overrides of each family's preset
@@ -76,12 +76,14 @@ class DemoPlan:
     contrastive_images: int  # the first images of the pool it trains on
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)  # per family, where not SAMPLING
     generators: tuple[str, ...] = tuple(GENERATORS)  # the families this plan trains (keys of GENERATORS)
+    study: tuple[str, ...] = CONV_FAMILIES  # the conv families its study trains alike
 
     def tokenizers(self) -> list[str]:
-        """The runs of ``TOKENIZERS`` this plan trains: the study's, and the generators' tokenizers its
+        """The runs of ``TOKENIZERS`` this plan trains: its study's, and the generators' tokenizers its
         ``generators`` (and the promptable tokenizer's base) need."""
         needed = {GENERATORS[g] for g in self.generators} | {PROMPTABLE_BASE}
-        return [n for n in TOKENIZERS if n not in GENERATOR_TOKENIZERS or n in needed]
+        return [n for n in TOKENIZERS if (n not in GENERATOR_TOKENIZERS or n in needed)
+                and (n not in CONV_FAMILIES or n in self.study)]
 
     def tokenizer_budget(self, name: str) -> Budget | None:
         """How tokenizer ``name`` of ``TOKENIZERS`` trains; None for raw patches (nothing to learn)."""
@@ -130,7 +132,8 @@ STANDARD = DemoPlan(
     eval_images=300, study_images=128, probe_steps=300, rerank_n=48, rerank_candidates=4, contrastive_steps=60,
     contrastive_images=4000, sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=10),
                                        "dalle": DALLE_SAMPLING},
-    generators=("dalle", "parti", "muse", "diffusion"),  # var and mar in --full: make demo keeps to 15 minutes
+    generators=("dalle", "parti", "muse", "diffusion"),  # var, mar and msvq in --full: make demo keeps to 15 minutes
+    study=("vq", "rvq", "fsq", "lfq", "ae"),
 )
 QUICK = DemoPlan(
     name="quick", pool=768, study_budget=Budget(20, LITE_LR, widths=LITE),

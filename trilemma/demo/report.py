@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trilemma.demo.plan import CONV_FAMILIES, EDIT_BOX, EDIT_PROMPT, GENERATORS, PLANS, SAMPLING, DemoPlan
+from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PLANS, SAMPLING, DemoPlan
 from trilemma.files import atomic_write_bytes
 from trilemma.studies.benchmark import protocol_lines
 from trilemma.studies.html import write_html
@@ -61,7 +61,7 @@ def _settings(plan: DemoPlan) -> str:
     gen = ", ".join(f"{k} {plan.generator_steps[k]} (batch {plan.generator_batch[k]}, lr {plan.generator_lr[k]:g}"
                     + (f"; {arch(plan.generator_arch[k])}" if plan.generator_arch.get(k) else "") + ")" for k in plan.generators)
     return (f"Shapes 32x32; {plan.pool} training images drawn once and shared. The study's conv families "
-            f"({', '.join(CONV_FAMILIES)}) each trained {plan.study_budget.describe()}; the generators' tokenizers and "
+            f"({', '.join(plan.study)}) each trained {plan.study_budget.describe()}; the generators' tokenizers and "
             f"the promptable one on their own schedules ({tok}); generators (`*-{plan.generator_preset}` presets) for "
             f"{gen} steps. The study reconstructs "
             f"{plan.study_images} held-out images; generation is evaluated on {plan.eval_images}. Sampling (seed "
@@ -81,7 +81,7 @@ def _study(study: dict, plan: DemoPlan) -> list[str]:
     lines = ["## The trilemma study", "",
              "A tokenizer of every family, on the same held-out images: compact (bits per image), lossless (PSNR, "
              "rFID in the shapes probe's features) and discrete (ids from a finite vocabulary). The conv families ("
-             + ", ".join(CONV_FAMILIES) + f") share one training budget, {plan.study_budget.describe()}, so the "
+             + ", ".join(plan.study) + f") share one training budget, {plan.study_budget.describe()}, so the "
              "quantizer is all that differs between them; the generators' tokenizers (vq-gen, ae-gen: longer, vq-gen "
              "at the preset's widths) and the promptable one are marked with their own schedules. The promptable "
              "tokenizer is one row per token budget, drawn as a line. A continuous tokenizer is counted and plotted "
