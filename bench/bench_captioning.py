@@ -45,8 +45,9 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.5, help="the two-order model's caption_share")
     ap.add_argument("--n", type=int, default=300, help="prompts and captioned images")
     ap.add_argument("--out", default="runs/bench-captioning")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=2e-3, eval_every=args.steps,
                       save_every=args.steps, mixed_precision="bf16")
