@@ -11,7 +11,7 @@ prompts), and caption speed (images per second at batch 1 and 64).
 
 Both models train on the shapes train split (20k images tokenized once, shared), with the demo's
 DALL-E settings (dim 192, lr 2e-3, bf16 autocast; sampling at temperature 0.5, guidance 3).
-Writes bench/results/captioning.json.
+Writes bench/results/captioning.json (``--name``: another file, e.g. one per share).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300, help="prompts and captioned images")
     ap.add_argument("--out", default="runs/bench-captioning")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="captioning", help="results file: bench/results/NAME.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -80,7 +81,7 @@ def main() -> None:
     columns = ["model", *(f"adherence_{a}" for a in ATTRIBUTES), "adherence_mean", "fid", "fid_floor",
                *(f"round_trip_{a}" for a in ATTRIBUTES), *(f"caption_{a}" for a in ATTRIBUTES), "caption_image",
                "caption_exact", "captions_per_s_batch1", "captions_per_s_batch64"]
-    report("captioning", rows, columns, {
+    report(args.name, rows, columns, {
         "steps": args.steps, "batch": args.batch, "caption_share": args.share, "n": args.n,
         "protocol": "captions: the first n shapes test images (unseen compositions), greedy; adherence: the "
                     "benchmark's unseen prompts (val), reference from test; the probe trained on train"})

@@ -148,14 +148,15 @@ QUICK = DemoPlan(
     sampling={"diffusion": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4),
               "mar": SamplingConfig(temperature=1.0, cfg_scale=3.0, seed=0, steps=4)},
 )
-# --full: every family (var and mar too; DALL-E trained in both orders, so it also captions), the demo's model sizes, 3-13x its schedules and larger evaluation sets (37-41 minutes on a Xeon before var and mar:
-# docs/experiments.md, --full); the study's families share 600 lite steps (what its rvq / fsq / lfq had), its 500
-# images are enough for rFID in the probe's 256-d features.
+# --full: every family (var and mar too; DALL-E trained in both orders, a fifth of its rows image -> text: at 1200 steps
+# that kept its text -> image adherence within 2 points, bench/results/captioning_share0.2.json), the demo's model
+# sizes, 3-13x its schedules and larger evaluation sets (docs/experiments.md, --full); the study's families share 600
+# lite steps (what its rvq / fsq / lfq had), its 500 images are enough for rFID in the probe's 256-d features.
 FULL = DemoPlan(
     name="full", pool=20256, study_budget=Budget(600, LITE_LR, widths=LITE),
     own_budgets={"vq-gen": _own("vq-gen", 2000), "ae-gen": _own("ae-gen", 2000), "msvq-gen": _own("msvq-gen", 1200),
                           "promptable": _own("promptable", 1600)},
-    generator_preset="shapes", generator_arch={**_DEMO_ARCH, "dalle": {**_DEMO_ARCH["dalle"], "caption_share": 0.5}},
+    generator_preset="shapes", generator_arch={**_DEMO_ARCH, "dalle": {**_DEMO_ARCH["dalle"], "caption_share": 0.2}},
     generator_batch={"dalle": 16, "parti": 16, "muse": 64, "diffusion": 32, "var": 32, "mar": 32},
     generator_steps={"dalle": 4000, "parti": 3000, "muse": 1500, "diffusion": 2500, "var": 1500, "mar": 1500},
     generator_lr={"dalle": 2e-3, "parti": 2e-3, "muse": 2e-3, "diffusion": 2e-3, "var": 2e-3, "mar": 2e-3},
