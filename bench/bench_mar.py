@@ -39,8 +39,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="prompts (and real images) per evaluation")
     ap.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--cfg-scale", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     pipes = {name: Pipeline.load(run) for name, run in (("mar", args.mar), ("diffusion", args.diffusion))}
     tokenizers = {checkpoint.recorded_tokenizer(checkpoint.resolve_checkpoint(run), kind="generator").resolve()
