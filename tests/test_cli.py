@@ -211,7 +211,7 @@ def _stub_generation(monkeypatch, bench, evaluate):
 
     fake_pipe = types.SimpleNamespace(tokenizer=types.SimpleNamespace(image_size=32))
     fake_pipe.to = lambda device: fake_pipe
-    monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, g, t=None: fake_pipe))
+    monkeypatch.setattr(pipeline.Pipeline, "load", classmethod(lambda cls, g, t=None, precision="fp32": fake_pipe))
     monkeypatch.setattr(command, "benchmark", bench)
     monkeypatch.setattr(command, "evaluate_generation", evaluate)
 
