@@ -77,6 +77,16 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="config differs"):
         train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", _cfg(8), overrides={**TINY, "channels": 16},
                         eval_images=8, resume=True)
+    # a checkpoint written before a config field existed reads as that field's default
+    config_file = tmp_path / "r" / "model" / checkpoint.CONFIG_FILE
+    meta = json.loads(config_file.read_text())
+    del meta["config"]["dropout"]  # a field with a default (0.0)
+    config_file.write_text(json.dumps(meta))
+    assert train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides=TINY, eval_images=8,
+                           resume=True)["step"] == 6  # nothing to do, not refused
+    with pytest.raises(TrainingError, match=r"config differs from the checkpoint's in \['dropout'\]"):
+        train_tokenizer("vq-f4-shapes", "shapes", tmp_path / "r", cfg, overrides={**TINY, "dropout": 0.1},
+                        eval_images=8, resume=True)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
