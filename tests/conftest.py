@@ -25,3 +25,25 @@ def tiny_vq():
 def images():
     torch.manual_seed(0)
     return torch.rand(4, 3, 32, 32) * 2 - 1
+
+
+def fixed_loss(gen, tokens, text_ids) -> float:
+    """A generator's loss on one batch with the same noise, masks and timesteps every time (a
+    deterministic yardstick for a stochastic loss), summed over 8 draws."""
+    gen.eval()
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return sum(gen.loss(tokens, text_ids)["loss"].item() for _ in range(8))
+
+
+def fit_batch(gen, tokens, text_ids, steps: int, lr: float = 3e-3) -> dict:
+    """``steps`` of AdamW on one batch; the last step's outputs."""
+    opt = torch.optim.AdamW(gen.parameters(), lr=lr)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        gen.train()
+        out = gen.loss(tokens, text_ids)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    return out

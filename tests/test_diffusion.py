@@ -4,6 +4,7 @@ process itself, schedules, loss and clipping, is tested in test_nn_diffusion.py)
 import pytest
 import torch
 
+from conftest import fit_batch, fixed_loss
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
 from trilemma.generators.sampling import SamplingConfig
@@ -47,23 +48,9 @@ def test_a_tiny_model_overfits_one_batch(cfg):
     gen, text = tiny(cond_drop_prob=0.0, **cfg)
     tokens, ids = latents(), text.encode(CAPTIONS)
     gen.fit(tokens)
-
-    def fixed_loss():  # the same noise and timesteps every time: a deterministic yardstick
-        gen.eval()
-        torch.manual_seed(123)
-        with torch.no_grad():
-            return sum(gen.loss(tokens, ids)["loss"].item() for _ in range(8))
-
-    before = fixed_loss()
-    opt = torch.optim.AdamW(gen.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(200):
-        gen.train()
-        loss = gen.loss(tokens, ids)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert fixed_loss() < 0.5 * before
+    before = fixed_loss(gen, tokens, ids)
+    fit_batch(gen, tokens, ids, 200)
+    assert fixed_loss(gen, tokens, ids) < 0.5 * before
 
 
 def test_min_snr_weights_lower_the_loss_and_a_huge_gamma_is_the_plain_loss():

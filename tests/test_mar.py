@@ -5,6 +5,7 @@ and denoise loop, is tested in test_nn_diffusion.py)."""
 import pytest
 import torch
 
+from conftest import fit_batch, fixed_loss
 from trilemma import checkpoint, registry
 from trilemma.data.text import TextTokenizer
 from trilemma.generators.sampling import SamplingConfig as S
@@ -58,24 +59,10 @@ def test_a_training_step_runs_and_adamw_lowers_the_loss_on_a_batch():
     gen = registry.build("generator", "mar-tiny", spec=SPEC, text=text, cond_drop_prob=0.0)
     tokens, ids = latents(), text.encode(CAPTIONS)
     gen.fit(tokens)
-
-    def fixed_loss():  # the same masks, noise and timesteps every time: a deterministic yardstick
-        gen.eval()
-        torch.manual_seed(123)
-        with torch.no_grad():
-            return sum(gen.loss(tokens, ids)["loss"].item() for _ in range(8))
-
-    before = fixed_loss()
-    opt = torch.optim.AdamW(gen.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(150):
-        gen.train()
-        out = gen.loss(tokens, ids)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    before = fixed_loss(gen, tokens, ids)
+    out = fit_batch(gen, tokens, ids, 150)
     assert 0 < out["masked_fraction"] <= 1
-    assert fixed_loss() < 0.5 * before
+    assert fixed_loss(gen, tokens, ids) < 0.5 * before
 
 
 @pytest.mark.parametrize("steps", [1, 4, 7, 16])

@@ -39,6 +39,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def config_defaults(config: Any) -> dict[str, Any]:
+    """A model config class's defaults as ``config_to_dict`` writes them ({} when a field has none:
+    then every field is in each saved config)."""
+    try:
+        return config_to_dict(type(config)())
+    except TypeError:
+        return {}
+
+
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a (possibly nested) config dataclass from JSON; lists become tuples where typed so."""
     hints = typing.get_type_hints(cls)

@@ -29,6 +29,7 @@ from torch import nn
 from trilemma import registry
 from trilemma.generators.base import Generator
 from trilemma.generators.latents import LatentNormalisationMixin
+from trilemma.generators.masked import MaskedConfig
 from trilemma.generators.sampling import SamplingConfig, mask_schedule, masked_count, random_mask
 from trilemma.generators.text_encoder import TextEncoderMixin, TextEncoding
 from trilemma.nn.diffusion import PREDICTIONS, SCHEDULERS, NoiseScheduleConfig, denoise, denoising_loss, make_scheduler
@@ -39,15 +40,9 @@ from trilemma.tokens import Tokens
 
 
 @dataclass
-class MarConfig:
+class MarConfig(MaskedConfig):
     width: int = 256  # width of prompt encoder and image transformer
-    encoder_depth: int = 2  # prompt encoder blocks
-    depth: int = 4  # image transformer blocks (bidirectional + cross-attention)
     heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    cond_drop_prob: float = 0.1  # rows trained on the empty prompt, for classifier-free guidance
-    schedule: str = "cosine"  # fraction masked vs progress: cosine, linear or square
     steps: int = 16  # default autoregressive steps (sampling option ``steps`` overrides)
     head_width: int = 256  # diffusion head: hidden width
     head_depth: int = 3  # diffusion head: residual AdaLN blocks

@@ -28,9 +28,11 @@ from trilemma.tokens import Tokens
 
 
 @dataclass
-class MuseConfig:
-    dim: int = 256  # width of encoder and image transformer
-    encoder_depth: int = 2  # text encoder blocks
+class MaskedConfig:
+    """What the masked families share (Muse, MAR): a prompt encoder, a bidirectional image
+    transformer reading it, trained on a masking schedule and sampled in ``steps``."""
+
+    encoder_depth: int = 2  # prompt encoder blocks
     depth: int = 4  # image transformer blocks (bidirectional + cross-attention)
     heads: int = 8
     mlp_ratio: float = 4.0
@@ -38,6 +40,11 @@ class MuseConfig:
     cond_drop_prob: float = 0.1  # rows trained on the empty prompt, for classifier-free guidance
     schedule: str = "cosine"  # fraction masked vs progress: cosine, linear or square
     steps: int = 8  # default decoding steps (sampling option ``steps`` overrides)
+
+
+@dataclass
+class MuseConfig(MaskedConfig):
+    dim: int = 256  # width of encoder and image transformer
     choice_temperature: float = 4.5  # Gumbel noise on the keep/re-mask choice, annealed to 0
 
 

@@ -195,11 +195,7 @@ def _check_resumable(model: nn.Module, ckpt_dir: Path) -> dict[str, Any]:
         raise TrainingError(f"`resume=True`: no checkpoint with training state in {ckpt_dir}; start without `resume=True`")
     saved = checkpoint.read_config(ckpt_dir)["config"]
     now = checkpoint.config_to_dict(model.config)
-    # a field the checkpoint predates reads as its default, what the model was built with then
-    try:
-        defaults = checkpoint.config_to_dict(type(model.config)())
-    except TypeError:  # a config with required fields: every field is in its checkpoint
-        defaults = {}
+    defaults = checkpoint.config_defaults(model.config)  # a field the checkpoint predates reads as its default
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k, defaults.get(k)) != now.get(k))
     if changed:
         raise TrainingError(f"`resume=True`: the model config differs from the checkpoint's in {changed}; resume with the same settings")
