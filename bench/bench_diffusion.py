@@ -19,13 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import GENERATION_COLUMNS, generation_row, report  # noqa: E402
 
 from trilemma.studies.generation import benchmark, evaluate_generation  # noqa: E402
 from trilemma.generators.sampling import SCHEDULERS, SamplingConfig  # noqa: E402
 from trilemma.pipeline import Pipeline  # noqa: E402
-
-ATTRIBUTES = ("shape_acc", "color_acc", "size_acc", "position_acc")
 
 
 def main() -> None:
@@ -46,14 +44,13 @@ def main() -> None:
         for steps in args.steps:
             sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=0, steps=steps, scheduler=scheduler)
             out = evaluate_generation(pipe, bench, sampling, progress=False)
-            row = {"scheduler": scheduler, "steps": steps, **{k: out[f"adherence_{k}"] for k in ATTRIBUTES},
-                   "fid": out["fid"], "fid_floor": out["fid_floor"], "s_per_image": 1 / out["samples_per_s"]}
+            row = {"scheduler": scheduler, "steps": steps, **generation_row(out)}
             rows.append(row)
             print(row, flush=True)
     extra = {"generator": args.generator, "n": args.n, "cfg_scale": args.cfg_scale}
     if args.decoder:
         extra["decoder"] = decode_table(args.decoder, bench)
-    report("diffusion", rows, ["scheduler", "steps", *ATTRIBUTES, "fid", "fid_floor", "s_per_image"], extra)
+    report("diffusion", rows, ["scheduler", "steps", *GENERATION_COLUMNS], extra)
 
 
 def decode_table(decoder: str, bench) -> list[dict]:

@@ -21,14 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import GENERATION_COLUMNS, generation_row, report  # noqa: E402
 
 from trilemma import checkpoint  # noqa: E402
 from trilemma.generators.sampling import SamplingConfig  # noqa: E402
 from trilemma.pipeline import Pipeline  # noqa: E402
 from trilemma.studies.generation import benchmark, evaluate_generation  # noqa: E402
-
-ATTRIBUTES = ("shape_acc", "color_acc", "size_acc", "position_acc")
 
 
 def main() -> None:
@@ -55,14 +53,13 @@ def main() -> None:
         for name, pipe in pipes.items():
             sampling = SamplingConfig(cfg_scale=args.cfg_scale, seed=0, steps=steps)
             out = evaluate_generation(pipe, bench, sampling, progress=False)
-            row = {"generator": name, "steps": steps, **{k: out[f"adherence_{k}"] for k in ATTRIBUTES},
-                   "fid": out["fid"], "fid_floor": out["fid_floor"], "s_per_image": 1 / out["samples_per_s"]}
+            row = {"generator": name, "steps": steps, **generation_row(out)}
             rows.append(row)
             print(row, flush=True)
     extra = {"runs": "the generators of one `trilemma demo --full` run, on its ae-gen",
              "n": args.n, "cfg_scale": args.cfg_scale, "seed": 0,
              "protocol": "unseen compositions: prompts and floor from val, reference from test"}
-    report("mar", rows, ["generator", "steps", *ATTRIBUTES, "fid", "fid_floor", "s_per_image"], extra)
+    report("mar", rows, ["generator", "steps", *GENERATION_COLUMNS], extra)
 
 
 if __name__ == "__main__":

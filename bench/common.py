@@ -51,3 +51,13 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return "-" if v is None else str(v)
+
+
+GENERATION_COLUMNS = ["shape_acc", "color_acc", "size_acc", "position_acc", "fid", "fid_floor", "s_per_image"]
+
+
+def generation_row(out: dict[str, Any]) -> dict[str, Any]:
+    """The columns a generation benchmark reports (``GENERATION_COLUMNS``) from ``evaluate_generation``'s
+    scores: adherence per attribute, FID beside its floor, seconds per image."""
+    row = {k: out[f"adherence_{k}"] for k in GENERATION_COLUMNS[:4]}
+    return {**row, "fid": out["fid"], "fid_floor": out["fid_floor"], "s_per_image": 1 / out["samples_per_s"]}

@@ -232,8 +232,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def run_captioning(args: argparse.Namespace) -> dict:
     check_split(args.data, args.split)
-    sampling = options.sampling(argparse.Namespace(temperature=args.temperature, top_k=None, top_p=None, cfg_scale=1.0,
-                                                   sample_steps=None, scheduler=None, budget=None), seed=args.seed)
+    sampling = options.caption_sampling(args)
     pipe = Pipeline.load(args.generator, args.tokenizer, precision=args.dtype).to(options.device(args))
     size = pipe.tokenizer.image_size
     contrastive = None if args.data == "shapes" else folder_contrastive(args.data, size, args.seed, args.out)[1]

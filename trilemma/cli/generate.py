@@ -85,9 +85,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_caption(args: argparse.Namespace) -> list[str]:
-    sampling = options.sampling(argparse.Namespace(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                                   cfg_scale=1.0, sample_steps=None, scheduler=None, budget=None),
-                                seed=args.seed)
+    sampling = options.caption_sampling(args)
     if args.out is not None:
         check_writable_file(args.out, "--out")
     pipe = Pipeline.load(args.generator, args.tokenizer, precision=args.dtype).to(options.device(args))

@@ -268,6 +268,14 @@ def sampling(args: argparse.Namespace, seed: int | None, cfg_scale: float | None
         raise ValueError(f"`sampling.{field.strip('`')}` {rest}") from None
 
 
+def caption_sampling(args: argparse.Namespace) -> SamplingConfig:
+    """The ``SamplingConfig`` of a captioning command: its --temperature and --seed, and --top-k /
+    --top-p where it has them (captioning takes no guidance, steps or budget)."""
+    return sampling(argparse.Namespace(temperature=args.temperature, top_k=getattr(args, "top_k", None),
+                                       top_p=getattr(args, "top_p", None), cfg_scale=1.0, sample_steps=None,
+                                       scheduler=None, budget=None), seed=args.seed)
+
+
 # ----------------------------------------------------------------------------- images
 
 
