@@ -177,3 +177,26 @@ def _at(u: float) -> str:
 ])
 def test_the_split_rule(positions, expected):
     assert list(assign_splits({str(u): _at(u) for u in positions}).values()) == expected
+
+
+def test_random_crops_are_views_of_the_image_seeded_and_refused_on_shapes(tmp_path):
+    from trilemma.data import load_dataset
+
+    # A horizontal ramp: a crop's left-to-right mean tells where (and how wide) it was taken.
+    ramp = np.tile(np.linspace(0, 255, 200, dtype=np.uint8)[None, :, None], (100, 1, 3))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    centre = FolderDataset(tmp_path, size=16)[0]["image"]
+    crops = FolderDataset(tmp_path, size=16, random_crop=0.3)
+    torch.manual_seed(0)
+    first = [crops[0]["image"] for _ in range(8)]
+    torch.manual_seed(0)
+    again = [crops[0]["image"] for _ in range(8)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the torch seed repeats the crops
+    spans = [float(x[0, 0, -1] - x[0, 0, 0]) for x in first]
+    assert len({round(s, 3) for s in spans}) == 8  # each read another view
+    full_span = float(centre[0, 0, -1] - centre[0, 0, 0])
+    assert all(0.25 * full_span < s <= full_span + 1e-3 for s in spans)  # never smaller than 30% of the side
+    with pytest.raises(ValueError, match="random_crop"):
+        FolderDataset(tmp_path, size=16, random_crop=1.5)
+    with pytest.raises(ValueError, match="folder"):
+        load_dataset("shapes", size=16, random_crop=0.5)

@@ -92,6 +92,19 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
 
 
+def resize_random_crop(img: Image.Image, size: int, smallest: float) -> Image.Image:
+    """A random square of side ``f`` x the shorter side, ``f`` uniform in [``smallest``, 1], at a
+    uniform position, resized to ``size x size`` in one resample (bicubic). Drawn from torch's
+    generator, so a seeded run (and each DataLoader worker's seed) repeats its crops."""
+    if not 0 < smallest <= 1:
+        raise ValueError(f"`smallest` must be in (0, 1], got {smallest!r}")
+    w, h = img.size
+    u = torch.rand(3).tolist()
+    s = min(w, h) * (smallest + (1 - smallest) * u[0])
+    x, y = (w - s) * u[1], (h - s) * u[2]
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + s, y + s))
+
+
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 [3, H, W] in [-1, 1]."""
     arr = np.asarray(to_rgb(img), dtype=np.uint8)

@@ -30,8 +30,8 @@ class Preset:
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-# What a preset's recipe may set: the `trilemma train` flags --steps, --batch-size and --lr.
-RECIPE_FIELDS = ("steps", "batch_size", "lr")
+# What a preset's recipe may set: the `trilemma train` flags --steps, --batch-size, --lr and --random-crop.
+RECIPE_FIELDS = ("steps", "batch_size", "lr", "random_crop")
 
 _MODELS: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 _PRESETS: dict[str, dict[str, Preset]] = {k: {} for k in KINDS}

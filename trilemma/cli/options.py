@@ -65,7 +65,7 @@ FLAGS = {
     # TrainConfig (add_training) and LossConfig (train tokenizer)
     "steps": "--steps", "batch_size": "--batch-size", "grad_accum": "--grad-accum", "lr": "--lr",
     "warmup_steps": "--warmup", "ema_decay": "--ema", "eval_every": "--eval-every", "save_every": "--save-every",
-    "seed": "--seed", "num_workers": "--workers",
+    "seed": "--seed", "num_workers": "--workers", "random_crop": "--random-crop",
     "perceptual_weight": "--perceptual", "gan_weight": "--gan", "gan_start": "--gan-start",
     # SamplingConfig (add_sampling), named `sampling.FIELD` by ``sampling``: its steps are not training steps
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "cfg_scale": "--cfg-scale",
@@ -173,6 +173,9 @@ def add_training(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     p.add_argument("--grad-accum", type=positive_int, default=defaults.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate, warm-up then cosine decay (default: the preset's recipe, else {defaults.lr:g})")
+    p.add_argument("--random-crop", type=float, default=None, metavar="FRACTION",
+                   help="train on random square crops of a folder's images, each at least FRACTION of the shorter "
+                        f"side (tokenizers; default: the preset's recipe, else {defaults.random_crop:g}: the centre crop)")
     p.add_argument("--warmup", type=positive_int, default=None, help="warm-up steps (default: min(100, steps/10))")
     p.add_argument("--ema", type=float, default=defaults.ema_decay, help="EMA decay of the saved weights (0 = off)")
     precision = p.add_mutually_exclusive_group()

@@ -28,19 +28,22 @@ __all__ = ["COLORS", "NOVEL_PAIRS", "POSITIONS", "SHAPES", "SIZES", "FolderDatas
 
 
 def load_dataset(name_or_path: str, split: str = "train", size: int = 32, seed: int = 0,
-                 length: int | None = None) -> torch.utils.data.Dataset:
+                 length: int | None = None, random_crop: float = 0.0) -> torch.utils.data.Dataset:
     """``"shapes"`` -> ShapesDataset; an existing directory -> FolderDataset.
 
     ``split``: ``"train"``, ``"val"``, ``"test"`` (disjoint by a stable hash, about 90/5/5: shapes
     by composition, a folder by file content), ``"novel"`` (shapes: the compositions with a held-out colour x shape pair) or
     ``"all"`` (a folder: every image). ``seed`` and ``length`` only apply to shapes (a folder is
-    what it is).
+    what it is). ``random_crop`` > 0: a folder's images as random crops of at least that fraction of
+    their shorter side (training views; shapes refuses it).
     """
     name = str(name_or_path)
     if name == "shapes":
+        if random_crop:
+            raise ValueError("`random_crop` applies to a folder of images; shapes draws its images whole")
         return ShapesDataset(split=split, size=size, seed=seed, length=length)
     if os.path.isdir(name):
-        return FolderDataset(name, size=size, split=split)
+        return FolderDataset(name, size=size, split=split, random_crop=random_crop)
     if os.path.exists(name):
         raise ValueError(f"{name!r} is a file: expected 'shapes' or a directory of images")
     raise ValueError(f"unknown dataset {name!r}: expected 'shapes' or a directory of images "

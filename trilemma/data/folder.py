@@ -3,7 +3,9 @@
 Captions come from ``metadata.jsonl`` files (one JSON object per line with ``file_name``
 relative to the jsonl's directory and ``text`` or ``caption``), else from a sidecar ``.txt``
 with the image's stem, else "". Images are resized (shorter side, bicubic, antialiased),
-centre-cropped to ``size x size`` and converted to RGB (alpha composited on black).
+centre-cropped to ``size x size`` and converted to RGB (alpha composited on black); with
+``random_crop`` (training) each read takes a random square of at least that fraction of the shorter
+side instead (``images.resize_random_crop``), so a small folder gives a tokenizer many views.
 
 Lazy by design: the constructor only lists files (and, for a split, hashes their bytes: no
 decoding), so a folder of a million images opens in seconds to minutes; pixels are decoded in
@@ -28,13 +30,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
 
 import torch
 
-from trilemma.images import ImageReadError, open_rgb, pil_to_tensor, resize_center_crop
+from trilemma.images import ImageReadError, open_rgb, pil_to_tensor, resize_center_crop, resize_random_crop
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLITS = ("all", "train", "val", "test")
@@ -92,7 +95,7 @@ class FolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 32,
-                 extensions: tuple[str, ...] = EXTENSIONS, split: str = "all"):
+                 extensions: tuple[str, ...] = EXTENSIONS, split: str = "all", random_crop: float = 0.0):
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"image folder not found: {self.root}")
@@ -102,7 +105,9 @@ class FolderDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown `split` {split!r}: expected one of {', '.join(SPLITS)}")
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        self.size, self.split = int(size), split
+        if not 0 <= random_crop <= 1:
+            raise ValueError(f"`random_crop` must be in [0, 1] (0: centre crop), got {random_crop!r}")
+        self.size, self.split, self.random_crop = int(size), split, float(random_crop)
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}"
                                 for e in extensions)
         files, texts, metadata = self._walk()
@@ -191,7 +196,11 @@ class FolderDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> dict:
         """Decode item ``index``; raises ImageReadError (naming the file) if it is unreadable."""
         rel = self.files[index]
-        img = resize_center_crop(open_rgb(self.root / rel, draft_size=self.size), self.size)
+        if self.random_crop:  # decoded large enough for the smallest crop
+            img = open_rgb(self.root / rel, draft_size=math.ceil(self.size / self.random_crop))
+            img = resize_random_crop(img, self.size, self.random_crop)
+        else:
+            img = resize_center_crop(open_rgb(self.root / rel, draft_size=self.size), self.size)
         return {"image": pil_to_tensor(img), "caption": self.caption(rel), "attributes": None,
                 "path": str(self.root / rel)}
 
@@ -240,4 +249,4 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"FolderDataset(root={str(self.root)!r}, size={self.size}, split={self.split!r}, "
-                f"images={len(self.files)})")
+                + (f"random_crop={self.random_crop:g}, " if self.random_crop else "") + f"images={len(self.files)})")

@@ -1,7 +1,9 @@
 """Prompts for the promptable tokenizer: checking them, encoding them (SAM's prompt encoder: random
 Fourier features of box corners and points plus learned type embeddings, and a dense "inside a box"
-/ point mark per grid position), the grid a box covers (``box_mask``), and a box's content read and
-written at its own scale (``box_crops`` by RoIAlign, ``paste_crops`` by bilinear sampling)."""
+/ point mark per grid position), the grid a box covers (``box_mask``) and the region a prompt asks
+for (``region_mask``: its boxes and a disc of ``POINT_RADIUS`` around each foreground point: a point
+means "around here"), and a box's content read and written at its own scale (``box_crops`` by
+RoIAlign, ``paste_crops`` by bilinear sampling)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from trilemma.tokens import Prompt
 
 # Prompt slot types: two box corners, a foreground / background point, an unused slot.
 CORNER_0, CORNER_1, POINT_FG, POINT_BG, EMPTY = range(5)
+# The region a foreground point asks for: a disc of this radius (a fraction of the image side), in
+# training's region weighting and in the region study alike.
+POINT_RADIUS = 0.15
 
 def check_prompt(prompt: Prompt | None, batch: int, max_tokens: int, max_boxes: int, max_points: int) -> None:
     """Refuse, in one line naming the problem, a prompt this tokenizer cannot take."""
@@ -158,3 +163,29 @@ def box_mask(prompt: Prompt | None, batch: int, size: int, device: torch.device)
               & (y >= boxes[..., 1, None, None]) & (y <= boxes[..., 3, None, None]))  # [B, P, H, W]
     present = (boxes >= 0).all(-1)[..., None, None]  # a box of -1s stands for none
     return (inside & present).any(1, keepdim=True).float()
+
+
+def point_mask(prompt: Prompt | None, batch: int, size: int, device: torch.device,
+               radius: float = POINT_RADIUS) -> torch.Tensor | None:
+    """[B, 1, size, size] 1 within ``radius`` (a fraction of the side) of a foreground point (pixel
+    centres), else 0; None without points. Points at -1 stand for none (training)."""
+    if prompt is None or prompt.points is None:
+        return None
+    points, foreground = _points(prompt, batch, device)  # [B, P, 2], [B, P]
+    centres = (torch.arange(size, device=device) + 0.5) / size
+    dx = centres[None, None, None, :] - points[..., 0, None, None]
+    dy = centres[None, None, :, None] - points[..., 1, None, None]
+    near = dx.pow(2) + dy.pow(2) <= radius**2  # [B, P, H, W]
+    present = (foreground & (points >= 0).all(-1))[..., None, None]
+    return (near & present).any(1, keepdim=True).float()
+
+
+def region_mask(prompt: Prompt | None, batch: int, size: int, device: torch.device,
+                radius: float = POINT_RADIUS) -> torch.Tensor | None:
+    """[B, 1, size, size] the region a prompt asks for: inside any of its boxes or near any of its
+    foreground points (``point_mask``); None when it has neither."""
+    masks = [m for m in (box_mask(prompt, batch, size, device), point_mask(prompt, batch, size, device, radius))
+             if m is not None]
+    if not masks:
+        return None
+    return torch.stack(masks).amax(0)

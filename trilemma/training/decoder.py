@@ -70,7 +70,7 @@ def train_decoder(
     tok = checkpoint.load(tok_dir, kind="tokenizer")
     torch.manual_seed(cfg.seed)
     decoder = registry.build("decoder", preset, spec=tok.spec, image_size=tok.image_size, **(overrides or {}))
-    dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed)
+    dataset = load_dataset(data, split="train", size=tok.image_size, seed=cfg.seed, random_crop=cfg.random_crop)
     val = load_dataset(data, split="val", size=tok.image_size, seed=cfg.seed)
     held_out = torch.stack([val[i]["image"] for i in range(min(eval_images, len(val)))])
     extra = {"tokenizer": checkpoint.tokenizer_record(tok_dir), "data": data}

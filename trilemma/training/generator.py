@@ -188,6 +188,8 @@ def train_generator(
         if trained_at != budget:
             raise ValueError(f"`resume=True`: {out} was trained at budget {trained_at or 'full'}; resume with the same `budget`")
         text = _saved_text(out, text_length)
+    if cfg.random_crop:
+        raise ValueError("`random_crop` applies to tokenizers and decoders: a generator learns whole images with their captions")
     init_distributed()
     tok = checkpoint.load(tok_dir, kind="tokenizer")
     spec = budget_spec(tok.spec, budget)

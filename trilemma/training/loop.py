@@ -66,6 +66,7 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every N steps and at the end; None = steps // 4
     seed: int = 0
     num_workers: int = 0  # DataLoader workers (0 = load in the training process)
+    random_crop: float = 0.0  # > 0: train on random crops of a folder's images, at least this share of the shorter side
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"`ema_decay` must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"`seed` must be in [0, 2^63), got {self.seed}")
+        if not 0 <= self.random_crop <= 1:
+            raise ValueError(f"`random_crop` must be in [0, 1] (0: centre crop), got {self.random_crop}")
         if self.num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {self.num_workers}")
         if self.mixed_precision not in (None, *MIXED_PRECISION):

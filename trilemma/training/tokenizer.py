@@ -106,7 +106,7 @@ def train_tokenizer(
         return {"checkpoint": out / "model", "step": 0, "eval": {}}
     size = tokenizer.image_size
     if dataset is None:
-        dataset = load_dataset(data, split="train", size=size, seed=cfg.seed)
+        dataset = load_dataset(data, split="train", size=size, seed=cfg.seed, random_crop=cfg.random_crop)
     val = load_dataset(data, split="val", size=size, seed=cfg.seed)
     held_out = torch.stack([val[i]["image"] for i in range(min(eval_images, len(val)))])
     task = TokenizerTask(tokenizer, dataset, loss or LossConfig(), held_out, extra={"preset": preset, "data": data})
