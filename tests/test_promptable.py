@@ -161,6 +161,44 @@ def test_training_boxes_go_where_the_image_has_content():
         registry.build("tokenizer", "promptable-tiny", prompt_boxes="saliency")
 
 
+def test_training_prompts_anywhere_several_boxes_or_points_and_their_discs_weighted():
+    from trilemma.tokenizers.prompts import POINT_RADIUS, point_mask, region_mask
+    from trilemma.tokenizers.promptable import random_prompt
+
+    torch.manual_seed(0)
+    images = torch.rand(400, 3, 32, 32) * 2 - 1
+    tok = registry.build("tokenizer", "promptable-tiny", prompt_prob=0.75, max_boxes=3, point_prob=0.4,
+                         prompt_boxes="mixed", box_sides=(0.1, 0.7))
+    prompt = random_prompt(images, tok.config)
+    boxes = (prompt.boxes >= 0).all(-1).sum(1)  # boxes per image
+    points = (prompt.points >= 0).all(-1).sum(1)
+    assert not ((boxes > 0) & (points > 0)).any()  # an image gets boxes or points, never both
+    assert set(boxes.tolist()) == {0, 1, 2, 3} and set(points.tolist()) == {0, 1, 2, 3, 4}
+    assert 0.2 < ((boxes == 0) & (points == 0)).float().mean() < 0.3  # a quarter unprompted
+    assert 0.35 < (points > 0).float().mean() / ((boxes > 0) | (points > 0)).float().mean() < 0.45
+    real = prompt.boxes[(prompt.boxes >= 0).all(-1)]
+    sides = real[:, 2:] - real[:, :2]
+    assert (real <= 1).all() and sides.min() > 0.1 - 1e-6 and sides.max() < 0.7 + 1e-6 and sides.max() > 0.6
+    # A point's region is a disc of POINT_RADIUS; an absent point (-1s) marks nothing and reads as no prompt.
+    one = Prompt(points=torch.tensor([[[0.5, 0.5], [-1.0, -1.0]]]))
+    disc = point_mask(one, 1, 64, torch.device("cpu"))[0, 0]
+    assert disc.sum().item() == pytest.approx(math.pi * (POINT_RADIUS * 64) ** 2, rel=0.05)
+    assert disc[32, 32] == 1 and disc[32, 32 + int(POINT_RADIUS * 64) + 2] == 0
+    assert torch.equal(region_mask(one, 1, 64, torch.device("cpu")), point_mask(one, 1, 64, torch.device("cpu")))
+    absent = Prompt(points=-torch.ones(1, 2, 2))
+    enc = tok.prompts
+    assert torch.equal(enc(absent, 1, torch.device("cpu")), enc(None, 1, torch.device("cpu")))
+    assert not enc.dense(absent, 1, 8, torch.device("cpu")).any()
+    tok.train()  # the region term of a point prompt weights the squared error in its disc
+    pointed = Prompt(budget=tok.config.num_tokens, points=torch.tensor([[[0.25, 0.75]]]).expand(8, -1, -1))
+    out = tok(images[:8], pointed)
+    err = (out.recon.float() - images[:8]).pow(2).mean(1, keepdim=True)
+    weighted = tok.config.region_weight * (err * point_mask(pointed, 8, 32, torch.device("cpu"))).mean()
+    assert out.losses["region"].item() == pytest.approx(weighted.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="box_sides"):
+        registry.build("tokenizer", "promptable-tiny", box_sides=(0.5, 0.2))
+
+
 def test_dense_prompts_mark_the_positions_a_box_covers_and_a_point_falls_on():
     enc = registry.build("tokenizer", "promptable-tiny").prompts
     side = 8

@@ -31,7 +31,7 @@ from torch import nn
 from trilemma import checkpoint, registry
 from trilemma.nn.transformer import Transformer, TransformerConfig, init_weights
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
-from trilemma.tokenizers.prompts import PromptEncoder, box_crops, box_mask, check_prompt, paste_crops
+from trilemma.tokenizers.prompts import PromptEncoder, box_crops, check_prompt, paste_crops, region_mask
 from trilemma.tokenizers.vqvae import Decoder, Encoder, VQVAEConfig
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
@@ -52,9 +52,13 @@ class PromptableConfig:
     max_boxes: int = 1
     max_points: int = 4
     dense_prompt: bool = True  # prompts also as embeddings at the grid positions they cover (encoder and decoder)
-    prompt_prob: float = 0.5  # training: the share of images given a random box
-    prompt_boxes: str = "content"  # training boxes: "content" (where the image departs from its median) or "uniform"
-    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box
+    prompt_prob: float = 0.5  # training: the share of images given a random prompt (boxes or points)
+    # Where training prompts sit: "content" (drawn by how far the image departs from its median there),
+    # "uniform" (anywhere, without looking), "mixed" (each prompt either way, even odds).
+    prompt_boxes: str = "content"
+    box_sides: tuple[float, float] = (0.2, 0.5)  # training boxes' width and height, each uniform in this range (of the side)
+    point_prob: float = 0.0  # training: the share of prompted images given 1..max_points points instead of 1..max_boxes boxes
+    region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box (or a point's disc)
     outside_weight: float = 0.0  # > 0: prompted images add this x the log of their error outside the box (a PSNR term)
     box_crop: int = 0  # > 0: a prompted box read and written at its own scale, box_crop^2 cells; 0 = off (old configs)
     tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
@@ -78,8 +82,13 @@ class PromptableTokenizer(Tokenizer):
             raise ValueError(f"budget_sampling must be 'uniform' or 'log', got {c.budget_sampling!r}")
         if not 0 <= c.full_budget_prob <= 1:
             raise ValueError(f"full_budget_prob must be in [0, 1], got {c.full_budget_prob!r}")
-        if c.prompt_boxes not in ("content", "uniform"):
-            raise ValueError(f"prompt_boxes must be 'content' or 'uniform', got {c.prompt_boxes!r}")
+        if c.prompt_boxes not in ("content", "uniform", "mixed"):
+            raise ValueError(f"prompt_boxes must be 'content', 'uniform' or 'mixed', got {c.prompt_boxes!r}")
+        lo, hi = c.box_sides
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"box_sides must be (lo, hi) with 0 < lo <= hi <= 1, got {c.box_sides!r}")
+        if not 0 <= c.point_prob <= 1:
+            raise ValueError(f"point_prob must be in [0, 1], got {c.point_prob!r}")
         self.side = c.image_size // c.patch
         patches = self.side**2
         qcfg = dict(c.quantizer)
@@ -274,7 +283,7 @@ class PromptableTokenizer(Tokenizer):
             # The loss is on the base's normalised latents; the pixels (through the frozen base
             # decoder, no gradient) are what the task logs and evaluates.
             target, size = self._latents(images), self.side
-        region = box_mask(prompt, images.shape[0], size, images.device)
+        region = region_mask(prompt, images.shape[0], size, images.device)
         losses = dict(q.losses)
         grid = self._decode_grid(q.quantized[:, :, :k], prompt)
         recon = self.patch_out(grid)
@@ -333,8 +342,10 @@ def _frozen_base(c: PromptableConfig) -> tuple[nn.Module, PromptableConfig]:
 def random_prompt(images: torch.Tensor, config: PromptableConfig) -> Prompt:
     """A training prompt for ``images``: a budget (with tail dropout, K with probability
     ``full_budget_prob``, else ``budget_sampling`` over 1..K; without it, K) and, with probability
-    ``prompt_prob`` per image, one random box (``prompt_boxes``); the other images get none (a box
-    of -1s, which only training builds: user prompts are checked to lie in [0, 1])."""
+    ``prompt_prob`` per image, a random prompt: 1..``max_boxes`` boxes (sides in ``box_sides``), or
+    with probability ``point_prob`` 1..``max_points`` foreground points instead, placed by
+    ``prompt_boxes``. Unused slots and unprompted images hold -1s, which only training builds (user
+    prompts are checked to lie in [0, 1]): they see the "no prompt" embedding."""
     batch, device = images.shape[0], images.device
     k = config.num_tokens
     full = config.full_budget_prob > 0 and torch.rand(()).item() < config.full_budget_prob
@@ -346,15 +357,37 @@ def random_prompt(images: torch.Tensor, config: PromptableConfig) -> Prompt:
         budget = int(round(2 ** (torch.rand(()).item() * math.log2(k))))
     if config.prompt_prob <= 0:
         return Prompt(budget=budget)
-    size = torch.rand(batch, 2, device=device) * 0.3 + 0.2
-    if config.prompt_boxes == "content":
-        corner = torch.minimum((content_points(images) - size / 2).clamp_min(0), 1 - size)
-    else:
-        corner = torch.rand(batch, 2, device=device) * (1 - size)
-    boxes = torch.cat([corner, corner + size], -1)[:, None]
-    none = torch.rand(batch, device=device) >= config.prompt_prob
-    boxes[none] = -1.0  # these images see the "no prompt" embedding, as unprompted encoding does
-    return Prompt(budget=budget, boxes=boxes)
+    lo, hi = config.box_sides
+    boxes = []
+    for _ in range(config.max_boxes):
+        size = torch.rand(batch, 2, device=device) * (hi - lo) + lo
+        corner = torch.minimum((_places(images, config.prompt_boxes) - size / 2).clamp_min(0), 1 - size)
+        boxes.append(torch.cat([corner, corner + size], -1))
+    boxes = torch.stack(boxes, 1)  # [B, max_boxes, 4]
+    prompted = torch.rand(batch, device=device) < config.prompt_prob
+    if config.max_boxes > 1:  # 1..max_boxes of them
+        boxes[torch.arange(config.max_boxes, device=device) >= torch.randint(1, config.max_boxes + 1, (batch, 1))] = -1.0
+    if config.point_prob <= 0:
+        boxes[~prompted] = -1.0
+        return Prompt(budget=budget, boxes=boxes)
+    by_points = prompted & (torch.rand(batch, device=device) < config.point_prob)
+    points = torch.stack([_places(images, config.prompt_boxes) for _ in range(config.max_points)], 1)  # [B, P, 2]
+    points[torch.arange(config.max_points, device=device) >= torch.randint(1, config.max_points + 1, (batch, 1))] = -1.0
+    boxes[~prompted | by_points] = -1.0
+    points[~by_points] = -1.0
+    return Prompt(budget=budget, boxes=boxes, points=points)
+
+
+def _places(images: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, 2] one random place (x, y) in [0, 1] per image: by ``content_points``, uniform, or each
+    either way at even odds ("mixed")."""
+    if how == "content":
+        return content_points(images)
+    uniform = torch.rand(images.shape[0], 2, device=images.device)
+    if how == "uniform":
+        return uniform
+    content = content_points(images)
+    return torch.where(torch.rand(images.shape[0], 1, device=images.device) < 0.5, content, uniform)
 
 
 def content_points(images: torch.Tensor, cells: int = 8) -> torch.Tensor:
@@ -381,8 +414,15 @@ _PROMPT_TRAINING = dict(prompt_prob=0.75, region_weight=8.0, budget_sampling="lo
 # over an AE (from pixels it sat at the mean image): docs/experiments.md, learning rate and region_weight.
 _preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / point prompts, 32x32; train it over an AE (config field `base`: its directory)",
         recipe={"steps": 1600, "lr": 2e-3}, box_crop=4, **_PROMPT_TRAINING)
+# Prompts that mean something on any image: one or two boxes of any size and aspect, or points, each
+# placed on content or anywhere at even odds (docs/experiments.md, "Promptable on photographs").
+_ANYWHERE = dict(max_boxes=2, prompt_boxes="mixed", box_sides=(0.15, 0.6), point_prob=0.3)
+_preset("promptable-photos", "CPU: 32 ordered 1D tokens (VQ 512 codes) of 64x64 photo crops, boxes and points anywhere; "
+        "train it over an AE trained on your images (config field `base`: its directory)",
+        recipe={"steps": 800, "lr": 2e-3, "random_crop": 0.35}, image_size=64, box_crop=4, **_ANYWHERE, **_PROMPT_TRAINING)
 _preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,
         fourier_bands=4, conv_channels=8, quantizer={"name": "vq", "codebook_size": 64, "codebook_dim": 4}, box_crop=2)
 _preset("promptable-256", "GPU: 128 ordered tokens (VQ 4096 codes), ViT-B-like halves on 16x16 patches of 256x256",
         image_size=256, patch=16, dim=768, encoder_depth=12, decoder_depth=12, heads=12, num_tokens=128, conv_channels=64,
-        quantizer={"name": "vq", "codebook_size": 4096, "codebook_dim": 8}, fourier_bands=64, box_crop=8, **_PROMPT_TRAINING)
+        quantizer={"name": "vq", "codebook_size": 4096, "codebook_dim": 8}, fourier_bands=64, box_crop=8, **_ANYWHERE,
+        **_PROMPT_TRAINING)

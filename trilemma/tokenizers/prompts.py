@@ -69,8 +69,9 @@ class PromptEncoder(nn.Module):
         if prompt is not None and prompt.points is not None:
             points, foreground = _points(prompt, batch, device)
             n, start = points.shape[1], 2 * self.max_boxes
-            xy[:, start : start + n] = points
-            kinds[:, start : start + n] = torch.where(foreground, POINT_FG, POINT_BG).long()
+            xy[:, start : start + n] = points.clamp(0, 1)
+            absent = (points < 0).any(-1)  # a point at -1s: no point (training)
+            kinds[:, start : start + n] = torch.where(absent, EMPTY, torch.where(foreground, POINT_FG, POINT_BG)).long()
         angles = 2 * math.pi * (2 * xy - 1) @ self.freqs
         features = self.proj(torch.cat([angles.sin(), angles.cos()], -1))
         return torch.where((kinds == EMPTY)[..., None], 0.0, features) + self.types(kinds)
@@ -90,7 +91,8 @@ class PromptEncoder(nn.Module):
             points, foreground = _points(prompt, batch, device)
             cells = (points * side).long().clamp(0, side - 1)
             index = cells[..., 1] * side + cells[..., 0]  # [B, P]
-            marks = self.point_marks(foreground.long())  # [B, P, dim]
+            present = (points >= 0).all(-1)[..., None]
+            marks = self.point_marks(foreground.long()) * present  # [B, P, dim]
             out = out.scatter_add(1, index[..., None].expand_as(marks), marks)
         return out
 
