@@ -1,19 +1,25 @@
-"""The promptable tokenizer on held-out shapes: PSNR against the budget k, the cost of ordering
-(the same network trained without tail dropout), a fixed tokenizer at the same bits, the box study
-(``region_study``: the box told to neither half, the encoder only, the decoder only, both; at the
-same total bits, the box's ~30 bits counted), and --budget auto.
+"""The promptable tokenizer on held-out images: PSNR against the budget k, the cost of ordering
+(the same network trained without tail dropout), a fixed tokenizer at the same bits, the region
+study (``region_study``: the prompt told to neither half, the encoder only, the decoder only, both;
+at the same total bits, the prompt's bits counted: ~30 a box, ~16 a point), and --budget auto.
 
-    .venv/bin/python bench/bench_promptable.py --tokenizer TOK_DIR [--split val|test] \
-        [--unordered FLAT_DIR] [--fixed VQ_DIR] [--n 500] [--target-psnr 25] [--seed 0]
+    .venv/bin/python bench/bench_promptable.py --tokenizer TOK_DIR [--data shapes|FOLDER] [--split val|test] \
+        [--unordered FLAT_DIR] [--fixed VQ_DIR] [--n 500] [--target-psnr 25] [--seed 0] [--prompts-per-image P]
 
 TOK_DIR is a trained promptable tokenizer, FLAT_DIR the same preset trained with
 ``--set tail_dropout=false``, VQ_DIR a fixed tokenizer at about the same bits per image.
 
-Knobs are tuned on val (the default, the first --n images of shapes' val split); a tuned
-tokenizer's numbers are reported once, with --split test. Boxes: the grid cell of each image's first
-object (shapes draws objects in a 3x3 grid), and as a control boxes drawn without looking at the
-image (``random_boxes``, seeded by --seed), which say whether a gain needs the box on an object.
-Writes bench/results/promptable.json (test) or promptable-val.json (val), the split recorded in it.
+Knobs are tuned on val (the default, the first --n images of the split); a tuned tokenizer's
+numbers are reported once, with --split test. A folder's split is its hash-based hold-out, centre
+crops (``studies.images.load_images``). Prompts drawn without looking at the image, seeded by
+--seed: random boxes of the sizes the tokenizer trained on (``random_boxes``) and random foreground
+points (``random_points``, the region a disc of ``POINT_RADIUS``), which say whether a gain needs the
+prompt on an object; each image is repeated with --prompts-per-image distinct draws (default 1 on
+shapes, 4 on a folder, whose hold-out is small). On shapes the headline box is each image's first
+object's grid cell (shapes draws objects in a 3x3 grid) and --budget auto is broken down by objects;
+a folder has no objects, so its headline is the random boxes. Writes bench/results/promptable.json
+(shapes, test), promptable-val.json (shapes, val) or promptable-FOLDERNAME-SPLIT.json, the data,
+split, images, prompts per image and seed recorded in it.
 """
 
 from __future__ import annotations
@@ -28,44 +34,65 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
 from trilemma import checkpoint  # noqa: E402
-from trilemma.data import load_dataset  # noqa: E402
+from trilemma.metrics.prompted import (  # noqa: E402
+    first_object_boxes,
+    random_boxes,
+    random_points,
+    reconstruct,
+    region_study,
+)
 from trilemma.metrics.scores import psnr  # noqa: E402
-from trilemma.metrics.prompted import first_object_boxes, random_boxes, reconstruct, region_study  # noqa: E402
+from trilemma.studies.images import load_images  # noqa: E402
 from trilemma.studies.tradeoff import budget_sweep  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--data", default="shapes", help="'shapes' or a directory of images")
     ap.add_argument("--split", choices=("val", "test"), default="val",
                     help="val: tune on it (default); test: report a tuned tokenizer, once")
     ap.add_argument("--unordered", default=None, help="the same preset trained with --set tail_dropout=false")
     ap.add_argument("--fixed", default=None, help="a fixed tokenizer at about the same bits per image")
-    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--n", type=int, default=500, help="images (at most; a folder's split may hold fewer)")
     ap.add_argument("--target-psnr", type=float, default=25.0)
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random boxes")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random boxes and points")
+    ap.add_argument("--prompts-per-image", type=int, default=None,
+                    help="random prompts per image, each image repeated (default: 1 on shapes, 4 on a folder)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     load = lambda d: checkpoint.load(checkpoint.resolve_checkpoint(d), kind="tokenizer")  # noqa: E731
     tok = load(args.tokenizer)
-    size = tok.image_size
-    ds = load_dataset("shapes", split=args.split, size=size, length=args.n)
-    items = [ds[i] for i in range(args.n)]
-    images = torch.stack([it["image"] for it in items])
-    boxes = first_object_boxes(items)
+    shapes = args.data == "shapes"
+    images, items = load_images(args.data, args.n, tok.image_size, split=args.split, progress=False)
+    per_image = args.prompts_per_image or (1 if shapes else 4)
     budgets = budget_sweep(tok)
     bits = tok.spec.bits_per_token
-    # The box study at every budget (the target reads k <= K/4): the large ones show how far a box
-    # can rise in its cell, the ceiling the small budgets climb towards.
-    rows = region_study(tok, images, boxes, budgets)
-    for row in rows:
-        print(row, flush=True)
-    anywhere = region_study(tok, images, random_boxes(args.n, seed=args.seed), budgets)
-    for row in anywhere:
-        print("random boxes", row, flush=True)
+    print(f"{args.data}, {args.split}: {len(images)} images x {per_image} random prompts each (distinct draws, "
+          f"seed {args.seed})", flush=True)
 
-    extra: dict = {"tokenizer": args.tokenizer, "split": args.split, "n": args.n, "bits_per_token": bits,
-                   "boxes": "the first object's grid cell", "random_boxes": {"seed": args.seed, "rows": anywhere}}
+    # The region study at every budget (the target reads k <= K/4): the large ones show how far a
+    # region can rise, the ceiling the small budgets climb towards.
+    repeated = images.repeat_interleave(per_image, 0)
+    sides = tuple(tok.config.box_sides)
+    drawn = {"random_boxes": {"boxes": random_boxes(len(repeated), seed=args.seed, sizes=sides)},
+             "random_points": {"points": random_points(len(repeated), seed=args.seed)}}
+    extra: dict = {"tokenizer": args.tokenizer, "data": args.data, "split": args.split, "n": len(images),
+                   "prompts_per_image": per_image, "seed": args.seed, "bits_per_token": bits, "box_sides": list(sides)}
+    for name, prompt in drawn.items():
+        extra[name] = {"seed": args.seed, "prompts_per_image": per_image,
+                       "rows": region_study(tok, repeated, **prompt, budgets=budgets)}
+        for row in extra[name]["rows"]:
+            print(name.replace("_", " "), row, flush=True)
+    if shapes:
+        rows = region_study(tok, images, first_object_boxes(items), budgets)
+        extra["boxes"] = "the first object's grid cell"
+        for row in rows:
+            print(row, flush=True)
+    else:
+        rows = extra["random_boxes"]["rows"]
+        extra["boxes"] = f"random boxes, sides {sides[0]:g}-{sides[1]:g} (the rows of random_boxes)"
+
     for name, path in (("unordered", args.unordered), ("fixed", args.fixed)):
         if path:
             other = load(path)
@@ -76,16 +103,21 @@ def main() -> None:
     auto = tok.encode_to_quality(images, args.target_psnr)
     chosen = auto.tokens_per_image()
     reached = psnr(tok.decode(auto).clamp(-1, 1), images) >= args.target_psnr
-    by_count: dict[int, list[int]] = {}
-    for it, k in zip(items, chosen.tolist()):
-        by_count.setdefault(len(it["attributes"]), []).append(k)
     extra["auto"] = {"target_psnr": args.target_psnr, "reached": reached.float().mean().item(),
-                     "mean_k": chosen.float().mean().item(),
-                     "mean_k_by_objects": {n: sum(v) / len(v) for n, v in sorted(by_count.items())}}
+                     "mean_k": chosen.float().mean().item()}
+    if shapes:
+        by_count: dict[int, list[int]] = {}
+        for it, k in zip(items, chosen.tolist()):
+            by_count.setdefault(len(it["attributes"]), []).append(k)
+        extra["auto"]["mean_k_by_objects"] = {n: sum(v) / len(v) for n, v in sorted(by_count.items())}
     print("auto", extra["auto"], flush=True)
     columns = ["k", "bits_tokens", "bits_box", "psnr", *(f"psnr_in_box_{c}" for c in ("neither", "encoder", "decoder", "both")),
                "psnr_in_box_neither_at_bits_both", "psnr_outside_neither", "psnr_outside_both"]
-    report("promptable" if args.split == "test" else f"promptable-{args.split}", rows, columns, extra)
+    if shapes:
+        results = "promptable" if args.split == "test" else f"promptable-{args.split}"
+    else:
+        results = f"promptable-{Path(args.data).resolve().name}-{args.split}"
+    report(results, rows, columns, extra)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``trilemma eval reconstruction | generation | captioning | tradeoff``.
 
 - ``reconstruction``: one tokenizer on the held-out images; prints the metrics, writes
-  ``OUT/reconstruction.json``.
+  ``OUT/reconstruction.json``. With ``--region``, a promptable tokenizer's region study on the same
+  images (``trilemma.studies.region``): a table per kind of prompt, saved under ``region``.
 - ``generation``: a generator (and its tokenizer) on the protocol of ``trilemma.studies.benchmark``
   (per category of prompts: unseen, the headline; on shapes also novel pairs and training prompts;
   each with its reference, real-vs-real floor and adherence ceiling). Several ``--cfg-scale``
@@ -12,7 +13,8 @@
   caption is parsed and scored per attribute / object / caption, on a folder by a contrastive model
   beside the true captions' score; writes ``OUT/captioning.json``.
 - ``tradeoff``: several tokenizers on the same images; writes the report of ``trilemma.studies.report``
-  (JSON, Markdown, PNG plots) into ``OUT``.
+  (JSON, Markdown, PNG plots) into ``OUT``; ``--region`` as above for each promptable one (its
+  tables under ``region`` in its last row of ``report.json``).
 
 Everything is seeded by ``--seed`` (data, tokenizer noise, sampling), so a run can be repeated.
 """
@@ -34,6 +36,7 @@ from trilemma.studies.benchmark import folder_contrastive, protocol_lines
 from trilemma.studies.captioning import evaluate_captioning
 from trilemma.studies.generation import benchmark, evaluate_generation
 from trilemma.studies.images import FEATURE_CHOICES, SPLITS, check_split
+from trilemma.studies.region import REGION_CHOICES, region_lines
 from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, write_json, write_report
 from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
 
@@ -53,9 +56,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--seed", type=seed, default=0)
     common.add_argument("--out", default="runs/eval", help="output directory")
     options.add_device(common)
+    region = Parser(add_help=False)
+    region.add_argument("--region", default=None, choices=REGION_CHOICES,
+                        help="promptable tokenizers: PSNR inside / outside random boxes, points or both (on shapes "
+                             "also each first object's box) with the prompt told to neither half, the encoder, the "
+                             "decoder or both, against the unprompted tokenizer at equal bits; at budgets 1, 2, 4 ... K")
 
     p = command(evals, "reconstruction", "PSNR, SSIM, LPIPS, rFID, usage, bits of one tokenizer", run_reconstruction,
-                parents=[common])
+                parents=[common, region])
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
     p.add_argument("--decoder", default=None, help="also score a token-conditioned decoder on the same tokens, side by side")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
@@ -74,7 +82,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one the generator recorded)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
     options.add_precision(p)
-    p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff, parents=[common])
+    p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff,
+                parents=[common, region])
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
     p.add_argument("--size", type=positive_int, default=None, help="image size (default: the one the tokenizers share)")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
@@ -141,14 +150,18 @@ def run_reconstruction(args: argparse.Namespace) -> dict:
     rows = tradeoff(
         [args.tokenizer], data=args.data, n=args.n, seed=args.seed, features=args.features, out_dir=args.out,
         probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips, device=options.device(args),
-        decoder=args.decoder, split=args.split,
+        decoder=args.decoder, split=args.split, region=args.region,
     )
+    region = next((row.pop("region") for row in rows if "region" in row), None)  # saved once, beside the rows
     print("\n".join(metric_lines(*rows)))
+    if region is not None:
+        print("\n".join(region_lines(region)))
     settings_ = settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"], args.split)
     # "metrics": the tokenizer (at its full budget when promptable); "rows": every row printed
-    # (a promptable tokenizer's budgets, the --decoder's reconstruction).
+    # (a promptable tokenizer's budgets, the --decoder's reconstruction); "region": --region's study.
     full = rows[-1] if rows[0].get("curve") else rows[0]  # budgets come in rising order
-    path = write_json({"settings": settings_, "metrics": full, "rows": rows}, Path(args.out) / "reconstruction.json")
+    saved = {"settings": settings_, "metrics": full, "rows": rows} | ({} if region is None else {"region": region})
+    path = write_json(saved, Path(args.out) / "reconstruction.json")
     print(f"wrote {path}")
     return rows[0]
 
@@ -258,11 +271,14 @@ def run_tradeoff(args: argparse.Namespace) -> list[dict]:
     rows = tradeoff(
         args.tokenizers, data=args.data, n=args.n, size=args.size, seed=args.seed, features=args.features,
         out_dir=args.out, probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips,
-        device=options.device(args), split=args.split, bits_step_images=args.bits_step_images,
+        device=options.device(args), split=args.split, bits_step_images=args.bits_step_images, region=args.region,
     )
     files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"],
                                                            args.split))
     print(markdown_table(rows, discrete_front(rows, "psnr")))
     print("* on the bits-vs-PSNR Pareto front")
+    for row in rows:
+        if "region" in row:
+            print("\n".join([f"{row.get('curve') or row['tokenizer']}:", *region_lines(row["region"])]))
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return rows

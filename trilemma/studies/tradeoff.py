@@ -34,6 +34,7 @@ from trilemma.metrics.bits import FLOAT_BITS, TOLERANCE_DB
 from trilemma.metrics.reconstruction import evaluate_reconstruction, rfid_left_out
 from trilemma.pipeline import load_tokenizer
 from trilemma.studies.images import load_images, resolve_features
+from trilemma.studies.region import check_region, region_report
 from trilemma.tokens import Prompt
 
 PSNR_FLOOR, PSNR_LOSSLESS = 10.0, 50.0  # dB mapped to fidelity 0 and 1 in the trilemma triangle
@@ -141,6 +142,7 @@ def tradeoff(
     budgets: bool = True,
     split: str = "test",
     bits_step_images: int | None = None,
+    region: str | None = None,
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
@@ -159,9 +161,13 @@ def tradeoff(
     ``split``: the images evaluated (``test``, held out, by default; ``all`` for a folder kept for testing).
     ``bits_step_images``: continuous tokenizers' effective-bits step is chosen on the first that many
     images (None: all; the bits count every image).
+    ``region`` (``"boxes"``, ``"points"`` or ``"both"``): each promptable tokenizer's region study on
+    the same images (``studies.region.region_report``, at the budgets of ``budget_sweep``), under
+    ``region`` in its last row; at least one tokenizer must be promptable.
     """
     if not tokenizer_dirs:
         raise ValueError("tradeoff needs at least one tokenizer directory")
+    check_region(region)
     evaluate = evaluate if evaluate is not None else evaluate_reconstruction
     dirs = [resolve_checkpoint(d) for d in tokenizer_dirs]
     names = _unique([tokenizer_name(d) for d in dirs], dirs)
@@ -177,6 +183,9 @@ def tradeoff(
             names.append(f"{name} + {decoder_name}")
             dirs.append(dec_dir)
             tokenizers.append(load_tokenizer(d, dec_dir).to(device))
+    if region is not None and not any(getattr(tok, "promptable", False) for tok in tokenizers):
+        raise ValueError(f"`region` studies a promptable tokenizer's box and point prompts; {', '.join(names)} "
+                         f"{'takes' if len(names) == 1 else 'take'} no prompts (train one from a promptable-* preset)")
 
     sizes = {name: tok.image_size for name, tok in zip(names, tokenizers)}
     if size is None:
@@ -195,7 +204,7 @@ def tradeoff(
         feats = feats.to(device)
     # rFID's floor: the next n images of the split, loaded only when rFID can be measured at all
     wanted = 2 * n if feats is not None and rfid_left_out(n, feats.dim, n) is None else n
-    loaded, _ = load_images(data, wanted, size, seed=seed, split=split, progress=progress)
+    loaded, items = load_images(data, wanted, size, seed=seed, split=split, progress=progress)
     images = loaded[:n]
     floor = loaded[n : 2 * n] if len(loaded) == 2 * len(images) else None
     left_out = "no feature network" if feats is None else rfid_left_out(len(images), feats.dim, len(images))
@@ -222,6 +231,11 @@ def tradeoff(
             if k is not None:
                 rows[-1].update(budget=k, curve=name)
             rows[-1]["protocol"] = dict(about)
+        if region is not None and getattr(tok, "promptable", False):
+            if progress:
+                print(f"region study of {name}: {region}")
+            rows[-1]["region"] = region_report(tok, images.to(device), items[: len(images)], region, budget_sweep(tok),
+                                               data, split, seed, batch_size)
     return rows
 
 
