@@ -1,17 +1,24 @@
-"""Sampling cost: KV-cached vs uncached autoregressive decoding vs one teacher-forced forward, and
-masked (Muse) parallel decoding in its default number of passes, side by side.
+"""Sampling cost per family: seconds per image at batch 1 and 64, tokens and network passes per
+second, one teacher-forced forward beside it; optionally KV-cached against uncached decoding and
+eager against ``torch.compile``d steps, side by side.
 
-Targets (issue "Generators I"): at 256 image tokens, batch 16, cached sampling is >= 20x faster
-than uncached (which recomputes the whole prefix every step, ~N/2 times the arithmetic), and costs
-<= 3x one teacher-forced forward pass over the same tokens (the same arithmetic, done in one go).
-``sample_s`` is each generator's own sampling: KV-cached decoding for the autoregressive ones, all
-parallel passes for a masked one (which has no cache and no uncached variant). Each generator gets
-the tokens it models for an image of ``--tokens`` positions (side x side): ids on that grid; VAR the
-maps of a multi-scale tokenizer ending at that side (VAR's schedule, one pass per scale); MAR and
-diffusion 4-d latents on it. Random weights: timing only.
+Each generator gets the tokens it models for an image of ``--tokens`` positions (side x side): ids
+on that grid; VAR the maps of a multi-scale tokenizer ending at that side (one pass per scale); MAR
+and diffusion 4-d latents on it. ``passes`` counts the forward calls of the generator's largest
+network in one request (a token each for DALL-E and Parti, a decoding step for Muse, a scale for
+VAR, an autoregressive step for MAR, whose head denoises besides, a denoising step for diffusion);
+``sample_s`` is the request's seconds, ``s_per_image`` that over the batch. Greedy, random weights:
+timing only.
 
-    .venv/bin/python bench/bench_sampling.py [--tokens 256] [--batch 16] [--generators dalle-shapes ...] [--bf16]
-        [--name sampling]   (writes bench/results/NAME.json)
+``--uncached`` adds the autoregressive families' uncached decoding (every step recomputes the whole
+prefix, ~N/2 times the arithmetic; target of issue "Generators I": >= 20x the cached one at 256
+tokens, batch 16). ``--compile`` adds a row per batch sampled through ``compile_steps`` (families
+that have it), timed interleaved with the eager one; ``first_s`` is its first call, compiling
+included.
+
+    .venv/bin/python bench/bench_sampling.py [--tokens 256] [--batches 1 64] [--generators dalle-shapes ...]
+        [--bf16] [--compile] [--uncached] [--repeat 2] [--threads 1] [--name sampling]
+        (writes bench/results/NAME.json)
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, report  # noqa: E402
+from common import best_time, best_times, report  # noqa: E402
 
 from trilemma import registry  # noqa: E402
 from trilemma.data.text import TextTokenizer  # noqa: E402
@@ -32,7 +40,10 @@ from trilemma.generators.sampling import SamplingConfig  # noqa: E402
 from trilemma.tokens import Tokens, TokenSpec  # noqa: E402
 
 GREEDY = SamplingConfig(temperature=0)
-SCALES = {8: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}  # VAR's schedules for 8x8 and 16x16 maps
+SCALES = {4: (1, 2, 3, 4), 8: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}  # VAR's schedules for 4x4, 8x8, 16x16 maps
+FAMILIES = ["dalle-shapes", "parti-shapes", "muse-shapes", "var-shapes", "mar-shapes", "diffusion-shapes"]
+COLUMNS = ["generator", "dtype", "compiled", "batch", "tokens", "passes", "sample_s", "s_per_image", "tokens_per_s",
+           "passes_per_s", "first_s", "forward_s", "sample/forward", "uncached_s", "uncached/sample"]
 
 
 def spec_for(preset: str, side: int) -> TokenSpec:
@@ -55,58 +66,90 @@ def random_tokens(spec: TokenSpec, batch: int) -> Tokens:
     return Tokens(latents=torch.randn(batch, spec.max_tokens, spec.latent_dim))
 
 
+def count_passes(gen: torch.nn.Module, sample) -> int:
+    """Forward calls of ``gen``'s largest child network during ``sample()`` (eager)."""
+    net = max(gen.children(), key=lambda m: sum(p.numel() for p in m.parameters()))
+    calls = []
+    handle = net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        sample()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def bench_batch(preset: str, gen, spec, text, batch: int, dtype: str, args) -> list[dict]:
+    """The rows of one generator at one batch size and precision: eager, and compiled if asked."""
+    prompts = text.encode(["a large red circle at the top left"] * batch)
+    inputs = gen.model_input(random_tokens(spec, batch))
+    ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")  # noqa: E731
+
+    def sample(compiled: bool = False, **kw):
+        def run():
+            gen.compile_steps(compiled)
+            with ctx():
+                gen.sample(prompts, GREEDY, **kw)
+        return run
+
+    def forward():
+        with torch.no_grad(), ctx():
+            gen(inputs, prompts)
+
+    passes = count_passes(gen, sample())  # also the eager warm-up
+    variants = {"eager": sample()}
+    first = {}
+    if args.compile and gen.compiles:
+        t = time.perf_counter()
+        sample(compiled=True)()
+        first["compiled"] = time.perf_counter() - t
+        variants["compiled"] = sample(compiled=True)
+    times = best_times(variants, repeat=args.repeat)
+    t_fwd = best_time(forward)
+    t_uncached = None
+    if args.uncached and "use_cache" in inspect.signature(gen.sample).parameters:
+        t_uncached = best_time(sample(use_cache=False), repeat=1, warmup=0)
+    rows = []
+    for name, t in times.items():
+        rows.append({
+            "generator": preset, "dtype": dtype, "compiled": name == "compiled", "batch": batch,
+            "tokens": spec.max_tokens, "passes": passes, "sample_s": t, "s_per_image": t / batch,
+            "tokens_per_s": batch * spec.max_tokens / t, "passes_per_s": passes / t, "first_s": first.get(name),
+            "forward_s": t_fwd, "sample/forward": t / t_fwd,
+            "uncached_s": t_uncached if name == "eager" else None,
+            "uncached/sample": t_uncached / t if t_uncached and name == "eager" else None,
+        })
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--generators", nargs="+", default=["dalle-shapes", "parti-shapes", "muse-shapes"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--generators", nargs="+", default=FAMILIES)
     ap.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="also time sampling through compile_steps")
+    ap.add_argument("--uncached", action="store_true", help="also time uncached autoregressive decoding (slow)")
+    ap.add_argument("--repeat", type=int, default=2, help="timed rounds per variant (the best counts)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--name", default="sampling", help="results file: bench/results/NAME.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     side = int(args.tokens**0.5)
     text = TextTokenizer.build(["a large red circle at the top left and a small blue square"], max_length=16)
-    prompts = text.encode(["a large red circle at the top left"] * args.batch)
     rows = []
     for preset in args.generators:
         torch.manual_seed(0)
         spec = spec_for(preset, side)
         gen = registry.build("generator", preset, spec=spec, text=text).eval()
-        inputs = gen.model_input(random_tokens(spec, args.batch))
         for dtype in (["fp32", "bf16"] if args.bf16 else ["fp32"]):
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-            def forward():
-                with torch.no_grad(), ctx:
-                    gen(inputs, prompts)
-
-            def cached():
-                with ctx:
-                    gen.sample(prompts, GREEDY, use_cache=True)
-
-            def uncached():
-                with ctx:
-                    gen.sample(prompts, GREEDY, use_cache=False)
-
-            def masked():
-                with ctx:
-                    gen.sample(prompts, GREEDY)
-
-            t_fwd = best_time(forward)
-            if "use_cache" in inspect.signature(gen.sample).parameters:
-                t_cached = best_time(cached, repeat=2)
-                t_uncached = best_time(uncached, repeat=1, warmup=0)
-            else:  # masked decoding: a fixed number of full passes, nothing to cache
-                t_cached = best_time(masked, repeat=2)
-                t_uncached = None
-            rows.append({
-                "generator": preset, "dtype": dtype, "tokens": spec.max_tokens, "batch": args.batch,
-                "forward_s": t_fwd, "sample_s": t_cached, "s_per_image": t_cached / args.batch, "uncached_s": t_uncached,
-                "uncached/sample": t_uncached / t_cached if t_uncached else None, "sample/forward": t_cached / t_fwd,
-                "tokens_per_s": args.batch * spec.max_tokens / t_cached,
-            })
-    report(args.name, rows, ["generator", "dtype", "tokens", "batch", "forward_s", "sample_s", "s_per_image", "uncached_s",
-                              "uncached/sample", "sample/forward", "tokens_per_s"],
-           {"targets": {"uncached/sample": ">= 20 (autoregressive)", "sample/forward": "<= 3 (autoregressive)"}})
+            for batch in args.batches:
+                rows += bench_batch(preset, gen, spec, text, batch, dtype, args)
+                print(rows[-1], flush=True)
+    report(args.name, rows, COLUMNS,
+           {"targets": {"uncached/sample": ">= 20 (autoregressive, 256 tokens, batch 16)",
+                        "sample/forward": "<= 3 (autoregressive, 256 tokens, batch 16)"},
+            "command": " ".join(sys.argv[1:])})
 
 
 if __name__ == "__main__":

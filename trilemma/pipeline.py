@@ -63,11 +63,16 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # th
 
 
 class Pipeline:
-    def __init__(self, tokenizer: Any, generator: Any, precision: str = "fp32"):
+    def __init__(self, tokenizer: Any, generator: Any, precision: str = "fp32", compile: bool = False):
+        """``precision``: the generator's sampling arithmetic (autocast). ``compile``: sample through
+        ``torch.compile``d steps (``Generator.compile_steps``: the same images at fp32; each new batch
+        shape compiles first, which pays off only over many requests)."""
         check_compatible(tokenizer.spec, generator.spec)
         if precision not in PRECISIONS:
             raise ValueError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.tokenizer, self.generator, self.text = tokenizer, generator, generator.text
+        if compile:
+            generator.compile_steps()
         self.precision = precision  # the generator samples under this autocast; tokenizers decode in fp32
 
     def _autocast(self):
@@ -76,10 +81,10 @@ class Pipeline:
 
     @classmethod
     def load(cls, generator_dir: str | Path, tokenizer_dir: str | Path | None = None,
-             decoder_dir: str | Path | None = None, precision: str = "fp32") -> "Pipeline":
+             decoder_dir: str | Path | None = None, precision: str = "fp32", compile: bool = False) -> "Pipeline":
         gen_dir = checkpoint.resolve_checkpoint(generator_dir)
         tokenizer = load_tokenizer(checkpoint.recorded_tokenizer(gen_dir, tokenizer_dir, kind="generator"), decoder_dir)
-        return cls(tokenizer, checkpoint.load(gen_dir, kind="generator"), precision)
+        return cls(tokenizer, checkpoint.load(gen_dir, kind="generator"), precision, compile)
 
     def to(self, device: torch.device | str) -> "Pipeline":
         self.tokenizer.to(device)

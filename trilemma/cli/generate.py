@@ -38,6 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help="also write each image as NNNN.png with NNNN.json (prompt, seed, "
                    "sampling settings, generator); refused when it already holds images")
     options.add_precision(p)
+    options.add_compile(p)
     options.add_device(p)
 
     p = command(sub, "caption", "caption images with a generator trained in both orders (dalle, caption_share > 0)",
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--init and --box go together: the image to edit and the region to redraw")
     box = check_box(tuple(options.floats(args.box, 4, "--box", "x0,y0,x1,y1"))) if args.box else None
     dev = options.device(args)
-    pipe = Pipeline.load(args.generator, args.tokenizer, args.decoder, precision=args.dtype).to(dev)
+    pipe = Pipeline.load(args.generator, args.tokenizer, args.decoder, precision=args.dtype, compile=args.compile).to(dev)
     known = None
     if args.init is not None:
         known = pipe.known_ids(options.load_images([args.init], pipe.tokenizer.image_size), box)
@@ -113,7 +114,8 @@ def _write_each(images, prompts: list[str], sampling, args: argparse.Namespace, 
         record = {"prompt": prompt, "index": i, "seed": sampling.for_chunk(chunk).seed, "batch_size": args.batch_size,
                   "sampling": dataclasses.asdict(sampling), "generator": str(args.generator),
                   "tokenizer": args.tokenizer, "decoder": args.decoder, "init": args.init, "box": args.box,
-                  "rerank": args.rerank, "scorer": args.scorer, "dtype": args.dtype}
+                  "rerank": args.rerank, "scorer": args.scorer, "dtype": args.dtype,
+                  "compile": args.compile}
         save_image(image, out_dir / f"{i:04d}.png")
         atomic_write_bytes(out_dir / f"{i:04d}.json", (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {len(images)} PNG + JSON pairs to {out_dir}")

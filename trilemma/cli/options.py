@@ -74,7 +74,8 @@ FLAGS = {
     "out": "--out", "resume": "--resume", "tokenizer": "--tokenizer", "tokenizer_dir": "--tokenizer",
     "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
     "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder", "sample": "--sample",
-    "bits_step_images": "--bits-step-images", "precision": "--dtype",
+    "bits_step_images": "--bits-step-images", "precision": "--dtype", "compile": "--compile",
+    "region": "--region",
 }
 _NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
 
@@ -144,6 +145,13 @@ def add_device(p: argparse.ArgumentParser) -> None:
 def add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="the generator's sampling arithmetic (autocast; the tokenizer decodes in fp32)")
+
+
+def add_compile(p: argparse.ArgumentParser) -> None:
+    able = [n for n in registry.names("generator") if registry.model_class("generator", n).compiles]
+    p.add_argument("--compile", action="store_true",
+                   help=f"sample through torch.compile'd steps ({', '.join(able)}): the same images at fp32; "
+                        "compiling takes seconds to a minute per batch shape, so it pays off only over many images")
 
 
 def device(args: argparse.Namespace) -> torch.device:

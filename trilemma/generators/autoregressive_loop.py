@@ -8,6 +8,8 @@ vocabulary; the loop here does the rest (guidance, drawing, the ids kept when ed
 
     start_decoding(rows, use_cache) -> (state, h)   encode the condition; h [R, n, dim] predicts position 0
     decode_step(state, drawn) -> h                  feed the ids drawn so far [R, j]; h predicts position j
+
+``decode_step`` is the per-token work: ``compile_steps`` runs it through ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Decoding(NamedTuple):
 class AutoregressiveGenerator(Generator):
     takes_budget = True  # drawn in order: the first sampling.budget tokens of ordered 1D tokens decode
     edits = True
+    compiles = True  # decode_step
 
     def start_decoding(self, rows: torch.Tensor, use_cache: bool) -> tuple[Decoding, torch.Tensor]:
         raise NotImplementedError
@@ -60,5 +63,5 @@ class AutoregressiveGenerator(Generator):
             ids = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
             out[:, j] = ids if known is None else torch.where(known[:, j] >= 0, known[:, j], ids)
             if j < length - 1:
-                h = self.decode_step(state, self.stack_rows(out[:, : j + 1], rows))
+                h = self.run_step(self.decode_step, state, self.stack_rows(out[:, : j + 1], rows))
         return self.unflatten(out)

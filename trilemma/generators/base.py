@@ -10,12 +10,13 @@ cannot take (``takes_budget``, ``edits``).
     gen.loss(tokens, text_ids) -> dict[str, Tensor]     ("loss" is what is optimised)
     gen.sample(text_ids, sampling: SamplingConfig, known=None) -> Tokens
                                                         (known: flat ids to keep, -1 to draw; editing)
+    gen.compile_steps()                                 (sample through torch.compile'd steps)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from torch import nn
 from trilemma import registry
 from trilemma.data.text import TextTokenizer
 from trilemma.generators.sampling import SamplingConfig, cfg_combine, drop_condition, make_generator
+from trilemma.nn import compiled
 from trilemma.tokens import Tokens, TokenSpec
 
 
@@ -32,6 +34,8 @@ class Generator(nn.Module):
     # What its sampler takes besides the common options (``start_sampling`` refuses the rest):
     takes_budget = False  # sampling.budget: stop after the first tokens
     edits = False  # known: keep the given ids, draw the others
+    compiles = False  # compile_steps: its sampler's per-step function through torch.compile
+    compiled_steps = False  # set by compile_steps: a runtime choice, not saved with the model
 
     def __init__(self, spec: TokenSpec, text: TextTokenizer):
         super().__init__()
@@ -136,6 +140,20 @@ class Generator(nn.Module):
         the registered generators that can (those whose class attribute ``capability`` is True)."""
         able = [n for n in registry.names("generator") if getattr(registry.model_class("generator", n), capability)]
         raise ValueError(f"{self.registry_name} cannot take {argument}: {why} ({', '.join(able)} can)")
+
+    def compile_steps(self, enabled: bool = True) -> "Generator":
+        """Sample through ``torch.compile``d per-step functions (``nn.compiled``): the same tokens at
+        fp32, each new batch shape compiled first (seconds to a minute). For a family that declares
+        ``compiles``; the default is eager, which is faster on a CPU unless one compile serves many
+        requests."""
+        if enabled and not self.compiles:
+            self.refuse("`compile=True`", "compiles", "it has no per-step function to compile")
+        self.compiled_steps = enabled
+        return self
+
+    def run_step(self, step: Callable, *args: Any) -> Any:
+        """``step(*args)``, a bound method of this model: compiled when ``compile_steps`` asked for it."""
+        return compiled.call(step, *args) if self.compiled_steps else step(*args)
 
     @staticmethod
     def stack_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ class MarConfig(MaskedConfig):
 class Mar(LatentNormalisationMixin, TextEncoderMixin, Generator):
     Config = MarConfig
     accepts = ("continuous",)
+    compiles = True  # condition, the transformer's pass (not the head's denoising)
 
     def __init__(self, config: MarConfig, spec, text):
         super().__init__(spec, text)
@@ -150,7 +151,7 @@ class Mar(LatentNormalisationMixin, TextEncoderMixin, Generator):
         for step in range(steps):
             left = masked_count(step, steps, n, int(masked.sum(1).max()), self.config.schedule)
             reveal = masked & (place < n - left)  # the next tokens of each row's order
-            z = self.condition(self.stack_rows(x, rows), self.stack_rows(masked, rows), memory, cache)
+            z = self.run_step(self.condition, self.stack_rows(x, rows), self.stack_rows(masked, rows), memory, cache)
             x[reveal] = self.draw_tokens(z[self.stack_rows(reveal, rows)], int(reveal.sum()), sampling, scheduler, gen)
             masked &= ~reveal
         return self.to_tokens(x)

@@ -52,6 +52,7 @@ class MuseConfig(MaskedConfig):
 class Muse(TextEncoderMixin, Generator):
     Config = MuseConfig
     edits = True  # no sampling.budget: every token of the image is drawn at once
+    compiles = True  # _logits, one pass
 
     def __init__(self, config: MuseConfig, spec, text):
         super().__init__(spec, text)
@@ -97,7 +98,8 @@ class Muse(TextEncoderMixin, Generator):
         cache = self.transformer.new_cache(cross_only=True)  # the prompt's keys and values, once per request
         for step in range(steps):
             masked = ids == self.mask_id
-            logits = self.guide(self._logits(self.stack_rows(ids, rows), memory, cache), b, sampling.cfg_scale)
+            logits = self.guide(self.run_step(self._logits, self.stack_rows(ids, rows), memory, cache), b,
+                                sampling.cfg_scale)
             drawn = sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, gen)
             confidence = logits.softmax(-1).gather(-1, drawn[..., None])[..., 0]
             drawn = torch.where(masked, drawn, ids)

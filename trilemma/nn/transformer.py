@@ -28,37 +28,53 @@ class TransformerConfig:
 
 
 class KVCache:
-    """Per-layer key/value buffers [B, heads, max_len, head_dim] and the current length.
+    """Per-layer self-attention keys and values, one buffer [2 (k, v), B, heads, max_len, head_dim]
+    each, and the current length.
 
     ``cross_only``: keep only cross-attention's keys and values (of a fixed context), for models
     that rerun the whole sequence each step (Muse, MAR) but read the same prompt throughout: the
     self-attention then runs uncached, as without a cache."""
 
     def __init__(self, layers: int, cross_only: bool = False):
-        self.self_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
+        self.self_kv: list[torch.Tensor | None] = [None] * layers
         self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
         self.length = 0  # tokens already in the self-attention buffers
         self.max_len = 0
         self.cross_only = cross_only
 
-    def allocate(self, layer: int, like: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b, h, _, d = like.shape
+    def allocate(self, layer: int, like: torch.Tensor, max_len: int) -> torch.Tensor:
+        """A buffer for ``layer`` shaped as ``like`` [2, B, heads, n, head_dim], ``max_len`` long."""
         self.max_len = max_len
-        buf = (like.new_empty(b, h, max_len, d), like.new_empty(b, h, max_len, d))
+        buf = like.new_empty(*like.shape[:3], max_len, like.shape[4])
         self.self_kv[layer] = buf
         return buf
 
 
 class Attention(nn.Module):
+    """Multi-head attention. Self-attention projects queries, keys and values in one matmul
+    (``qkv``: a step's fewest operations); cross-attention its queries from ``x`` (``q``) and its
+    keys and values from the context (``kv``)."""
+
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, context_dim: int | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.dropout = heads, dropout
         self.cross = context_dim is not None
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
+        if self.cross:
+            self.q = nn.Linear(dim, dim, bias=False)
+            self.kv = nn.Linear(context_dim, 2 * dim, bias=False)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state dict with self-attention's projections apart (q, kv) loads into the fused qkv:
+        # its rows are q's then kv's, so every output is unchanged.
+        split = self_attention_split(state_dict, prefix) if not self.cross else None
+        if split is not None:
+            state_dict[prefix + "qkv.weight"] = torch.cat([state_dict.pop(k) for k in split])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
@@ -77,9 +93,9 @@ class Attention(nn.Module):
         """``key_mask`` [B, keys] (the context's for cross-attention, ``x``'s for self-attention):
         True where a key may be attended, False at padding. ``attn_mask`` [n, n]: True where query i
         may attend key j, for uncached self-attention (VAR's block-causal mask over scales)."""
-        q = self._split(self.q(x))
         mask, is_causal = None, False
         if self.cross:
+            q = self._split(self.q(x))
             if cache is not None and cache.cross_kv[layer] is not None:
                 k, v = cache.cross_kv[layer]
             else:
@@ -91,15 +107,15 @@ class Attention(nn.Module):
                 cache = None  # the self-attention of a rerun sequence: nothing to keep
             if (key_mask is not None or attn_mask is not None) and cache is not None:
                 raise ValueError("`key_mask` and `attn_mask` mask uncached self-attention only")
-            k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))
+            qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+            q, k, v = qkv.unbind(0)
             if cache is not None:
                 start, n = cache.length, x.shape[1]
                 buf = cache.self_kv[layer]
                 if buf is None:
-                    buf = cache.allocate(layer, k, max_len or start + n)
-                buf[0][:, :, start : start + n] = k
-                buf[1][:, :, start : start + n] = v
-                k, v = buf[0][:, :, : start + n], buf[1][:, :, : start + n]
+                    buf = cache.allocate(layer, qkv[1:], max_len or start + n)
+                buf[:, :, :, start : start + n] = qkv[1:]  # keys and values in one copy
+                k, v = buf[:, :, :, : start + n].unbind(0)
                 if causal and n > 1:
                     # New queries sit at absolute positions start..start+n-1: offset causal mask.
                     qpos = torch.arange(start, start + n, device=x.device)[:, None]
@@ -119,6 +135,41 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out(rearrange(y, "b h n d -> b n (h d)"))
+
+
+def self_attention_split(state_dict: dict, prefix: str) -> tuple[str, str] | None:
+    """The names of a self-attention's separate q and kv weights under ``prefix`` in ``state_dict``
+    (a layout whose projections are not fused), or None where it has none."""
+    names = (prefix + "q.weight", prefix + "kv.weight")
+    return names if all(n in state_dict for n in names) else None
+
+
+def fused_optimizer_state(optimizer_state: dict, saved_model: dict, model: nn.Module,
+                          optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer_state``, saved beside ``saved_model`` (a model state dict) when self-attention's
+    q and kv were apart, for ``optimizer`` over ``model``'s fused ``qkv``: each fused weight's state
+    is its parts' concatenated in ``qkv``'s row order (Adam's moments are elementwise). A state
+    without separate projections is returned as it is."""
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def parts(name: str) -> int:
+        fused = name.endswith(".qkv.weight") and self_attention_split(saved_model, name[: -len("qkv.weight")])
+        return 2 if fused else 1
+
+    groups = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    if all(parts(n) == 1 for g in groups for n in g):
+        return optimizer_state
+    saved, state, new_groups, index = optimizer_state["state"], {}, [], 0
+    for group_names, group in zip(groups, optimizer_state["param_groups"]):
+        old = iter(group["params"])
+        for name in group_names:
+            kept = [saved[i] for i in [next(old) for _ in range(parts(name))] if i in saved]
+            if kept:
+                state[index] = {k: torch.cat([s[k] for s in kept]) if torch.is_tensor(v) and v.ndim else v
+                                for k, v in kept[0].items()}
+            index += 1
+        new_groups.append({**group, "params": list(range(index - len(group_names), index))})
+    return {"state": state, "param_groups": new_groups}
 
 
 class Block(nn.Module):

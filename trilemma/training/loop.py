@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from trilemma import checkpoint
 from trilemma.files import atomic_write_bytes
+from trilemma.nn.transformer import fused_optimizer_state
 from trilemma.training.logs import RunLog
 from trilemma.training.rng import mix, rank_seed, rng_kept, rng_state, seed_all, set_rng_state
 from trilemma.training.schedule import warmup_cosine
@@ -77,8 +78,6 @@ class TrainConfig:
             raise ValueError(f"`ema_decay` must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"`seed` must be in [0, 2^63), got {self.seed}")
-        if not 0 <= self.random_crop <= 1:
-            raise ValueError(f"`random_crop` must be in [0, 1] (0: centre crop), got {self.random_crop}")
         if self.num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {self.num_workers}")
         if self.mixed_precision not in (None, *MIXED_PRECISION):
@@ -242,7 +241,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, resume: bool = Fals
     )
     batches = iter(loader)  # draws a seed from the global RNG: before that RNG is restored
     if state is not None:
-        opt.load_state_dict(state["optimizer"])  # after prepare: state tensors follow the parameters' device
+        opt.load_state_dict(fused_optimizer_state(state["optimizer"], state["model"], raw, opt))  # after prepare: tensors on the parameters' device
         if critic is not None:
             copt.load_state_dict(state["critic_optimizer"])
         if ema is not None and state.get("ema") is not None:
@@ -392,8 +391,7 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> No
 def _replica_checksums(acc: Any, model: nn.Module) -> list[str]:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+        h.update(name.encode() + t.detach().cpu().contiguous().float().numpy().tobytes())
     mine = h.hexdigest()
     if acc.num_processes == 1:
         return [mine]
