@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from trilemma.tokens import Tokens
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may touch the network
 # One thread: on a shared 2-core machine OpenMP spin-waits make two threads 10-600x slower.
 torch.set_num_threads(1)
@@ -47,3 +49,25 @@ def fit_batch(gen, tokens, text_ids, steps: int, lr: float = 3e-3) -> dict:
         out["loss"].backward()
         opt.step()
     return out
+
+
+def spy_prompts(tok, monkeypatch, field: str) -> tuple[list[bool], list[tuple[int, bool, bool]]]:
+    """Record what a region study sends through ``tok``: per encode whether the prompt carried
+    ``field`` ("boxes" or "points"), per decode (tokens, whether its ids came from a prompted
+    encoding, whether the decoder's prompt carries ``field``). The ids are replaced by that flag."""
+    encode, decode = tok.encode, tok.decode
+    encoded, decoded = [], []
+
+    def spy_encode(x, prompt=None):
+        prompted = prompt is not None and getattr(prompt, field) is not None
+        encoded.append(prompted)
+        tokens = encode(x, prompt)
+        return Tokens(ids=torch.full_like(tokens.ids, int(prompted)), prompt=tokens.prompt)
+
+    def spy_decode(tokens):
+        decoded.append((tokens.num_tokens, bool(tokens.ids[0, 0]), getattr(tokens.prompt, field) is not None))
+        return decode(tokens)
+
+    monkeypatch.setattr(tok, "encode", spy_encode)
+    monkeypatch.setattr(tok, "decode", spy_decode)
+    return encoded, decoded

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import spy_prompts
 from trilemma import checkpoint, registry
 from trilemma.cli import main
 from trilemma.generators.sampling import SamplingConfig
@@ -337,21 +338,7 @@ def test_region_study_sends_the_box_to_the_encoder_and_the_decoder_as_each_condi
     from trilemma.metrics.prompted import region_study
 
     images, boxes = _study_inputs(4)
-    encode, decode = tok.encode, tok.decode
-    encoded, decoded = [], []
-
-    def spy_encode(x, prompt=None):
-        boxed = prompt is not None and prompt.boxes is not None
-        encoded.append(boxed)
-        tokens = encode(x, prompt)
-        return Tokens(ids=torch.full_like(tokens.ids, int(boxed)), prompt=tokens.prompt)  # ids say which encoding
-
-    def spy_decode(tokens):
-        decoded.append((tokens.num_tokens, bool(tokens.ids[0, 0]), tokens.prompt.boxes is not None))
-        return decode(tokens)
-
-    monkeypatch.setattr(tok, "encode", spy_encode)
-    monkeypatch.setattr(tok, "decode", spy_decode)
+    encoded, decoded = spy_prompts(tok, monkeypatch, "boxes")
     region_study(tok, images, boxes, [1, 2], levels=16)
     assert sorted(encoded) == [False, True]  # one encoding without the box, one with it
     for k in (1, 2):  # (box in the encoder, box in the decoder): neither, decoder, encoder, both

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import spy_prompts
 from trilemma import checkpoint, registry
 from trilemma.cli import main
 from trilemma.metrics.prompted import (
@@ -22,7 +23,7 @@ from trilemma.metrics.prompted import (
 )
 from trilemma.metrics.scores import psnr
 from trilemma.tokenizers.prompts import POINT_RADIUS, point_mask
-from trilemma.tokens import Prompt, Tokens
+from trilemma.tokens import Prompt
 
 # Off the 1/4 grid, each rounding to another value: 0.33 -> 0.25, 0.62 -> 0.5, 0.4 -> 0.5, 0.2 -> 0.25.
 POINTS = torch.tensor([[[0.33, 0.62]], [[0.4, 0.2]], [[0.62, 0.4]], [[0.2, 0.33]]])
@@ -80,20 +81,7 @@ def test_the_points_are_quantized_and_the_region_is_the_disc_around_each(tok, im
 
 
 def test_the_decoder_conditions_decode_with_the_points_and_the_encoder_ones_encode_with_them(tok, images, monkeypatch):
-    encode, decode = tok.encode, tok.decode
-    decoded = []
-
-    def spy_encode(x, prompt=None):
-        pointed = prompt is not None and prompt.points is not None
-        tokens = encode(x, prompt)
-        return Tokens(ids=torch.full_like(tokens.ids, int(pointed)), prompt=tokens.prompt)  # ids say which encoding
-
-    def spy_decode(tokens):
-        decoded.append((tokens.num_tokens, bool(tokens.ids[0, 0]), tokens.prompt.points is not None))
-        return decode(tokens)
-
-    monkeypatch.setattr(tok, "encode", spy_encode)
-    monkeypatch.setattr(tok, "decode", spy_decode)
+    _, decoded = spy_prompts(tok, monkeypatch, "points")
     region_study(tok, images, points=POINTS, budgets=[1, 2])
     for k in (1, 2):  # (points in the encoder, points in the decoder) of neither, encoder, decoder, both
         assert sorted((e, d) for n, e, d in decoded if n == k) == [(False, False), (False, True), (True, False), (True, True)]
