@@ -16,8 +16,13 @@ tokens, batch 16). ``--compile`` adds a row per batch sampled through ``compile_
 that have it), timed interleaved with the eager one; ``first_s`` is its first call, compiling
 included.
 
+``--against REV`` times the same eager rows with the package as of git revision REV (``git archive``
+into a temporary folder, imported there by a subprocess per family, run just before this
+process's own timing of that family): ``previous_s_per_image`` and ``speedup`` (previous over
+now, > 1 is faster now) show each family against an earlier commit on one machine in one run.
+
     .venv/bin/python bench/bench_sampling.py [--tokens 256] [--batches 1 64] [--generators dalle-shapes ...]
-        [--bf16] [--compile] [--uncached] [--repeat 2] [--threads 1] [--name sampling]
+        [--bf16] [--compile] [--uncached] [--against REV] [--repeat 2] [--threads 1] [--name sampling]
         (writes bench/results/NAME.json)
 """
 
@@ -25,7 +30,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +54,8 @@ GREEDY = SamplingConfig(temperature=0)
 SCALES = {4: (1, 2, 3, 4), 8: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}  # VAR's schedules for 4x4, 8x8, 16x16 maps
 FAMILIES = ["dalle-shapes", "parti-shapes", "muse-shapes", "var-shapes", "mar-shapes", "diffusion-shapes"]
 COLUMNS = ["generator", "dtype", "compiled", "batch", "tokens", "passes", "sample_s", "s_per_image", "tokens_per_s",
-           "passes_per_s", "first_s", "forward_s", "sample/forward", "uncached_s", "uncached/sample"]
+           "passes_per_s", "first_s", "forward_s", "sample/forward", "uncached_s", "uncached/sample",
+           "previous_s_per_image", "speedup"]
 
 
 def spec_for(preset: str, side: int) -> TokenSpec:
@@ -86,7 +98,8 @@ def bench_batch(preset: str, gen, spec, text, batch: int, dtype: str, args) -> l
 
     def sample(compiled: bool = False, **kw):
         def run():
-            gen.compile_steps(compiled)
+            if hasattr(gen, "compile_steps"):  # absent before compilation existed (--against an old revision)
+                gen.compile_steps(compiled)
             with ctx():
                 gen.sample(prompts, GREEDY, **kw)
         return run
@@ -121,6 +134,31 @@ def bench_batch(preset: str, gen, spec, text, batch: int, dtype: str, args) -> l
     return rows
 
 
+def checkout(rev: str, into: Path) -> Path:
+    """The ``trilemma`` package as of git revision ``rev``, unpacked under ``into``."""
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "trilemma"], capture_output=True, check=False)
+    if archive.returncode:
+        raise SystemExit(f"--against {rev}: git archive failed: {archive.stderr.decode().strip()}")
+    with tempfile.TemporaryFile() as f:
+        f.write(archive.stdout)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(into, filter="data")
+    return into
+
+
+def previous_rows(tree: Path, preset: str, args) -> list[dict]:
+    """This bench's eager rows for ``preset`` with the package in ``tree`` (a subprocess)."""
+    out = tree / f"{preset}.json"
+    cmd = [sys.executable, __file__, "--generators", preset, "--tokens", str(args.tokens), "--repeat", str(args.repeat),
+           "--batches", *map(str, args.batches), "--rows-json", str(out)]
+    cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(tree)})
+    return json.loads(out.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=256)
@@ -131,25 +169,39 @@ def main() -> None:
     ap.add_argument("--uncached", action="store_true", help="also time uncached autoregressive decoding (slow)")
     ap.add_argument("--repeat", type=int, default=2, help="timed rounds per variant (the best counts)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--against", metavar="REV", help="also time the eager rows with the package as of this git revision")
     ap.add_argument("--name", default="sampling", help="results file: bench/results/NAME.json")
+    ap.add_argument("--rows-json", help=argparse.SUPPRESS)  # --against's subprocess: its rows, no report
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     side = int(args.tokens**0.5)
     text = TextTokenizer.build(["a large red circle at the top left and a small blue square"], max_length=16)
+    if args.rows_json:
+        import trilemma
+        print(f"timing the package at {Path(trilemma.__file__).parent}", flush=True)
+    tree = checkout(args.against, Path(tempfile.mkdtemp(prefix="trilemma-against-"))) if args.against else None
     rows = []
     for preset in args.generators:
+        previous = {(r["dtype"], r["batch"]): r["s_per_image"] for r in previous_rows(tree, preset, args)} if tree else {}
         torch.manual_seed(0)
         spec = spec_for(preset, side)
         gen = registry.build("generator", preset, spec=spec, text=text).eval()
         for dtype in (["fp32", "bf16"] if args.bf16 else ["fp32"]):
             for batch in args.batches:
-                rows += bench_batch(preset, gen, spec, text, batch, dtype, args)
-                print(rows[-1], flush=True)
+                for row in bench_batch(preset, gen, spec, text, batch, dtype, args):
+                    old = previous.get((dtype, batch)) if not row["compiled"] else None
+                    rows.append({**row, "previous_s_per_image": old, "speedup": old / row["s_per_image"] if old else None})
+                    print(rows[-1], flush=True)
+    if args.rows_json:
+        Path(args.rows_json).write_text(json.dumps(rows))
+        return
+    if tree:
+        shutil.rmtree(tree)
     report(args.name, rows, COLUMNS,
            {"targets": {"uncached/sample": ">= 20 (autoregressive, 256 tokens, batch 16)",
                         "sample/forward": "<= 3 (autoregressive, 256 tokens, batch 16)"},
-            "command": " ".join(sys.argv[1:])})
+            "against": args.against, "command": " ".join(sys.argv[1:])})
 
 
 if __name__ == "__main__":
