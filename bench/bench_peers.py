@@ -13,7 +13,10 @@ pin old libraries); import-only installs suffice:
         taming-transformers-rom1504 ftfy regex beartype ema-pytorch memory-efficient-attention-pytorch \
         omegaconf antlr4-python3-runtime==4.9.3 transformers tokenizers huggingface-hub \
         "pytorch-lightning<2" lightning-utilities torchmetrics "setuptools<70"
-    PYTHONPATH=/tmp/peers .venv/bin/python bench/bench_peers.py [--batches 1 16] [--repeat 3]
+    PYTHONPATH=/tmp/peers .venv/bin/python bench/bench_peers.py [--batches 1 16] [--repeat 3] [--bf16]
+
+``--bf16`` adds ours under bf16 autocast beside the fp32 rows (the peers stay fp32: ``speedup_bf16``
+is what a user gets from ``--dtype bf16``, not a like-for-like comparison).
 
 A peer that does not import is skipped with the reason. Writes bench/results/peers.json.
 """
@@ -38,7 +41,7 @@ WIDTH, DEPTH, HEADS, TEXT, SIDE, CODES = 256, 4, 4, 16, 16, 1024
 MUSE_STEPS, MUSE_CFG = 8, 3.0
 
 
-def ours(family: str):
+def ours(family: str, bf16: bool = False):
     """Our generator of ``family`` at the shared configuration, and a sampler for a batch."""
     text = TextTokenizer.build(["a large red circle at the top left and a small blue square"], max_length=TEXT)
     spec = TokenSpec("discrete", SIDE * SIDE, vocab_size=CODES, grid=(SIDE, SIDE))
@@ -51,7 +54,11 @@ def ours(family: str):
 
     def sample(batch: int):
         ids = text.encode(["a large red circle at the top left"] * batch)
-        return lambda: gen.sample(ids, sampling)
+
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                gen.sample(ids, sampling)
+        return run
 
     return sample
 
@@ -107,6 +114,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast (the peers stay fp32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows, skipped = [], {}
@@ -117,14 +125,17 @@ def main() -> None:
             skipped[peer_name] = f"{type(err).__name__}: {err}".splitlines()[0]
             print(f"skipped {peer_name}: {skipped[peer_name]}")
             continue
-        mine = ours(family)
+        mine, mine_bf16 = ours(family), ours(family, bf16=True)
         for batch in args.batches:
             t_ours = best_time(mine(batch), repeat=args.repeat)
             t_peer = best_time(peer(batch), repeat=args.repeat)
+            t_bf16 = best_time(mine_bf16(batch), repeat=args.repeat) if args.bf16 else None
             rows.append({"family": family, "peer": peer_name, "batch": batch, "ours_s": t_ours, "peer_s": t_peer,
-                         "ours_s_per_image": t_ours / batch, "speedup": t_peer / t_ours})
+                         "ours_s_per_image": t_ours / batch, "speedup": t_peer / t_ours, "ours_bf16_s": t_bf16,
+                         "speedup_bf16": t_peer / t_bf16 if t_bf16 else None})
             print(rows[-1], flush=True)
-    report("peers", rows, ["family", "peer", "batch", "ours_s", "peer_s", "ours_s_per_image", "speedup"],
+    report("peers", rows, ["family", "peer", "batch", "ours_s", "peer_s", "ours_s_per_image", "speedup", "ours_bf16_s",
+                           "speedup_bf16"],
            {"config": {"width": WIDTH, "depth": DEPTH, "heads": HEADS, "text_tokens": TEXT, "image_tokens": SIDE * SIDE,
                        "codes": CODES, "dalle": "top-k 10%, KV cache", "muse": f"{MUSE_STEPS} steps, guidance {MUSE_CFG}"},
             "skipped": skipped})
