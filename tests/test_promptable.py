@@ -288,6 +288,16 @@ def test_on_a_frozen_base_autoencoder_the_tokens_describe_its_latents(tmp_path, 
         registry.build("tokenizer", "promptable-tiny", base=str(checkpoint.save(registry.build("tokenizer", "vq-f4-shapes", channels=8), tmp_path / "vq")))
 
 
+def test_the_photo_presets_put_64_px_crops_on_an_8x8_latent_grid(tmp_path):
+    ae = registry.build("tokenizer", "ae-f8-photos", channels=8)
+    assert ae.image_size == 64 and ae.spec.grid == (8, 8) and ae.spec.kind == "continuous"
+    tok = registry.build("tokenizer", "promptable-photos", dim=32, encoder_depth=1, decoder_depth=1, heads=2,
+                         base=str(checkpoint.save(ae, tmp_path / "ae")))
+    assert tok.side == 8 and tok.image_size == 64
+    recipe = registry.get_preset("tokenizer", "ae-f8-photos").recipe
+    assert recipe["random_crop"] > 0  # trained on crops of the folder's train files
+
+
 def _study_inputs(n=6):
     from trilemma.data import load_dataset
     from trilemma.metrics.prompted import first_object_boxes

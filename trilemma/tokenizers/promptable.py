@@ -417,9 +417,11 @@ _preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / po
 # Prompts that mean something on any image: one or two boxes of any size and aspect, or points, each
 # placed on content or anywhere at even odds (docs/experiments.md, "Promptable on photographs").
 _ANYWHERE = dict(max_boxes=2, prompt_boxes="mixed", box_sides=(0.15, 0.6), point_prob=0.3)
+# Its recipe: 1600 steps over ae-f8-photos, chosen on val photos against 800 over an f4 base and against a heavier
+# region weight (docs/experiments.md, "Promptable on photographs").
 _preset("promptable-photos", "CPU: 32 ordered 1D tokens (VQ 512 codes) of 64x64 photo crops, boxes and points anywhere; "
-        "train it over an AE trained on your images (config field `base`: its directory)",
-        recipe={"steps": 800, "lr": 2e-3, "random_crop": 0.35}, image_size=64, box_crop=4, **_ANYWHERE, **_PROMPT_TRAINING)
+        "train it over ae-f8-photos trained on your images (config field `base`: its directory)",
+        recipe={"steps": 1600, "lr": 2e-3, "random_crop": 0.35}, image_size=64, box_crop=4, **_ANYWHERE, **_PROMPT_TRAINING)
 _preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,
         fourier_bands=4, conv_channels=8, quantizer={"name": "vq", "codebook_size": 64, "codebook_dim": 4}, box_crop=2)
 _preset("promptable-256", "GPU: 128 ordered tokens (VQ 4096 codes), ViT-B-like halves on 16x16 patches of 256x256",

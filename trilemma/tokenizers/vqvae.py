@@ -159,6 +159,11 @@ _preset("lfq-f4-shapes", "LFQ 2^9 codes, 8x8 tokens", **_SHAPES,
         quantizer={"name": "lfq", "codebook_size": 512})
 _preset("ae-f4-shapes", "continuous autoencoder, 8x8 x 4-d latents, light KL", **{**_SHAPES, "dim": 4},
         quantizer={"name": "none", "kl_weight": 1e-6})
+# The base of promptable-photos: 64x64 photo crops to shapes' 8x8 latent grid (f8), where a box prompt bought
+# more than over an f4 base at 64 (docs/experiments.md, "Promptable on photographs").
+_preset("ae-f8-photos", "continuous autoencoder for 64x64 crops of your photos: 8x8 x 4-d latents (promptable-photos' base)",
+        **{**_SHAPES, "image_size": 64, "channel_mult": (1, 2, 2, 2), "dim": 4}, quantizer={"name": "none", "kl_weight": 1e-6},
+        recipe={"steps": 1200, "lr": 1e-3, "random_crop": 0.35})
 
 # GPU presets: 256x256, taming/LlamaGen-like widths (exercised at tiny size in tests).
 _F16 = dict(image_size=256, channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attention=True, dim=256)
