@@ -239,3 +239,13 @@ def test_effective_bits_step_images_reach_every_evaluation_and_the_protocol(save
                for r in rows)
     rows = tradeoff(saved_tokenizers[:1], n=6, features="none", lpips=False, progress=False, evaluate=record)
     assert seen[-1] is None and "every evaluated image" in rows[0]["protocol"]["effective_bits"]
+
+
+def test_real_score_is_the_ceiling_the_mean_of_the_ceilings_or_the_floor():
+    from trilemma.studies.report import real_score
+
+    scores = {f"adherence_{a}_acc_ceiling": v for a, v in zip(("shape", "color", "size", "position"), (1.0, 0.5, 1.0, 0.5))}
+    scores.update(fid_floor=3.0, kid_floor=0.01)
+    assert real_score(scores, "adherence_mean") == 0.75 and real_score(scores, "adherence_color_acc") == 0.5
+    assert real_score(scores, "fid") == 3.0 and real_score(scores, "kid_mean") == 0.01
+    assert real_score(scores, "psnr") is None and real_score({}, "adherence_mean") is None

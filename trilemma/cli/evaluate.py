@@ -37,7 +37,7 @@ from trilemma.studies.captioning import evaluate_captioning
 from trilemma.studies.generation import benchmark, evaluate_generation
 from trilemma.studies.images import FEATURE_CHOICES, SPLITS, check_split
 from trilemma.studies.region import REGION_CHOICES, region_lines
-from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, write_json, write_report
+from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, real_score, write_json, write_report
 from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
 
 
@@ -203,23 +203,15 @@ def run_generation(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def _real(scores: dict, key: str):
-    """What real images score on ``key``: the adherence ceiling ``NAME_ceiling``, else the
-    real-vs-real floor ``NAME_floor`` (KID's mean has ``kid_floor``), else None."""
-    if f"{key}_ceiling" in scores:
-        return scores[f"{key}_ceiling"]
-    return scores.get("kid_floor" if key == "kid_mean" else f"{key}_floor")
-
-
 def category_lines(results: list[dict], names: list[str], category: str) -> list[str]:
     """One Markdown table: a row per score of ``category``, a column per run, then real images
     (the floor or the ceiling: the same for every run); the novel pairs' scores after."""
     scored = [r["categories"][category] for r in results]
     first = scored[0]
     keys = [k for k in first if not k.endswith(("_floor", "_ceiling")) and k != "by_novel_pair"]
-    rows = [[k, *(_fmt(s.get(k)) for s in scored), _fmt(_real(first, k))] for k in keys]
+    rows = [[k, *(_fmt(s.get(k)) for s in scored), _fmt(real_score(first, k))] for k in keys]
     for pair, scores in first.get("by_novel_pair", {}).items():
-        rows += [[f"{pair}: {k}", *(_fmt(s["by_novel_pair"][pair].get(k)) for s in scored), _fmt(_real(scores, k))]
+        rows += [[f"{pair}: {k}", *(_fmt(s["by_novel_pair"][pair].get(k)) for s in scored), _fmt(real_score(scores, k))]
                  for k in scores if not k.endswith("_ceiling")]
     return _table(["", *names, "real images (floor / ceiling)"], rows)
 

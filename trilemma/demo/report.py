@@ -10,7 +10,7 @@ from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PLANS, SAMPLIN
 from trilemma.files import atomic_write_bytes
 from trilemma.studies.benchmark import protocol_lines
 from trilemma.studies.html import write_html
-from trilemma.studies.report import markdown_table
+from trilemma.studies.report import markdown_table, real_score
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 
@@ -148,7 +148,7 @@ def _generation(gens: dict, ceiling: dict) -> list[str]:
         """A row per (label, key, format) of the scores ``pick`` finds in each generator's results."""
         for label, key, fmt in keys:
             cells = [fmt(pick(gens[g]).get(key)) for g in gens]
-            lines.append(f"| {prefix}{label} | " + " | ".join(cells) + f" | {fmt(_real(pick(first), key))} |")
+            lines.append(f"| {prefix}{label} | " + " | ".join(cells) + f" | {fmt(real_score(pick(first), key))} |")
 
     attributes = [(f"adherence {a}", f"adherence_{a}_acc", _pct) for a in ATTRIBUTES]
     mean = [("adherence (mean of the four)", "adherence_mean", _pct), ("objects right", "adherence_object_acc", _pct)]
@@ -196,14 +196,6 @@ def _captioning(captioning: dict) -> list[str]:
                      f"{_pct(c['caption_exact'])} | {c['captions_per_s']:.1f} |")
     lines += ["", "Examples: " + "; ".join(f"*{e['caption']}* (true: {e['true']})" for e in first["examples"][:3]), ""]
     return lines
-
-
-def _real(scores: dict, key: str):
-    """What real images score on ``key``: the probe's ceiling (a mean of the four ceilings for
-    ``adherence_mean``), else the real-vs-real floor."""
-    if key == "adherence_mean":
-        return mean_adherence(scores, "_ceiling") if "adherence_shape_acc_ceiling" in scores else None
-    return scores.get(f"{key}_ceiling", scores.get(f"{key}_floor"))
 
 
 def _editing(editing: dict, rr: dict) -> list[str]:

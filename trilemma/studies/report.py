@@ -398,3 +398,15 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | Non
     payload["files"]["json"] = "report.json"
     write_json(payload, files["json"])
     return files
+
+
+def real_score(scores: dict, key: str) -> float | None:
+    """What real images score on ``key``: the adherence scorer's ceiling ``KEY_ceiling`` (for
+    ``adherence_mean`` the mean of the four attributes' ceilings), else the real-vs-real floor
+    ``KEY_floor`` (KID's mean has ``kid_floor``), else None."""
+    if key == "adherence_mean":
+        ceilings = [scores.get(f"adherence_{a}_acc_ceiling") for a in ("shape", "color", "size", "position")]
+        return None if None in ceilings else sum(ceilings) / len(ceilings)
+    if f"{key}_ceiling" in scores:
+        return scores[f"{key}_ceiling"]
+    return scores.get("kid_floor" if key == "kid_mean" else f"{key}_floor")
