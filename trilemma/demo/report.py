@@ -9,10 +9,9 @@ from pathlib import Path
 from trilemma.demo.plan import EDIT_BOX, EDIT_PROMPT, GENERATORS, PLANS, SAMPLING, DemoPlan
 from trilemma.files import atomic_write_bytes
 from trilemma.studies.benchmark import protocol_lines
+from trilemma.studies.captioning import ATTRIBUTES
 from trilemma.studies.html import write_html
 from trilemma.studies.report import markdown_table, real_score
-
-ATTRIBUTES = ("shape", "color", "size", "position")
 
 
 def mean_adherence(scores: dict, suffix: str = "") -> float:

@@ -28,6 +28,7 @@ from matplotlib.patches import Polygon
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from trilemma.files import atomic_write_bytes
+from trilemma.studies.captioning import ATTRIBUTES
 from trilemma.studies.html import write_html
 from trilemma.studies.tradeoff import (
     FLOAT_BITS,
@@ -405,7 +406,7 @@ def real_score(scores: dict, key: str) -> float | None:
     ``adherence_mean`` the mean of the four attributes' ceilings), else the real-vs-real floor
     ``KEY_floor`` (KID's mean has ``kid_floor``), else None."""
     if key == "adherence_mean":
-        ceilings = [scores.get(f"adherence_{a}_acc_ceiling") for a in ("shape", "color", "size", "position")]
+        ceilings = [scores.get(f"adherence_{a}_acc_ceiling") for a in ATTRIBUTES]
         return None if None in ceilings else sum(ceilings) / len(ceilings)
     if f"{key}_ceiling" in scores:
         return scores[f"{key}_ceiling"]
