@@ -4,10 +4,13 @@ study (``region_study``: the prompt told to neither half, the encoder only, the 
 at the same total bits, the prompt's bits counted: ~30 a box, ~16 a point), and --budget auto.
 
     .venv/bin/python bench/bench_promptable.py --tokenizer TOK_DIR [--data shapes|FOLDER] [--split val|test] \
-        [--unordered FLAT_DIR] [--fixed VQ_DIR] [--n 500] [--target-psnr 25] [--seed 0] [--prompts-per-image P]
+        [--unordered FLAT_DIR] [--fixed VQ_DIR] [--n 500] [--target-psnr 25] [--seed 0] [--prompts-per-image P] \
+        [--region-share S]
 
 TOK_DIR is a trained promptable tokenizer, FLAT_DIR the same preset trained with
-``--set tail_dropout=false``, VQ_DIR a fixed tokenizer at about the same bits per image.
+``--set tail_dropout=false``, VQ_DIR a fixed tokenizer at about the same bits per image. --region-share
+measures TOK_DIR with its config's ``region_share`` set to S (encode / decode only: the weights are
+the same), a prompted budget split between the region at its own scale and the whole image.
 
 Knobs are tuned on val (the default, the first --n images of the split); a tuned tokenizer's
 numbers are reported once, with --split test. A folder's split is its hash-based hold-out, centre
@@ -25,6 +28,7 @@ split, images, prompts per image and seed recorded in it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -59,10 +63,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random boxes and points")
     ap.add_argument("--prompts-per-image", type=int, default=None,
                     help="random prompts per image, each image repeated (default: 1 on shapes, 4 on a folder)")
+    ap.add_argument("--region-share", type=float, default=None,
+                    help="measure TOK_DIR with region_share set to this (0: the learned prompt paths alone)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     load = lambda d: checkpoint.load(checkpoint.resolve_checkpoint(d), kind="tokenizer")  # noqa: E731
     tok = load(args.tokenizer)
+    if args.region_share is not None:
+        if not 0 <= args.region_share <= 1:
+            ap.error(f"--region-share must be in [0, 1], got {args.region_share}")
+        tok.config = dataclasses.replace(tok.config, region_share=args.region_share)
     shapes = args.data == "shapes"
     images, items = load_images(args.data, args.n, tok.image_size, split=args.split, progress=False)
     per_image = args.prompts_per_image or (1 if shapes else 4)
@@ -77,7 +87,7 @@ def main() -> None:
     sides = tuple(tok.config.box_sides)
     drawn = {"random_boxes": {"boxes": random_boxes(len(repeated), seed=args.seed, sizes=sides)},
              "random_points": {"points": random_points(len(repeated), seed=args.seed)}}
-    extra: dict = {"tokenizer": args.tokenizer, "data": args.data, "split": args.split, "n": len(images),
+    extra: dict = {"tokenizer": args.tokenizer, "region_share": tok.config.region_share, "data": args.data, "split": args.split, "n": len(images),
                    "prompts_per_image": per_image, "seed": args.seed, "bits_per_token": bits, "box_sides": list(sides)}
     for name, prompt in drawn.items():
         extra[name] = {"seed": args.seed, "prompts_per_image": per_image,
@@ -117,6 +127,8 @@ def main() -> None:
         results = "promptable" if args.split == "test" else f"promptable-{args.split}"
     else:
         results = f"promptable-{Path(args.data).resolve().name}-{args.split}"
+    if args.region_share is not None:
+        results += f"-share{args.region_share:g}"
     report(results, rows, columns, extra)
 
 

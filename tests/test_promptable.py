@@ -232,6 +232,83 @@ def test_box_crops_read_the_grid_inside_a_box_and_pastes_draw_only_inside_it():
     assert pasted[0, 2, 4, 0] < pasted[0, 2, 7, 0] < pasted[0, 3, 7, 0]  # the crop's order kept: left to right, top down
 
 
+def test_the_region_a_prompt_asks_for_is_its_boxes_and_point_discs_together():
+    from trilemma.tokenizers.prompts import POINT_RADIUS, prompt_regions
+
+    r = POINT_RADIUS
+    prompt = Prompt(boxes=torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.5, 0.1, 0.6, 0.3]], [[-1.0] * 4] * 2,
+                                        [[-1.0] * 4] * 2]),
+                    points=torch.tensor([[[-1.0, -1.0]], [[0.5, 0.9]], [[-1.0, -1.0]]]))
+    regions = prompt_regions(prompt, 3, torch.device("cpu"))
+    assert torch.allclose(regions[0], torch.tensor([0.1, 0.1, 0.6, 0.4]))  # both boxes' hull
+    assert torch.allclose(regions[1], torch.tensor([0.5 - r, 0.9 - r, 0.5 + r, 1.0]))  # the disc's square, clipped
+    assert torch.equal(regions[2], torch.full((4,), -1.0))  # asks for nothing
+
+
+def test_a_region_share_gives_the_first_token_and_that_share_of_every_prefix_to_the_region():
+    from trilemma.tokenizers.prompts import region_positions
+
+    for share in (0.25, 0.5, 0.75, 1.0):
+        full = region_positions(32, share)
+        assert bool(full[0])
+        for k in range(1, 33):
+            assert torch.equal(region_positions(k, share), full[:k])
+            assert int(full[:k].sum()) == math.ceil(k * share)
+
+
+def test_crops_resample_a_region_and_pastes_put_it_back():
+    from trilemma.tokenizers.prompts import crop_images, paste_images
+
+    images = torch.rand(2, 3, 16, 16)
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+    assert torch.allclose(crop_images(images, whole, 16), images, atol=1e-6)  # the whole image at its size: itself
+    half = torch.tensor([[0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]])
+    crops = crop_images(images, half, 8)  # an 8x8 quarter at its own size: its pixels
+    assert torch.allclose(crops[0], images[0, :, :8, 8:], atol=1e-6)
+    assert crop_images(images, half, 32).shape == (2, 3, 32, 32)
+    around = torch.zeros(2, 3, 16, 16)
+    pasted = paste_images(crops, half, around)
+    assert torch.allclose(pasted[0, :, :8, 8:], images[0, :, :8, 8:], atol=1e-5)  # back where it came from
+    assert torch.allclose(pasted[1, :, 8:, :8], images[1, :, 8:, :8], atol=1e-5)
+    assert not pasted[0, :, 8:].any() and not pasted[0, :, :, :8].any()  # around it: untouched
+
+
+@pytest.fixture
+def zoom_tok():
+    torch.manual_seed(0)
+    return registry.build("tokenizer", "promptable-tiny", region_share=0.75).eval()
+
+
+def test_with_a_region_share_the_region_is_tokenized_at_its_own_scale_and_any_prefix_decodes(zoom_tok, tok, images):
+    from trilemma.tokenizers.prompts import crop_images, region_positions
+
+    tok.encode(images)  # the codebook's k-means init, before it is copied
+    zoom_tok.load_state_dict(tok.state_dict())
+    box = torch.tensor([[[0.25, 0.0, 0.75, 0.5]]])
+    k_max = zoom_tok.spec.max_tokens
+    plain = zoom_tok.encode(images)
+    assert torch.equal(plain.ids, tok.encode(images).ids)  # no prompt: the plain tokens
+    full = zoom_tok.encode(images, Prompt(boxes=box))
+    at = region_positions(k_max, 0.75)
+    crops = tok.encode(crop_images(images, box[0].expand(4, 4), tok.image_size)).ids
+    assert torch.equal(full.ids[:, at], crops[:, : int(at.sum())])  # the region's own tokens ...
+    assert torch.equal(full.ids[:, ~at], plain.ids[:, : int((~at).sum())])  # ... and the whole image's first ones
+    for k in range(1, k_max + 1):
+        tokens = zoom_tok.encode(images, Prompt(budget=k, boxes=box))
+        assert torch.equal(tokens.ids, full.ids[:, :k])  # a budget is a prefix
+        recon = zoom_tok.decode(tokens)
+        assert recon.shape == images.shape and torch.isfinite(recon).all()
+    one = zoom_tok.decode(zoom_tok.encode(images, Prompt(budget=1, boxes=box)))
+    outside = one[:, :, 16:]  # no token for the whole image: the region's mean colour around it
+    assert torch.allclose(outside, outside[:, :, :1, :1].expand_as(outside))
+    # A background point asks for no region: that image keeps its plain tokens, decoded as such.
+    points = Prompt(budget=3, points=torch.tensor([[[0.5, 0.5]]]).expand(4, 1, 2),
+                    point_labels=torch.tensor([[1], [0], [1], [0]]))
+    tokens = zoom_tok.encode(images, points)
+    assert torch.equal(tokens.ids[1::2], plain.ids[1::2, :3]) and not torch.equal(tokens.ids[::2], plain.ids[::2, :3])
+    assert torch.allclose(zoom_tok.decode(tokens)[1::2], tok.decode(Tokens(ids=plain.ids[1::2, :3])), atol=1e-6)
+
+
 def test_training_learns_and_the_cli_takes_budgets_boxes_and_points(tmp_path, capsys):
     from trilemma.training.loop import TrainConfig
     from trilemma.training.tokenizer import train_tokenizer

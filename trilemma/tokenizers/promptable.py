@@ -31,7 +31,17 @@ from torch import nn
 from trilemma import checkpoint, registry
 from trilemma.nn.transformer import Transformer, TransformerConfig, init_weights
 from trilemma.tokenizers.base import Tokenizer, TokenizerOutput
-from trilemma.tokenizers.prompts import PromptEncoder, box_crops, check_prompt, paste_crops, region_mask
+from trilemma.tokenizers.prompts import (
+    PromptEncoder,
+    box_crops,
+    check_prompt,
+    crop_images,
+    paste_crops,
+    paste_images,
+    prompt_regions,
+    region_mask,
+    region_positions,
+)
 from trilemma.tokenizers.vqvae import Decoder, Encoder, VQVAEConfig
 from trilemma.tokens import Prompt, Tokens, TokenSpec
 
@@ -61,6 +71,10 @@ class PromptableConfig:
     region_weight: float = 4.0  # training: extra squared-error weight inside a prompted box (or a point's disc)
     outside_weight: float = 0.0  # > 0: prompted images add this x the log of their error outside the box (a PSNR term)
     box_crop: int = 0  # > 0: a prompted box read and written at its own scale, box_crop^2 cells; 0 = off (old configs)
+    # > 0: a prompted budget is split, this share of it (the first token included) tokenizing the prompt's
+    # region cropped and resampled to the full image size, the rest the whole image unprompted; 0 = off
+    # (the prompt goes through the learned paths above). encode / decode only: training is unchanged.
+    region_share: float = 0.0
     tail_dropout: bool = True  # training: a random budget per step, so every prefix decodes
     budget_sampling: str = "uniform"  # that budget: "uniform" over 1..K or "log" (log-uniform: small ones more often)
     full_budget_prob: float = 0.75  # share of training steps at K (otherwise the late tokens learn slowest)
@@ -89,6 +103,8 @@ class PromptableTokenizer(Tokenizer):
             raise ValueError(f"box_sides must be (lo, hi) with 0 < lo <= hi <= 1, got {c.box_sides!r}")
         if not 0 <= c.point_prob <= 1:
             raise ValueError(f"point_prob must be in [0, 1], got {c.point_prob!r}")
+        if not 0 <= c.region_share <= 1:
+            raise ValueError(f"region_share must be in [0, 1], got {c.region_share!r}")
         self.side = c.image_size // c.patch
         patches = self.side**2
         qcfg = dict(c.quantizer)
@@ -225,7 +241,10 @@ class PromptableTokenizer(Tokenizer):
         self._check(images, prompt)
         prompt = prompt if prompt is not None else Prompt()
         k = prompt.budget or self.config.num_tokens
-        ids = self._encode(images, prompt).ids[:, :k, 0]
+        if self.config.region_share > 0:
+            ids = self._encode_zoomed(images, prompt, k)
+        else:
+            ids = self._encode(images, prompt).ids[:, :k, 0]
         b = images.shape[0]  # a prompt given once for every image is stored per image
         per_image = {name: (t.expand(b, *t.shape[1:]) if t is not None else None)
                      for name, t in (("boxes", prompt.boxes), ("points", prompt.points), ("point_labels", prompt.point_labels))}
@@ -239,8 +258,51 @@ class PromptableTokenizer(Tokenizer):
             raise ValueError("the promptable tokenizer decodes ids; these tokens carry only latents")
         if tokens.mask is not None and not bool(tokens.mask.all()):
             return self._decode_ragged(tokens)
+        if self.config.region_share > 0:
+            return self._decode_zoomed(tokens.ids, tokens.prompt)
         latents = self.quantizer.ids_to_latents(tokens.ids[..., None])  # [B, D, k, 1]
         return self._decode(latents, tokens.prompt)
+
+    # ------------------------------------------------------------------ the region at its own scale
+
+    def _encode_zoomed(self, images: torch.Tensor, prompt: Prompt, k: int) -> torch.Tensor:
+        """ids [B, k]: unprompted tokens of the whole image, and where the prompt asks for a region,
+        its share of the positions (``region_positions``) taken by the tokens of that region cropped
+        and resampled to the full size."""
+        ids = self._encode(images, None).ids[:, :, 0]
+        region = prompt_regions(prompt, images.shape[0], images.device)
+        zoomed = (region >= 0).all(-1)
+        if not bool(zoomed.any()):
+            return ids[:, :k]
+        at = region_positions(k, self.config.region_share).to(ids.device)
+        crops = crop_images(images[zoomed], region[zoomed], self.image_size)
+        rows = ids[zoomed, :k].clone()
+        rows[:, at] = self._encode(crops, None).ids[:, : int(at.sum()), 0]
+        rows[:, ~at] = ids[zoomed, : int((~at).sum())]
+        ids = ids[:, :k].clone()
+        ids[zoomed] = rows
+        return ids
+
+    def _decode_zoomed(self, ids: torch.Tensor, prompt: Prompt | None) -> torch.Tensor:
+        """``_encode_zoomed``'s ids -> images: the region's tokens decoded and pasted into the region,
+        the rest decoded as the whole image around it (with none, the region's mean colour)."""
+        latents = lambda part: self.quantizer.ids_to_latents(part[..., None])  # noqa: E731
+        region = prompt_regions(prompt, ids.shape[0], ids.device)
+        zoomed = (region >= 0).all(-1)
+        if not bool(zoomed.any()):
+            return self._decode(latents(ids), None)
+        at = region_positions(ids.shape[1], self.config.region_share).to(ids.device)
+        out = torch.empty(ids.shape[0], 3, self.image_size, self.image_size, device=ids.device)
+        if not bool(zoomed.all()):
+            out[~zoomed] = self._decode(latents(ids[~zoomed]), None).float()
+        rows = ids[zoomed]
+        inner = self._decode(latents(rows[:, at]), None).float()
+        if bool((~at).any()):
+            around = self._decode(latents(rows[:, ~at]), None).float()
+        else:
+            around = inner.mean((2, 3), keepdim=True).expand_as(inner)
+        out[zoomed] = paste_images(inner, region[zoomed], around)
+        return out
 
     @torch.no_grad()
     def encode_to_quality(self, images: torch.Tensor, target_psnr: float, prompt: Prompt | None = None) -> Tokens:

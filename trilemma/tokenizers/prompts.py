@@ -142,16 +142,70 @@ def paste_crops(crops: torch.Tensor, prompt: Prompt | None, side: int) -> torch.
     if boxes is None:
         return out
     image = rearrange(crops, "b (h w) d -> b d h w", h=cells).float()
-    centres = (torch.arange(side, device=crops.device) + 0.5) / side
     for box in boxes.unbind(1):
-        size = (box[:, 2:] - box[:, :2]).clamp_min(1e-6)
-        u = (centres[None] - box[:, 0, None]) / size[:, 0, None] * 2 - 1  # [B, side]: -1 .. 1 across the box
-        v = (centres[None] - box[:, 1, None]) / size[:, 1, None] * 2 - 1
-        where = torch.stack(torch.broadcast_tensors(u[:, None, :], v[:, :, None]), -1)  # [B, side, side, (x, y)]
-        drawn = nn.functional.grid_sample(image, where, align_corners=False, padding_mode="border")
-        inside = ((where.abs() <= 1).all(-1) & (box >= 0).all(-1)[:, None, None])[:, None]
+        drawn, inside = _draw_in_box(image, box, side)
         out = out + rearrange(drawn * inside, "b d h w -> b (h w) d").to(out.dtype)
     return out
+
+
+def _draw_in_box(image: torch.Tensor, box: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` [B, C, h, w] stretched over ``box`` [B, 4] of a ``side`` x ``side`` canvas
+    (bilinear, in box coordinates): the drawing [B, C, side, side] and where it lies inside the box
+    [B, 1, side, side] (none for a box of -1s)."""
+    centres = (torch.arange(side, device=image.device) + 0.5) / side
+    size = (box[:, 2:] - box[:, :2]).clamp_min(1e-6)
+    u = (centres[None] - box[:, 0, None]) / size[:, 0, None] * 2 - 1  # [B, side]: -1 .. 1 across the box
+    v = (centres[None] - box[:, 1, None]) / size[:, 1, None] * 2 - 1
+    where = torch.stack(torch.broadcast_tensors(u[:, None, :], v[:, :, None]), -1)  # [B, side, side, (x, y)]
+    drawn = nn.functional.grid_sample(image, where, align_corners=False, padding_mode="border")
+    inside = ((where.abs() <= 1).all(-1) & (box >= 0).all(-1)[:, None, None])[:, None]
+    return drawn, inside
+
+
+def prompt_regions(prompt: Prompt | None, batch: int, device: torch.device, radius: float = POINT_RADIUS) -> torch.Tensor:
+    """[B, 4] per image the box around everything its prompt asks for (its boxes, and the square
+    around each foreground point's disc of ``radius``, clipped to the image); a row of -1s where it
+    asks for nothing."""
+    lo = torch.full((batch, 2), math.inf, device=device)
+    hi = torch.full((batch, 2), -math.inf, device=device)
+    boxes = _boxes(prompt, batch, device)
+    if boxes is not None:
+        present = (boxes >= 0).all(-1, keepdim=True)
+        lo = torch.minimum(lo, torch.where(present, boxes[..., :2], math.inf).amin(1))
+        hi = torch.maximum(hi, torch.where(present, boxes[..., 2:], -math.inf).amax(1))
+    if prompt is not None and prompt.points is not None:
+        points, foreground = _points(prompt, batch, device)
+        present = (foreground & (points >= 0).all(-1))[..., None]
+        lo = torch.minimum(lo, torch.where(present, (points - radius).clamp_min(0), math.inf).amin(1))
+        hi = torch.maximum(hi, torch.where(present, (points + radius).clamp_max(1), -math.inf).amax(1))
+    regions = torch.cat([lo, hi], -1)
+    return torch.where(torch.isfinite(regions).all(-1, keepdim=True), regions, -1.0)
+
+
+def region_positions(k: int, share: float) -> torch.Tensor:
+    """[k] bool: which of a budget's first ``k`` positions carry the region's tokens when ``share``
+    of them do: the first, then each where ``ceil(i * share)`` steps up, so every prefix holds
+    ``ceil(k * share)`` of them and any prefix still decodes."""
+    counts = [math.ceil(i * share - 1e-9) for i in range(k + 1)]
+    return torch.tensor([counts[i + 1] > counts[i] for i in range(k)])
+
+
+def crop_images(images: torch.Tensor, regions: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, size, size]: each image's ``regions`` [B, 4] box (normalised x0, y0, x1, y1)
+    resampled to ``size`` x ``size`` bilinearly (torchvision's RoIAlign, one sample a cell at its
+    centre: the whole image at its own size comes back unchanged; any aspect stretched to a square)."""
+    from torchvision.ops import roi_align  # deferred: a 1 s import
+
+    index = torch.arange(len(images), device=images.device, dtype=torch.float32)[:, None]
+    scale = torch.tensor([images.shape[-1], images.shape[-2]] * 2, device=images.device, dtype=torch.float32)
+    return roi_align(images.float(), torch.cat([index, regions.float() * scale], 1), size, sampling_ratio=1, aligned=True)
+
+
+def paste_images(inner: torch.Tensor, regions: torch.Tensor, around: torch.Tensor) -> torch.Tensor:
+    """``around`` [B, C, S, S] with ``inner`` [B, C, s, s] drawn into each image's ``regions`` [B, 4]
+    box (``crop_images``' inverse)."""
+    drawn, inside = _draw_in_box(inner.float(), regions.float(), around.shape[-1])
+    return torch.where(inside, drawn, around.float())
 
 
 def box_mask(prompt: Prompt | None, batch: int, size: int, device: torch.device) -> torch.Tensor | None:
