@@ -10,7 +10,9 @@ at the same total bits, the prompt's bits counted: ~30 a box, ~16 a point), and 
 TOK_DIR is a trained promptable tokenizer, FLAT_DIR the same preset trained with
 ``--set tail_dropout=false``, VQ_DIR a fixed tokenizer at about the same bits per image. --region-share
 measures TOK_DIR with its config's ``region_share`` set to S (encode / decode only: the weights are
-the same), a prompted budget split between the region at its own scale and the whole image.
+the same), a prompted budget split between the region at its own scale and the whole image. Beside
+the random boxes it reports one colour's worth (``colour_reference``: inside each box its exact mean
+colour against the image's), the reference for k = 1, whose 9 bits say little more than a colour.
 
 Knobs are tuned on val (the default, the first --n images of the split); a tuned tokenizer's
 numbers are reported once, with --split test. A folder's split is its hash-based hold-out, centre
@@ -40,6 +42,7 @@ from common import report  # noqa: E402
 from trilemma import checkpoint  # noqa: E402
 from trilemma.metrics.prompted import (  # noqa: E402
     first_object_boxes,
+    quantize_boxes,
     random_boxes,
     random_points,
     reconstruct,
@@ -48,6 +51,25 @@ from trilemma.metrics.prompted import (  # noqa: E402
 from trilemma.metrics.scores import psnr  # noqa: E402
 from trilemma.studies.images import load_images  # noqa: E402
 from trilemma.studies.tradeoff import budget_sweep  # noqa: E402
+from trilemma.tokenizers.prompts import box_mask  # noqa: E402
+from trilemma.tokens import Prompt  # noqa: E402
+
+
+def colour_reference(images: torch.Tensor, boxes: torch.Tensor) -> dict[str, float]:
+    """What one colour says, in dB inside / outside each box: the box's exact mean colour against
+    the image's (a single token can say little more than a colour: k = 1's reference). Per-image
+    PSNR with the MSE floored at 1e-6 (66 dB: a flat box is said exactly by its colour)."""
+    inside = box_mask(Prompt(boxes=quantize_boxes(boxes)), len(images), images.shape[-1], images.device)
+
+    def score(fill: torch.Tensor, mask: torch.Tensor) -> float:
+        err = (fill.expand_as(images) - images).pow(2).mean(1, keepdim=True)
+        mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+        return (10 * torch.log10(4.0 / mse.clamp_min(1e-6))).mean().item()
+
+    box_colour = (images * inside).sum((2, 3), keepdim=True) / inside.sum((2, 3), keepdim=True).clamp_min(1)
+    image_colour = images.mean((2, 3), keepdim=True)
+    return {"in_box_box_colour": score(box_colour, inside), "in_box_image_colour": score(image_colour, inside),
+            "outside_box_colour": score(box_colour, 1 - inside), "outside_image_colour": score(image_colour, 1 - inside)}
 
 
 def main() -> None:
@@ -94,6 +116,8 @@ def main() -> None:
                        "rows": region_study(tok, repeated, **prompt, budgets=budgets)}
         for row in extra[name]["rows"]:
             print(name.replace("_", " "), row, flush=True)
+    extra["colour_reference"] = colour_reference(repeated, drawn["random_boxes"]["boxes"])
+    print("random boxes, one exact colour:", extra["colour_reference"], flush=True)
     if shapes:
         rows = region_study(tok, images, first_object_boxes(items), budgets)
         extra["boxes"] = "the first object's grid cell"
