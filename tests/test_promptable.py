@@ -371,6 +371,13 @@ def test_the_photo_presets_put_64_px_crops_on_an_8x8_latent_grid(tmp_path):
     tok = registry.build("tokenizer", "promptable-photos", dim=32, encoder_depth=1, decoder_depth=1, heads=2,
                          base=str(checkpoint.save(ae, tmp_path / "ae")))
     assert tok.side == 8 and tok.image_size == 64
+    from trilemma.tokenizers.promptable import random_prompt
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert random_prompt(images, tok.config).boxes is None  # trained without prompts: a region gets its own tokens
+    box = Prompt(budget=4, boxes=torch.tensor([[[0.0, 0.0, 0.5, 0.5]]]))
+    assert not torch.equal(tok.encode(images, box).ids[:, :3], tok.encode(images, Prompt(budget=4)).ids[:, :3])
     recipe = registry.get_preset("tokenizer", "ae-f8-photos").recipe
     assert recipe["random_crop"] > 0  # trained on crops of the folder's train files
 

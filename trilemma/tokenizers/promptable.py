@@ -12,6 +12,9 @@ random prompts and weights the reconstruction toward the prompted region, so a p
 learns to spend its first tokens there. With ``box_crop`` the encoder also reads a prompted box's
 content resampled to a fixed grid (RoIAlign, as Mask R-CNN reads a region), and the decoder pastes a
 grid drawn from the tokens back into the box: a box is described at its own scale wherever it lies.
+With ``region_share`` that holds by construction: a share of the budget tokenizes the prompt's region
+cropped to the full size (a foveated glimpse), the rest the whole image, and decode pastes one into
+the other.
 
     tok.encode(images, Prompt(budget=8, boxes=torch.tensor([[[.1, .1, .5, .5]]])))  -> Tokens(ids [B, 8], prompt)
     tok.decode(tokens)                                                  -> images (prompt from tokens)
@@ -480,10 +483,12 @@ _preset("promptable-shapes", "CPU: 32 ordered 1D tokens (VQ 512 codes), box / po
 # placed on content or anywhere at even odds (docs/experiments.md, "Promptable on photographs").
 _ANYWHERE = dict(max_boxes=2, prompt_boxes="mixed", box_sides=(0.15, 0.6), point_prob=0.3)
 # Its recipe: 1600 steps over ae-f8-photos, chosen on val photos against 800 over an f4 base and against a heavier
-# region weight (docs/experiments.md, "Promptable on photographs").
-_preset("promptable-photos", "CPU: 32 ordered 1D tokens (VQ 512 codes) of 64x64 photo crops, boxes and points anywhere; "
-        "train it over ae-f8-photos trained on your images (config field `base`: its directory)",
-        recipe={"steps": 1600, "lr": 2e-3, "random_crop": 0.35}, image_size=64, box_crop=4, **_ANYWHERE, **_PROMPT_TRAINING)
+# region weight; a prompt's region tokenized at its own scale (three tokens in four), trained without prompts, chosen
+# on val over those learned prompt paths (docs/experiments.md, "Promptable on photographs").
+_preset("promptable-photos", "CPU: 32 ordered 1D tokens (VQ 512 codes) of 64x64 photo crops; a box or point's region gets "
+        "3 tokens in 4 at its own scale; train it over ae-f8-photos trained on your images (config field `base`: its directory)",
+        recipe={"steps": 1600, "lr": 2e-3, "random_crop": 0.35}, image_size=64, box_crop=4, **_ANYWHERE,
+        **{**_PROMPT_TRAINING, "prompt_prob": 0.0}, region_share=0.75)
 _preset("promptable-tiny", "test size: 8 tokens, width 32", dim=32, encoder_depth=1, decoder_depth=1, heads=2, num_tokens=8,
         fourier_bands=4, conv_channels=8, quantizer={"name": "vq", "codebook_size": 64, "codebook_dim": 4}, box_crop=2)
 _preset("promptable-256", "GPU: 128 ordered tokens (VQ 4096 codes), ViT-B-like halves on 16x16 patches of 256x256",

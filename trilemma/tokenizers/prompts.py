@@ -3,7 +3,9 @@ Fourier features of box corners and points plus learned type embeddings, and a d
 / point mark per grid position), the grid a box covers (``box_mask``) and the region a prompt asks
 for (``region_mask``: its boxes and a disc of ``POINT_RADIUS`` around each foreground point: a point
 means "around here"), and a box's content read and written at its own scale (``box_crops`` by
-RoIAlign, ``paste_crops`` by bilinear sampling)."""
+RoIAlign, ``paste_crops`` by bilinear sampling); for ``region_share``, the one region a prompt asks
+for (``prompt_regions``), which of a budget's positions describe it (``region_positions``), and its
+pixels cropped to the full size and pasted back (``crop_images``, ``paste_images``)."""
 
 from __future__ import annotations
 
