@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -55,16 +56,17 @@ from trilemma.tokenizers.prompts import box_mask  # noqa: E402
 from trilemma.tokens import Prompt  # noqa: E402
 
 
+PSNR_CAP = 10 * math.log10(4.0 / 1e-6)  # an MSE floored at 1e-6 (66 dB): a flat box is said exactly by its colour
+
+
 def colour_reference(images: torch.Tensor, boxes: torch.Tensor) -> dict[str, float]:
     """What one colour says, in dB inside / outside each box: the box's exact mean colour against
     the image's (a single token can say little more than a colour: k = 1's reference). Per-image
-    PSNR with the MSE floored at 1e-6 (66 dB: a flat box is said exactly by its colour)."""
+    PSNR, capped at ``PSNR_CAP``."""
     inside = box_mask(Prompt(boxes=quantize_boxes(boxes)), len(images), images.shape[-1], images.device)
 
     def score(fill: torch.Tensor, mask: torch.Tensor) -> float:
-        err = (fill.expand_as(images) - images).pow(2).mean(1, keepdim=True)
-        mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-        return (10 * torch.log10(4.0 / mse.clamp_min(1e-6))).mean().item()
+        return psnr(fill.expand_as(images), images, mask=mask).clamp(max=PSNR_CAP).mean().item()
 
     box_colour = (images * inside).sum((2, 3), keepdim=True) / inside.sum((2, 3), keepdim=True).clamp_min(1)
     image_colour = images.mean((2, 3), keepdim=True)
@@ -109,8 +111,8 @@ def main() -> None:
     sides = tuple(tok.config.box_sides)
     drawn = {"random_boxes": {"boxes": random_boxes(len(repeated), seed=args.seed, sizes=sides)},
              "random_points": {"points": random_points(len(repeated), seed=args.seed)}}
-    extra: dict = {"tokenizer": args.tokenizer, "region_share": tok.config.region_share, "data": args.data, "split": args.split, "n": len(images),
-                   "prompts_per_image": per_image, "seed": args.seed, "bits_per_token": bits, "box_sides": list(sides)}
+    extra: dict = {"tokenizer": args.tokenizer, "region_share": tok.config.region_share, "data": args.data,
+                   "split": args.split, "n": len(images), "prompts_per_image": per_image, "seed": args.seed, "bits_per_token": bits, "box_sides": list(sides)}
     for name, prompt in drawn.items():
         extra[name] = {"seed": args.seed, "prompts_per_image": per_image,
                        "rows": region_study(tok, repeated, **prompt, budgets=budgets)}
