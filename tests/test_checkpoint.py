@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from trilemma import checkpoint
+from trilemma import checkpoint, registry
 from trilemma.checkpoint import CheckpointError
 
 
@@ -96,3 +96,20 @@ def test_shape_mismatch_is_named(tmp_path, tiny_vq):
     with pytest.raises(CheckpointError) as err:
         checkpoint.load(path)
     _assert_one_line(err.value, "has shape", "expects")
+
+
+def test_a_convolutional_tokenizer_loads_at_another_image_size(tmp_path):
+    tok = registry.build("tokenizer", "fsq-f4-shapes", channels=8)
+    path = checkpoint.save(tok, tmp_path / "fsq")
+    big = checkpoint.load(path, kind="tokenizer", image_size=64)
+    assert big.image_size == 64 and big.native_image_size == 32 and big.spec.grid == (16, 16)
+    for name, tensor in tok.state_dict().items():
+        assert torch.equal(big.state_dict()[name], tensor), name
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    tokens = big.encode(images)
+    assert tokens.ids.shape == (2, 256) and big.decode(tokens).shape == (2, 3, 64, 64)
+    same = checkpoint.load(path, kind="tokenizer", image_size=32)  # its own size: as saved
+    x = images[:, :, :32, :32]
+    assert torch.equal(same.encode(x).ids, tok.eval().encode(x).ids)
+    with pytest.raises(checkpoint.CheckpointError, match="not divisible"):
+        checkpoint.load(path, kind="tokenizer", image_size=30)

@@ -168,6 +168,19 @@ def test_tradeoff_refuses_mixed_image_sizes(saved_tokenizers, tmp_path):
         tradeoff([saved_tokenizers[0]], data=str(tmp_path), n=2, features="domain", lpips=False)
 
 
+def test_tradeoff_runs_convolutional_tokenizers_at_another_size(saved_tokenizers, tmp_path):
+    promptable = checkpoint.save(registry.build("tokenizer", "promptable-tiny"), tmp_path / "prompt")
+    rows = tradeoff(saved_tokenizers, n=2, size=64, features=None, lpips=False, progress=False)
+    assert [r["image_size"] for r in rows] == [64, 64, 64]
+    assert [r.get("trained") for r in rows] == ["at 32x32"] * 3 and rows[2]["native_image_size"] == 32
+    assert rows[0]["tokens_per_image"] == 256 and rows[2]["tokens_per_image"] == 4 * 64  # the grid grew with the size
+    assert rows[0]["psnr"] > 100  # raw 8-bit patches stay exact at any size (to float rounding)
+    native = tradeoff(saved_tokenizers[:1], n=2, size=32, features=None, lpips=False, progress=False)
+    assert "trained" not in native[0] and "native_image_size" not in native[0]
+    with pytest.raises(checkpoint.CheckpointError, match=r"takes 32x32 images only .* not 64x64"):
+        tradeoff([saved_tokenizers[0], promptable], n=2, size=64, features=None, lpips=False, progress=False)
+
+
 def test_split_all_evaluates_every_image_of_a_folder(saved_tokenizers, tmp_path):
     from PIL import Image
 

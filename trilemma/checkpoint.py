@@ -235,8 +235,13 @@ def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from None
 
 
-def load(directory: str | Path, kind: str | None = None, **context: Any) -> torch.nn.Module:
-    """Rebuild the model recorded in ``directory`` from the registry and load its weights (eval mode)."""
+def load(directory: str | Path, kind: str | None = None, *, image_size: int | None = None, **context: Any) -> torch.nn.Module:
+    """Rebuild the model recorded in ``directory`` from the registry and load its weights (eval mode).
+
+    ``image_size``: run a tokenizer at another square size than it was saved at, for one whose
+    weights are the same at every size (``Tokenizer.any_size``: convolutional grids, raw patches);
+    its grid of tokens grows with the images. ``native_image_size`` on the model says what it was saved at.
+    """
     directory = Path(directory)
     meta = read_config(directory, kind)
     try:
@@ -244,6 +249,12 @@ def load(directory: str | Path, kind: str | None = None, **context: Any) -> torc
     except registry.RegistryError as err:
         raise CheckpointError(f"{directory}: {err}") from None
     cfg_path = directory / CONFIG_FILE
+    native = meta["config"].get("image_size")
+    if image_size is not None and image_size != native:
+        if not getattr(cls, "any_size", False):
+            raise CheckpointError(f"{directory}: a {meta['name']} model takes {native}x{native} images only (its weights "
+                                  f"depend on the size), not {image_size}x{image_size}; evaluate it at {native}")
+        meta["config"] = {**meta["config"], "image_size": image_size}
     try:
         config = config_from_dict(cls.Config, meta["config"])
         registry.check_config(config)
@@ -279,6 +290,8 @@ def load(directory: str | Path, kind: str | None = None, **context: Any) -> torc
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.checkpoint_dir = directory
+    if native is not None:
+        model.native_image_size = native
     return model.eval()
 
 

@@ -113,6 +113,9 @@ def make_row(name: str, directory: Path, tok, metrics: dict) -> dict:
         # pixels per token side on a grid (f8: 8x8 pixels a token; multi-scale: at the finest scale); None for 1D tokens
         "downsampling": tok.image_size // (spec.grid[1] if spec.grid else spec.scales[-1]) if spec.grid or spec.scales else None,
     }
+    native = getattr(tok, "native_image_size", tok.image_size)
+    if native != tok.image_size:  # a convolutional tokenizer run at another size than it was trained at
+        row.update(native_image_size=native, trained=f"at {native}x{native}")
     row.update(metrics)
     if row.get("floats_per_image") is None and not row["discrete"] and row.get("tokens_per_image") is not None:
         row["floats_per_image"] = row["tokens_per_image"] * spec.latent_dim
@@ -146,8 +149,10 @@ def tradeoff(
 ) -> list[dict]:
     """Evaluate every tokenizer on the same ``n`` held-out images; one row per tokenizer.
 
-    All tokenizers must take one image size (``size``, or the size they share): bits per image are
-    only comparable at one resolution. Rows hold the tokenizer's name (preset or directory name),
+    All tokenizers are evaluated at one image size (``size``, or the size they share): bits per image
+    are only comparable at one resolution. With ``size``, a convolutional tokenizer trained at another
+    size runs at it (``checkpoint.load(image_size=)``; its row says ``trained`` at which); any other
+    must have been trained at ``size``. Rows hold the tokenizer's name (preset or directory name),
     its path and token layout, every metric of ``evaluate_reconstruction`` and the ``protocol``
     they were measured under (``protocol()``); continuous tokenizers have ``bits_per_image=None`` and
     ``floats_per_image``, ``effective_bits_per_image`` and ``storage_bits_per_image`` instead. With
@@ -171,7 +176,7 @@ def tradeoff(
     evaluate = evaluate if evaluate is not None else evaluate_reconstruction
     dirs = [resolve_checkpoint(d) for d in tokenizer_dirs]
     names = _unique([tokenizer_name(d) for d in dirs], dirs)
-    tokenizers = [checkpoint.load(d, kind="tokenizer").to(device) for d in dirs]
+    tokenizers = [checkpoint.load(d, kind="tokenizer", image_size=size).to(device) for d in dirs]
     if decoder is not None:
         dec_dir = resolve_checkpoint(decoder)
         own = checkpoint.recorded_tokenizer(dec_dir, kind="decoder")

@@ -29,6 +29,7 @@ class Tokenizer(nn.Module):
 
     config: object
     trainable: bool = True  # False for tokenizers with nothing to learn (the raw patch tokenizer)
+    any_size: bool = False  # True when the weights fit every image size (a convolutional grid): checkpoint.load(image_size=)
 
     @property
     def spec(self) -> TokenSpec:

@@ -60,6 +60,7 @@ class DiffusersAE(Tokenizer):
     """A diffusers image autoencoder behind our Tokenizer interface: continuous latents on a grid."""
 
     Config = DiffusersAEConfig
+    any_size = True
 
     def __init__(self, config: DiffusersAEConfig):
         super().__init__()

@@ -54,6 +54,7 @@ class DiffusersVQ(Tokenizer):
     """A diffusers ``VQModel`` behind our Tokenizer interface."""
 
     Config = DiffusersVQConfig
+    any_size = True
 
     def __init__(self, config: DiffusersVQConfig):
         super().__init__()

@@ -29,6 +29,7 @@ class PatchConfig:
 @registry.register("tokenizer", "patch")
 class PatchTokenizer(Tokenizer):
     Config = PatchConfig
+    any_size = True
     trainable = False
 
     def __init__(self, config: PatchConfig):

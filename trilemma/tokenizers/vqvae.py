@@ -81,6 +81,7 @@ class Decoder(nn.Module):
 @registry.register("tokenizer", "vqvae")
 class VQVAE(Tokenizer):
     Config = VQVAEConfig
+    any_size = True
 
     def __init__(self, config: VQVAEConfig):
         super().__init__()
@@ -163,6 +164,9 @@ _preset("ae-f4-shapes", "continuous autoencoder, 8x8 x 4-d latents, light KL", *
 # more than over an f4 base at 64 (docs/experiments.md, "Promptable on photographs").
 _preset("ae-f8-photos", "continuous autoencoder for 64x64 crops of your photos: 8x8 x 4-d latents (promptable-photos' base)",
         **{**_SHAPES, "image_size": 64, "channel_mult": (1, 2, 2, 2), "dim": 4}, quantizer={"name": "none", "kl_weight": 1e-6},
+        recipe={"steps": 1200, "lr": 1e-3, "random_crop": 0.35})
+_preset("fsq-f8-photos", "FSQ levels 8-5-5-5 (1000 codes) for 64x64 crops of your photos: 8x8 tokens (ae-f8-photos, discrete)",
+        **{**_SHAPES, "image_size": 64, "channel_mult": (1, 2, 2, 2)}, quantizer={"name": "fsq", "levels": [8, 5, 5, 5]},
         recipe={"steps": 1200, "lr": 1e-3, "random_crop": 0.35})
 
 # GPU presets: 256x256, taming/LlamaGen-like widths (exercised at tiny size in tests).
