@@ -1,5 +1,6 @@
 """``trilemma list`` (what the registry holds), ``trilemma data preview`` (a look at a dataset) and
-``trilemma data splits`` (each split's size and what the splits share)."""
+``trilemma data splits`` (each split's size and what the splits share) and ``trilemma data overlap``
+(what a folder kept for testing shares with another)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from trilemma import registry
 from trilemma.cli import options
 from trilemma.cli.options import command, group, positive_int, seed
-from trilemma.data import load_dataset, split_overlap
+from trilemma.data import folder_overlap, load_dataset, split_overlap
+from trilemma.data.overlap import NEAR
 from trilemma.images import save_grid
 
 
@@ -26,13 +28,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="novel: shapes with a held-out colour x shape pair; all: every image of a folder")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", default="preview.png")
-    p = command(data, "splits", "each split's size and the exact duplicates the splits share "
-                "(images, captions, and shapes' compositions or a folder's file bytes)", run_splits)
+    p = command(data, "splits", "each split's size and the duplicates the splits share (images, captions, and "
+                "shapes' compositions or a folder's file bytes and near duplicates)", run_splits)
     p.add_argument("dataset", help="'shapes' or a directory of images")
     p.add_argument("--n", type=positive_int, default=None,
                    help="measure the first N items of each split (default: all; shapes' train is 50k)")
     p.add_argument("--size", type=positive_int, default=32, help="image size")
     p.add_argument("--seed", type=seed, default=0, help="shapes' seed")
+    p = command(data, "overlap", "what a folder's images share with another folder's: the same files, the same "
+                "pixels, near duplicates (resized, filtered or annotated copies), each near pair listed", run_overlap)
+    p.add_argument("evaluated", help="the folder you evaluate on (e.g. with --split all)")
+    p.add_argument("--against", required=True, metavar="DIR", help="the folder a model trained on")
+    p.add_argument("--threshold", type=float, default=NEAR,
+                   help="32x32 luminance-thumbnail correlation from which two images are near duplicates")
+    p.add_argument("--size", type=positive_int, default=32, help="image size the pixels are compared at")
 
 
 def run_list(args: argparse.Namespace) -> None:
@@ -78,6 +87,17 @@ def run_splits(args: argparse.Namespace) -> None:
     for o in r["overlap"]:
         rows.append((" / ".join(o["splits"]),) + tuple(f"{o[k]}/{o['measured'][1]}" for k in r["kinds"]))
     _table(rows)
+
+
+def run_overlap(args: argparse.Namespace) -> None:
+    r = folder_overlap(args.against, args.evaluated, size=args.size, threshold=args.threshold, progress=True)
+    n_ref, n_ev = r["measured"]
+    print(f"{r['evaluated']} ({n_ev} images, {r['unreadable'][1]} unreadable) against {r['reference']} ({n_ref} images)")
+    _table([("shared", "images"), ("same file bytes", f"{r['files']}/{n_ev}"),
+            (f"same pixels at {r['size']}x{r['size']}", f"{r['images']}/{n_ev}"),
+            (f"near duplicates (thumbnail correlation >= {r['threshold']:g})", f"{r['near']}/{n_ev}")])
+    for pair in r["pairs"]:
+        print(f"  {pair['correlation']:.3f}  {pair['evaluated']}  ~  {pair['reference']}")
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

@@ -75,7 +75,7 @@ FLAGS = {
     "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
     "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder", "sample": "--sample",
     "bits_step_images": "--bits-step-images", "precision": "--dtype", "compile": "--compile",
-    "region": "--region",
+    "region": "--region", "threshold": "--threshold", "reference": "--against",
 }
 _NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
 

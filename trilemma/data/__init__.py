@@ -17,14 +17,14 @@ import torch
 from trilemma.data.compositions import (COLORS, NOVEL_PAIRS, POSITIONS, SHAPES, SIZES,
                                         composition_key, split_of)
 from trilemma.data.folder import FolderDataset
-from trilemma.data.overlap import split_overlap
+from trilemma.data.overlap import folder_overlap, split_overlap
 from trilemma.data.shapes import (ShapesDataset, attributes_to_cells, caption, cells_to_attributes,
                                   parse_caption)
 from trilemma.data.text import TextTokenizer
 
 __all__ = ["COLORS", "NOVEL_PAIRS", "POSITIONS", "SHAPES", "SIZES", "FolderDataset", "ShapesDataset",
            "InMemory", "TextTokenizer", "attributes_to_cells", "caption", "cells_to_attributes", "collate",
-           "composition_key", "load_dataset", "parse_caption", "split_of", "split_overlap"]
+           "composition_key", "folder_overlap", "load_dataset", "parse_caption", "split_of", "split_overlap"]
 
 
 def load_dataset(name_or_path: str, split: str = "train", size: int = 32, seed: int = 0,
