@@ -11,6 +11,7 @@ continuous tokenizer's effective bits decode every image once per quantization s
 dozen), so the whole set takes most of an hour there; ``--models taesd`` runs in about a minute.
 
     .venv/bin/python bench/bench_zoo.py --data photos/ [--n 48] [--size 256] [--models sd-vae flux-vae ...]
+        [--bits-step-images 8]
 
 Prints a table and writes bench/results/zoo.json.
 """
@@ -70,6 +71,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--batch-size", type=int, default=4, help="images per forward (progress moves per batch)")
+    p.add_argument("--bits-step-images", type=int, default=None, metavar="N",
+                   help="choose the effective-bits step on the first N images (eval tradeoff's flag; default: all)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +85,8 @@ def main() -> None:
         for name, directory in zip(args.models, dirs):  # one study per model: each one's own wall time
             start = time.perf_counter()
             (row,) = tradeoff([directory], data=args.data, n=args.n, size=args.size, features="none", lpips=False,
-                              split="all", progress=True, batch_size=args.batch_size)
+                              split="all", progress=True, batch_size=args.batch_size,
+                              bits_step_images=args.bits_step_images)
             spec = checkpoint.load(directory, kind="tokenizer").spec
             rows.append({"model": name, "tokens": row["tokens_per_image"], "f": row["downsampling"],
                          "latent_dim": spec.latent_dim, "floats_per_image": row.get("floats_per_image"),
@@ -92,6 +96,7 @@ def main() -> None:
     print(f"{len(rows)} tokenizers on {args.n} images at {args.size}: {total:.0f} s")
     report("zoo", rows, ["model", "tokens", "f", "latent_dim", "encode_images_per_s", "decode_images_per_s", "study_s"],
            extra={"images": args.n, "size": args.size, "data": str(args.data), "total_s": total,
+                  "bits_step_images": args.bits_step_images,
                   "weights": "random (timing only: these rows' PSNR / bits are not measured quality)"})
 
 
