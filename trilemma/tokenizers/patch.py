@@ -79,7 +79,7 @@ class PatchTokenizer(Tokenizer):
             return self._images(tokens.latents.float())
         if tokens.ids is None:
             raise ValueError("this discrete patch tokenizer decodes ids; these tokens have only latents")
-        return self._images(tokens.ids.float() * (2 / self.max_value) - 1)
+        return self._images(tokens.ids.float() / (self.max_value / 2) - 1)  # as images.pil_to_tensor: 8-bit exact
 
     def forward(self, images: torch.Tensor, prompt: Prompt | None = None) -> TokenizerOutput:
         tokens = self.encode(images, prompt)
