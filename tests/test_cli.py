@@ -171,6 +171,20 @@ def test_tokenize_and_reconstruct_two_images(tmp_path, vq_dir, capsys):
     _assert_png(recon)
 
 
+def test_tokenize_and_reconstruct_at_another_size(tmp_path, vq_dir, capsys):
+    big = _png(tmp_path / "big.png", 48, seed=1)
+    tokens_file = tmp_path / "tokens.safetensors"
+    assert main(["tokenize", str(big), "--tokenizer", str(vq_dir), "--size", "48", "--out", str(tokens_file)]) == 0
+    out = capsys.readouterr().out
+    assert "tokens per image: 144" in out and "notice:" not in out  # a 12x12 grid, the image as it is
+    assert Tokens.load(tokens_file).meta["image_size"] == 48
+    recon = tmp_path / "recon.png"
+    assert main(["reconstruct", str(big), "--tokenizer", str(vq_dir), "--size", "48", "--out", str(recon)]) == 0
+    assert Image.open(recon).height >= 48
+    assert main(["reconstruct", str(big), "--tokenizer", str(vq_dir), "--size", "30", "--out", str(recon)]) == 1
+    assert "not divisible" in capsys.readouterr().err
+
+
 def test_eval_reconstruction_prints_the_metrics(tmp_path, vq_dir, capsys):
     torch.set_num_threads(1)
     out_dir = tmp_path / "eval"

@@ -46,11 +46,15 @@ def _box_cells(box: tuple[float, ...], h: int, w: int) -> torch.Tensor:
     return (inside_r[:, None] & inside_c[None, :]).flatten()
 
 
-def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = None) -> Any:
+def load_tokenizer(tokenizer_dir: str | Path, decoder_dir: str | Path | None = None, image_size: int | None = None) -> Any:
     """A tokenizer checkpoint; with ``decoder_dir``, decoding through that token-conditioned decoder
-    (which must have been trained on this tokenizer)."""
+    (which must have been trained on this tokenizer). ``image_size``: run a convolutional tokenizer
+    at that size (``checkpoint.load``); a decoder draws at the size it was trained at."""
     tok_dir = checkpoint.resolve_checkpoint(tokenizer_dir)
-    tokenizer = checkpoint.load(tok_dir, kind="tokenizer")
+    if decoder_dir is not None and image_size is not None:
+        raise ValueError("`image_size` resizes a tokenizer alone; a token-conditioned decoder draws at the size it was "
+                         "trained at")
+    tokenizer = checkpoint.load(tok_dir, kind="tokenizer", image_size=image_size)
     if decoder_dir is None:
         return tokenizer
 

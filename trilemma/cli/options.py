@@ -75,7 +75,7 @@ FLAGS = {
     "text_length": "--text-length", "box": "--box", "split": "--split", "features": "--features",
     "diagnostic_n": "--diagnostic-n", "pixel_range": "--pixel-range", "decoder": "--decoder", "sample": "--sample",
     "bits_step_images": "--bits-step-images", "precision": "--dtype", "compile": "--compile",
-    "region": "--region", "threshold": "--threshold", "reference": "--against",
+    "region": "--region", "threshold": "--threshold", "reference": "--against", "image_size": "--size",
 }
 _NAMED = re.compile(r"`(?P<name>[A-Za-z_][\w.]*)(?:=(?P<value>[^`]*))?`")
 
@@ -349,6 +349,12 @@ def add_tokenizer(p: argparse.ArgumentParser) -> None:
                    "tokenizer's own (trilemma train decoder)")
 
 
+def add_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="run a convolutional tokenizer (vqvae, patch, imported diffusers) at this image size "
+                        "(default: the size it was trained at)")
+
+
 def load_tokenizer(args: argparse.Namespace, dev: torch.device | None = None) -> Any:
     """--tokenizer, decoding through --decoder when given (then --tokenizer defaults to the decoder's)."""
     decoder = getattr(args, "decoder", None)
@@ -356,5 +362,5 @@ def load_tokenizer(args: argparse.Namespace, dev: torch.device | None = None) ->
         raise ValueError("--tokenizer is required (or --decoder, whose tokenizer is recorded)")
     tok_dir = args.tokenizer if decoder is None else checkpoint.recorded_tokenizer(
         checkpoint.resolve_checkpoint(decoder), args.tokenizer, kind="decoder")
-    tok = pipeline.load_tokenizer(tok_dir, decoder)
+    tok = pipeline.load_tokenizer(tok_dir, decoder, image_size=getattr(args, "size", None))
     return tok.to(dev) if dev is not None else tok

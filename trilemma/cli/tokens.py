@@ -23,6 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint or run directory")
     p.add_argument("--out", default="tokens.safetensors")
+    options.add_size(p)
     options.add_prompt(p)
     options.add_device(p)
 
@@ -30,6 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+")
     options.add_tokenizer(p)
     p.add_argument("--out", default="reconstruction.png")
+    options.add_size(p)
     options.add_prompt(p, several_budgets=True)
     options.add_device(p)
 
