@@ -209,8 +209,10 @@ def test_eval_tradeoff_writes_the_report(tmp_path, capsys):
                  "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert "| patch4-8bit" in out and "| patch4-4bit" in out
-    for name in ("report.json", "report.md", "psnr_vs_bits.png", "trilemma.png"):
+    for name in ("report.json", "report.md", "psnr_vs_bits.png", "trilemma.png", "reconstructions.png"):
         assert (out_dir / name).is_file(), name
+    assert "![reconstructions](reconstructions.png)" in (out_dir / "report.md").read_text()
+    assert Image.open(out_dir / "reconstructions.png").width == 3 * 4 * 32 + 4 * 4  # original + 2 tokenizers, x4
 
 
 def test_eval_generation_error_names_the_missing_generator(tmp_path, capsys):

@@ -11,6 +11,7 @@ from trilemma import checkpoint, registry
 from trilemma.metrics.features import DomainFeatures
 from trilemma.metrics.reconstruction import evaluate_reconstruction
 from trilemma.studies import tradeoff as tradeoff_module
+from trilemma.studies.images import load_images
 from trilemma.studies.report import markdown_table, write_report
 from trilemma.studies.tradeoff import discrete_front, pareto_front, plot_bits, tradeoff, trilemma_weights
 
@@ -179,6 +180,20 @@ def test_tradeoff_runs_convolutional_tokenizers_at_another_size(saved_tokenizers
     assert "trained" not in native[0] and "native_image_size" not in native[0]
     with pytest.raises(checkpoint.CheckpointError, match=r"takes 32x32 images only .* not 64x64"):
         tradeoff([saved_tokenizers[0], promptable], n=2, size=64, features=None, lpips=False, progress=False)
+
+
+def test_reconstruction_picture_shows_each_tokenizer_on_the_evaluated_images(saved_tokenizers, tmp_path, monkeypatch):
+    rows = tradeoff(saved_tokenizers, n=3, features=None, lpips=False, progress=False)
+    drawn = {}
+    monkeypatch.setattr(tradeoff_module, "save_grid", lambda grid, path, captions, nrow, scale: drawn.update(
+        grid=grid, captions=captions, nrow=nrow) or path)
+    assert tradeoff_module.reconstruction_picture(rows, "shapes", tmp_path / "r.png", count=3) == tmp_path / "r.png"
+    grid, captions = drawn["grid"].view(3, 4, 3, 32, 32), drawn["captions"]
+    assert drawn["nrow"] == 4 and captions[:2] == ["original", "patch4-8bit: inf dB"]
+    assert captions[2].startswith("patch4-4bit: ") and captions[3].startswith("my-vq: ") and captions[4] == "original"
+    assert torch.equal(grid[:, 1], grid[:, 0]) and not torch.equal(grid[:, 2], grid[:, 0])  # lossless, then not
+    images = load_images("shapes", 3, 32)[0]
+    assert torch.equal(grid[:, 0], images)  # the images tradeoff evaluated
 
 
 def test_split_all_evaluates_every_image_of_a_folder(saved_tokenizers, tmp_path):

@@ -38,7 +38,7 @@ from trilemma.studies.generation import benchmark, evaluate_generation
 from trilemma.studies.images import FEATURE_CHOICES, SPLITS, check_split
 from trilemma.studies.region import REGION_CHOICES, region_lines
 from trilemma.studies.report import bits_cell, markdown_table, psnr_cell, real_score, write_json, write_report
-from trilemma.studies.tradeoff import discrete_front, settings, tradeoff
+from trilemma.studies.tradeoff import discrete_front, reconstruction_picture, settings, tradeoff
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -266,8 +266,10 @@ def run_tradeoff(args: argparse.Namespace) -> list[dict]:
         out_dir=args.out, probe_cache=_probe_cache(args), batch_size=args.batch_size, lpips=not args.no_lpips,
         device=options.device(args), split=args.split, bits_step_images=args.bits_step_images, region=args.region,
     )
+    picture = reconstruction_picture(rows, args.data, Path(args.out) / "reconstructions.png", seed=args.seed,
+                                     split=args.split, device=options.device(args))
     files = write_report(rows, args.out, settings=settings(args.data, args.n, args.seed, args.features, rows[0]["image_size"],
-                                                           args.split))
+                                                           args.split), pictures=picture)
     print(markdown_table(rows, discrete_front(rows, "psnr")))
     print("* on the bits-vs-PSNR Pareto front")
     for row in rows:

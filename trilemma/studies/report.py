@@ -342,9 +342,10 @@ def plot_triangle(rows: Sequence[dict], path: str | Path, title: str = "") -> Pa
 
 
 def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | None = None,
-                 title: str = "Tokenizer trade-off") -> dict[str, Path]:
+                 title: str = "Tokenizer trade-off", pictures: str | Path | None = None) -> dict[str, Path]:
     """Write report.json, report.md, report.html (self-contained) and the PNG plots into ``out_dir``;
-    returns {name: path}."""
+    returns {name: path}. ``pictures``: a PNG in ``out_dir`` shown after the table (the tokenizers'
+    reconstructions, ``tradeoff.reconstruction_picture``)."""
     out = Path(out_dir)
     rows = [dict(r) for r in rows]
     if not rows:
@@ -361,6 +362,8 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | Non
         "triangle_plot": plot_triangle(rows, out / "trilemma.png"),
     }
     files.update({k: v for k, v in plots.items() if v is not None})
+    if pictures is not None:
+        files["reconstructions"] = Path(pictures)
 
     notes = [
         "\\* = on the Pareto front of bits per image vs PSNR (discrete tokenizers: fewer bits, higher PSNR).",
@@ -379,7 +382,8 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, settings: dict | Non
     if settings:
         md += ["Protocol:", ""] + [f"- {k}: {v}" for k, v in settings.items()] + [""]
     md += [markdown_table(rows, front_psnr), ""] + [f"- {n}" for n in notes] + [""]
-    for key, caption in (("psnr_plot", "PSNR vs bits"), ("rfid_plot", "rFID vs bits"), ("triangle_plot", "trilemma")):
+    for key, caption in (("reconstructions", "reconstructions"), ("psnr_plot", "PSNR vs bits"),
+                         ("rfid_plot", "rFID vs bits"), ("triangle_plot", "trilemma")):
         if key in files:
             md += [f"![{caption}]({files[key].name})", ""]
     files["markdown"] = atomic_write_bytes(out / "report.md", "\n".join(md).encode())

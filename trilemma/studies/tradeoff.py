@@ -30,6 +30,8 @@ import torch
 
 from trilemma import checkpoint
 from trilemma.checkpoint import resolve_checkpoint
+from trilemma.images import save_grid
+from trilemma.metrics import scores
 from trilemma.metrics.bits import FLOAT_BITS, TOLERANCE_DB
 from trilemma.metrics.reconstruction import evaluate_reconstruction, rfid_left_out
 from trilemma.pipeline import load_tokenizer
@@ -242,6 +244,34 @@ def tradeoff(
             rows[-1]["region"] = region_report(tok, images.to(device), items[: len(images)], region, budget_sweep(tok),
                                                data, split, seed, batch_size)
     return rows
+
+
+@torch.no_grad()
+def reconstruction_picture(rows: Sequence[dict], data: str, path: str | Path, count: int = 4, seed: int = 0,
+                           split: str = "test", device: str | torch.device = "cpu") -> Path | None:
+    """A PNG beside the table: the first ``count`` images ``tradeoff`` evaluated (the same ``data``,
+    ``split`` and ``seed``), one row each, the original then every tokenizer's reconstruction (at its
+    full budget, at the rows' image size), captioned with that image's PSNR. Rows another decoder
+    drew (``path`` a decoder) are left out. Returns the path, or None when no row has a tokenizer."""
+    wanted, seen = [], set()
+    for row in rows:  # one column per tokenizer: a curve's rows share a path
+        if row["path"] not in seen and checkpoint.read_config(row["path"]).get("kind") == "tokenizer":
+            seen.add(row["path"])
+            wanted.append((row.get("curve") or row["tokenizer"], row["path"]))
+    if not wanted:
+        return None
+    size = rows[0]["image_size"]
+    images = load_images(data, count, size, seed=seed, split=split, progress=False)[0].to(device)
+    columns, names = [images], ["original"]
+    for name, directory in wanted:
+        tok = checkpoint.load(directory, kind="tokenizer", image_size=size).to(device)
+        torch.manual_seed(seed)
+        columns.append(tok.reconstruct(images).float())
+        names.append(name)
+    grid = torch.stack(columns, 1).flatten(0, 1).cpu()  # image-major: a row per image
+    captions = [names[j] if j == 0 else f"{names[j]}: {scores.psnr(columns[j][i:i + 1], images[i:i + 1]).item():.1f} dB"
+                for i in range(len(images)) for j in range(len(columns))]
+    return save_grid(grid, path, captions=captions, nrow=len(columns), scale=1 if size >= 128 else None)
 
 
 def protocol(data: str, split: str, images: int, seed: int, size: int, features: str | None, extractor,
