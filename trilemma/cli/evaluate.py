@@ -85,8 +85,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = command(evals, "tradeoff", "sweep tokenizers: table + PSNR/rFID-vs-bits plots", run_tradeoff,
                 parents=[common, region])
     p.add_argument("--tokenizers", nargs="+", required=True, metavar="DIR", help="tokenizer checkpoints or run directories")
-    p.add_argument("--size", type=positive_int, default=None, help="image size (default: the one the tokenizers share); a convolutional tokenizer "
-                        "(vqvae, patch, imported diffusers) runs at any multiple of its factor, whatever it was trained at")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image size (default: the one the tokenizers share); a convolutional tokenizer (vqvae, patch, "
+                        "imported diffusers) runs at any multiple of its factor, whatever it was trained at")
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--bits-step-images", type=positive_int, default=None, metavar="N",
                    help="choose continuous tokenizers' effective-bits step on the first N images (default: all); "

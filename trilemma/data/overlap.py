@@ -105,7 +105,7 @@ def near_duplicates(reference: list[torch.Tensor | None], evaluated: list[torch.
     return sorted(found, key=lambda hit: -hit[2])
 
 
-def folder_overlap(reference: str, evaluated: str, size: int = THUMB, threshold: float = NEAR,
+def folder_overlap(reference: str, evaluated: str, size: int = 32, threshold: float = NEAR,
                    progress: bool = False) -> dict:
     """What the images of folder ``evaluated`` share with those of folder ``reference`` (every file
     of each, whatever its split): how many are the same file bytes, the same pixels at ``size``, or
