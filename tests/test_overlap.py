@@ -76,6 +76,9 @@ def test_near_duplicates_across_folders_are_found_and_listed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"near duplicates .* 3/6", out) and "edited.jpg  ~  2.png" in out, out
     assert folder_overlap(str(train), str(held), threshold=1.0)["near"] < 3  # a stricter threshold drops the edit
+    assert main(["data", "overlap", str(tmp_path / "nope"), "--against", str(train)]) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and "directory" in err and "read reference" not in err  # refused before reading anything
 
 
 def test_folder_splits_count_near_duplicates_between_splits(tmp_path):

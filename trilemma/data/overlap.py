@@ -115,10 +115,11 @@ def folder_overlap(reference: str, evaluated: str, size: int = 32, threshold: fl
     "pairs": [{"evaluated", "reference", "correlation"}]}`` (file paths relative to each folder)."""
     if not 0 < threshold <= 1:
         raise ValueError(f"`threshold` must be in (0, 1], got {threshold}")
-    sides = {}
     for name, root in (("reference", reference), ("evaluated", evaluated)):
         if not os.path.isdir(str(root)):
             raise ValueError(f"`{name}` must be a directory of images, got {str(root)!r}")
+    sides = {}
+    for name, root in (("reference", reference), ("evaluated", evaluated)):
         ds = FolderDataset(root, size=size, split="all")
         keys = {"files": [], "images": [], "near": []}
         for i, rel in enumerate(tqdm(ds.files, desc=f"read {name}", unit="img", disable=not progress)):
