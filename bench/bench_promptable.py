@@ -112,7 +112,8 @@ def main() -> None:
     drawn = {"random_boxes": {"boxes": random_boxes(len(repeated), seed=args.seed, sizes=sides)},
              "random_points": {"points": random_points(len(repeated), seed=args.seed)}}
     extra: dict = {"tokenizer": args.tokenizer, "region_share": tok.config.region_share, "data": args.data,
-                   "split": args.split, "n": len(images), "prompts_per_image": per_image, "seed": args.seed, "bits_per_token": bits, "box_sides": list(sides)}
+                   "split": args.split, "n": len(images), "prompts_per_image": per_image, "seed": args.seed,
+                   "bits_per_token": bits, "box_sides": list(sides)}
     for name, prompt in drawn.items():
         extra[name] = {"seed": args.seed, "prompts_per_image": per_image,
                        "rows": region_study(tok, repeated, **prompt, budgets=budgets)}

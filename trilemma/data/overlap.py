@@ -63,11 +63,8 @@ def split_overlap(data: str, n: int | None = None, size: int = 32, seed: int = 0
     for a, b in itertools.combinations(prints, 2):
         row = {"splits": [a, b], "measured": [splits[a]["measured"], splits[b]["measured"]]}
         for kind in kinds:
-            if kind == "near":
-                row[kind] = len(near_duplicates(prints[a][kind], prints[b][kind]))
-                continue
-            seen = set(prints[a][kind]) - {None}
-            row[kind] = sum(key is not None and key in seen for key in prints[b][kind])
+            shared = near_duplicates if kind == "near" else _same
+            row[kind] = len(shared(prints[a][kind], prints[b][kind]))
         overlap.append(row)
     return {"dataset": name, "size": size, "seed": seed if name == "shapes" else None,
             "kinds": list(kinds), "splits": splits, "overlap": overlap}
@@ -75,6 +72,21 @@ def split_overlap(data: str, n: int | None = None, size: int = 32, seed: int = 0
 
 def _image_digest(image) -> str:
     return hashlib.sha256(image.numpy().tobytes()).hexdigest()
+
+
+def _same(reference: list, evaluated: list) -> list[int]:
+    """Indices of ``evaluated`` keys equal to one of ``reference``'s (None matches nothing)."""
+    seen = set(reference) - {None}
+    return [j for j, key in enumerate(evaluated) if key is not None and key in seen]
+
+
+def _pixel_prints(ds: FolderDataset, index: int) -> tuple[str | None, torch.Tensor | None]:
+    """Item ``index``'s pixel digest and near-duplicate thumbnail; (None, None) when it cannot be read."""
+    try:
+        image = ds.load(index)["image"]
+    except (ImageReadError, FileNotFoundError):
+        return None, None
+    return _image_digest(image), thumbnail(image)
 
 
 def thumbnail(image: torch.Tensor) -> torch.Tensor:
@@ -124,20 +136,14 @@ def folder_overlap(reference: str, evaluated: str, size: int = 32, threshold: fl
         keys = {"files": [], "images": [], "near": []}
         for i, rel in enumerate(tqdm(ds.files, desc=f"read {name}", unit="img", disable=not progress)):
             try:
-                digest, image = content_digest(ds.root / rel), ds.load(i)["image"]
-            except OSError:  # unreadable (ImageReadError) or gone
-                for key in keys.values():
-                    key.append(None)
-                continue
-            keys["files"].append(digest)
-            keys["images"].append(_image_digest(image))
-            keys["near"].append(thumbnail(image))
+                keys["files"].append(content_digest(ds.root / rel))
+            except OSError:  # gone since it was listed
+                keys["files"].append(None)
+            for key, value in zip(("images", "near"), _pixel_prints(ds, i)):
+                keys[key].append(value)
         sides[name] = (ds.files, keys)
     (ref_files, ref), (ev_files, ev) = sides["reference"], sides["evaluated"]
-    counts = {}
-    for kind in ("files", "images"):
-        seen = set(ref[kind]) - {None}
-        counts[kind] = sum(key is not None and key in seen for key in ev[kind])
+    counts = {kind: len(_same(ref[kind], ev[kind])) for kind in ("files", "images")}
     pairs = near_duplicates(ref["near"], ev["near"], threshold)
     return {"reference": str(reference), "evaluated": str(evaluated), "size": size, "threshold": threshold,
             "measured": [len(ref_files), len(ev_files)],
@@ -183,13 +189,8 @@ def _folder(root: str, n: int | None, size: int, progress: bool) -> tuple[dict, 
         measured = files if n is None else files[:n]
         keys = {"images": [], "captions": [], "files": [], "near": []}
         for rel in tqdm(measured, desc=f"decode {split}", unit="img", disable=not progress):
-            try:
-                image = ds.load(index[rel])["image"]
-                keys["images"].append(_image_digest(image))
-                keys["near"].append(thumbnail(image))
-            except (ImageReadError, FileNotFoundError):
-                keys["images"].append(None)
-                keys["near"].append(None)
+            for key, value in zip(("images", "near"), _pixel_prints(ds, index[rel])):
+                keys[key].append(value)
             keys["captions"].append(ds.caption(rel) or None)  # an empty caption is no caption
             keys["files"].append(digests[rel])
         splits[split] = {"length": len(files), "measured": len(measured),
