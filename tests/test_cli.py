@@ -357,3 +357,17 @@ def test_train_takes_the_presets_recipe_where_no_flag_is_given(tmp_path, monkeyp
     assert main(["train", "tokenizer", "--preset", "fsq-f4-shapes", *out]) == 0
     defaults = tokenizer_training.DEFAULTS
     assert (seen[-1].lr, seen[-1].steps, seen[-1].batch_size) == (defaults.lr, defaults.steps, defaults.batch_size)
+
+
+def test_reconstruction_table_writes_a_reason_shared_by_every_column_once():
+    from trilemma.cli.evaluate import metric_lines
+
+    why = {"rfid": "left out: 11 images for 2048-d features"}
+    rows = [{"tokenizer": f"tok k={k}", "discrete": True, "tokens_per_image": k, "bits_per_image": 9 * k, "psnr": 11.0 + k,
+             "ssim": 0.2, "vocab_size": 512, "codebook_usage": k / 32, "protocol": why} for k in (1, 32)]
+    lines = {line.split("  ")[0]: line for line in metric_lines(*rows)}
+    assert lines["rFID"].count("left out") == 1 and lines["LPIPS"].count("no backbone weights") == 1
+    assert "tok k=1" in lines["tokenizer"] and "tok k=32" in lines["tokenizer"]  # what differs keeps a column each
+    psnr = lines["PSNR"]
+    assert psnr.index("43.00") == lines["tokenizer"].index("tok k=32")  # the columns stay aligned
+    assert len(lines["rFID"]) < 2 * len(lines["tokenizer"])

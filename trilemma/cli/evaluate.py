@@ -114,10 +114,14 @@ def _probe_cache(args: argparse.Namespace) -> Path:
 
 
 def metric_lines(*rows: dict) -> list[str]:
-    """Reconstruction rows as aligned ``name  value [value ...]`` lines, one column per row."""
+    """Reconstruction rows as aligned ``name  value [value ...]`` lines, one column per row; a metric
+    that reads the same in every column (e.g. why it was left out) is written once."""
     columns = [_metric_pairs(row) for row in rows]
     cells = [[name, *(col[i][1] for col in columns)] for i, (name, _) in enumerate(columns[0])]
-    widths = [max(len(c[k]) for c in cells) for k in range(len(cells[0]))]
+    cells = [line[:2] if len(set(line[1:])) == 1 else line for line in cells]
+    varying = [line for line in cells if len(line) == len(rows) + 1] or cells
+    widths = [max(len(c[k]) for c in varying if k < len(c)) for k in range(len(rows) + 1)]
+    widths[0] = max(len(line[0]) for line in cells)
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
 
 
