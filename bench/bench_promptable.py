@@ -12,7 +12,9 @@ TOK_DIR is a trained promptable tokenizer, FLAT_DIR the same preset trained with
 measures TOK_DIR with its config's ``region_share`` set to S (encode / decode only: the weights are
 the same), a prompted budget split between the region at its own scale and the whole image. Beside
 the random boxes it reports one colour's worth (``colour_reference``: inside each box its exact mean
-colour against the image's), the reference for k = 1, whose 9 bits say little more than a colour.
+colour against the image's), the reference for k = 1, whose 9 bits say little more than a colour,
+and the whole image's exact block colours on 1x1 ... 8x8 grids (``block_colours``: 24 ... 1536 bits),
+a floor for the budget curve.
 
 Knobs are tuned on val (the default, the first --n images of the split); a tuned tokenizer's
 numbers are reported once, with --split test. A folder's split is its hash-based hold-out, centre
@@ -36,6 +38,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
@@ -72,6 +75,17 @@ def colour_reference(images: torch.Tensor, boxes: torch.Tensor) -> dict[str, flo
     image_colour = images.mean((2, 3), keepdim=True)
     return {"in_box_box_colour": score(box_colour, inside), "in_box_image_colour": score(image_colour, inside),
             "outside_box_colour": score(box_colour, 1 - inside), "outside_image_colour": score(image_colour, 1 - inside)}
+
+
+def block_colours(images: torch.Tensor, grids: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, dict[str, float]]:
+    """What exact colours say of the whole image: each image as a g x g grid of its block means, for
+    each g of ``grids``, in dB, with the bits those colours take at 8 a channel (a floor any
+    tokenizer's budget curve should clear at fewer bits)."""
+    out = {}
+    for g in grids:
+        blocks = nn.functional.interpolate(nn.functional.adaptive_avg_pool2d(images, g), size=images.shape[-2:], mode="nearest")
+        out[f"{g}x{g}"] = {"bits": 24 * g * g, "psnr": psnr(blocks, images).mean().item()}
+    return out
 
 
 def main() -> None:
@@ -121,6 +135,8 @@ def main() -> None:
             print(name.replace("_", " "), row, flush=True)
     extra["colour_reference"] = colour_reference(repeated, drawn["random_boxes"]["boxes"])
     print("random boxes, one exact colour:", extra["colour_reference"], flush=True)
+    extra["block_colours"] = block_colours(images)
+    print("the whole image as exact block colours:", extra["block_colours"], flush=True)
     if shapes:
         rows = region_study(tok, images, first_object_boxes(items), budgets)
         extra["boxes"] = "the first object's grid cell"
