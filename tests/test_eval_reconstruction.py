@@ -219,3 +219,19 @@ def test_effective_bits_choose_the_step_on_a_subset_and_count_every_image(shapes
     assert out["quantization_step"] == subset.step and out["effective_bits_per_image"] == subset.bits_per_image
     with pytest.raises(ValueError, match="step_images"):
         effective_bits(PoolAE(), images, step_images=0)
+
+
+def test_lpips_is_loaded_once_and_a_missing_backbone_said_once(shapes, monkeypatch, capsys):
+    from trilemma.metrics import reconstruction
+
+    calls = []
+
+    def missing(net="vgg"):
+        calls.append(net)
+        raise FileNotFoundError("LPIPS needs the torchvision vgg ImageNet weights file (stand-in)")
+
+    monkeypatch.setattr(reconstruction, "load_lpips", missing)
+    tok = registry.build("tokenizer", "patch4-4bit")
+    for _ in range(3):  # a tradeoff evaluates once per tokenizer and budget
+        assert evaluate_reconstruction(tok, shapes[:4], progress=False)["lpips"] is None
+    assert len(calls) == 1 and capsys.readouterr().out.count("lpips: skipped") == 1

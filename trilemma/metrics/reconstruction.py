@@ -59,15 +59,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_LPIPS: dict = {}  # loader -> its network, or None where it failed: loaded (or refused, said once) per process
+
+
 def _load_lpips(enabled: bool):
+    """LPIPS for ``evaluate_reconstruction``: loaded once a process (a tradeoff evaluates one network
+    per tokenizer and budget), and a missing backbone said once, not at every evaluation."""
     if not enabled:
         return None
-
-    try:
-        return load_lpips()
-    except (FileNotFoundError, ImportError) as err:
-        print(f"lpips: skipped, {err}")
-        return None
+    if load_lpips not in _LPIPS:  # keyed by the loader, so a test's stand-in is loaded afresh
+        try:
+            _LPIPS[load_lpips] = load_lpips()
+        except (FileNotFoundError, ImportError) as err:
+            print(f"lpips: skipped, {err}")
+            _LPIPS[load_lpips] = None
+    return _LPIPS[load_lpips]
 
 
 def count_codes(tokens, spec, counts: torch.Tensor | None) -> torch.Tensor | None:
