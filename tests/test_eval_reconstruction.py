@@ -36,7 +36,10 @@ def features():
     return DomainFeatures(DomainFeatures.Config(channels=(8, 16), dim=32))
 
 
-def test_lossless_patch_tokenizer_is_exact(shapes, floor, features, capsys):
+def test_lossless_patch_tokenizer_is_exact(shapes, floor, features, capsys, monkeypatch):
+    from trilemma.metrics import reconstruction
+
+    monkeypatch.setattr(reconstruction, "_LPIPS", {})  # as in a fresh process: LPIPS loaded (or refused) here
     tok = registry.build("tokenizer", "patch4-8bit")
     out = evaluate_reconstruction(tok, shapes, features=features, batch_size=20, progress=False, floor_images=floor)
     assert tuple(out) == KEYS
