@@ -119,9 +119,8 @@ def metric_lines(*rows: dict) -> list[str]:
     columns = [_metric_pairs(row) for row in rows]
     cells = [[name, *(col[i][1] for col in columns)] for i, (name, _) in enumerate(columns[0])]
     cells = [line[:2] if len(set(line[1:])) == 1 else line for line in cells]
-    varying = [line for line in cells if len(line) > 2] or cells
-    widths = [max((len(c[k]) for c in varying if k < len(c)), default=0) for k in range(len(rows) + 1)]
-    widths[0] = max(len(line[0]) for line in cells)
+    widths = [max(len(line[0]) for line in cells)] + [
+        max((len(line[k]) for line in cells if len(line) > 2), default=0) for k in range(1, len(rows) + 1)]
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
 
 
